@@ -1,0 +1,85 @@
+"""Callbacks for the train loop: early stopping and console progress.
+
+(Checkpoints live in `harness.checkpoint`, MLflow logging in `harness.tracking`.)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from harness.train import Callback, FitState, Trainer, monitored
+
+
+class EarlyStopping(Callback):
+    """Stops when the monitored metric has not improved for `patience` epochs."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
+        if state.epochs_since_best >= self.patience:
+            name, _, _ = monitored(t.config, record)
+            state.stop_reason = (
+                f"early stopping: {name} has not improved for {self.patience} epochs (best epoch {state.best_epoch})"
+            )
+
+
+def format_record(record: dict[str, float]) -> str:
+    """One line of epoch metrics."""
+    parts = [f"train_loss {record['train_loss']:.4f}", f"train_acc {record['train_acc']:.4f}"]
+    if "val_loss" in record:
+        parts += [f"val_loss {record['val_loss']:.4f}", f"val_acc {record['val_acc']:.4f}"]
+    parts += [f"lr {record['lr']:.3g}", f"{record['images_per_second']:.0f} img/s", f"{record['epoch_seconds']:.1f}s"]
+    return "  ".join(parts)
+
+
+class ConsoleProgress(Callback):
+    """A rich progress bar per epoch (loss, accuracy, ETA) on a terminal; plain lines otherwise."""
+
+    def __init__(self, label: str, force_plain: bool | None = None) -> None:
+        self.label = label
+        self.plain = (not sys.stdout.isatty()) if force_plain is None else force_plain
+        self._progress = None
+        self._task = None
+        self._epoch = 0
+        self._epochs = 0
+
+    def on_fit_start(self, t: Trainer, state: FitState) -> None:
+        self._epochs = t.config.epochs
+        if not self.plain:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), transient=False,
+            )
+            self._progress.start()
+
+    def on_epoch_start(self, t: Trainer, state: FitState, epoch: int) -> None:
+        self._epoch = epoch
+        self._start = time.perf_counter()
+        if self._progress is not None:
+            self._task = self._progress.add_task(f"{self.label} {epoch}/{self._epochs}", total=None, stats="")
+
+    def on_batch_end(self, batch: int, num_batches: int, loss: float, acc: float) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=batch, total=num_batches, stats=f"loss {loss:.4f} acc {acc:.4f}")
+
+    def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
+        line = format_record(record)
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, stats=line)
+        else:
+            print(f"{self.label} epoch {self._epoch}/{self._epochs}  {line}", flush=True)
+
+    def on_fit_end(self, t: Trainer, state: FitState) -> None:
+        self.close()
+        if state.stop_reason:
+            print(f"{self.label}: {state.stop_reason}", flush=True)
+
+    def close(self) -> None:
+        """Stop the live display (also on errors, so the terminal is left clean)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

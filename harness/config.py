@@ -1,0 +1,218 @@
+"""Training configuration: one frozen dataclass per variant, validated when built.
+
+Overrides go through `dataclasses.replace`, so an overridden config is validated again.
+`flatten()` turns a config into MLflow params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.registry import unknown_name_message
+
+EARLY_STOPPING_METRICS = ("val_loss", "val_acc")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines one training run (a "variant" of an experiment)."""
+
+    model: str = "lenet_relu"
+    dataset: str = "digits"
+    epochs: int = 5
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9  # SGD / RMSprop only
+    nesterov: bool = False  # SGD only
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    warmup_epochs: int = 0  # linear warmup before the schedule, in epochs
+    step_size: int = 10  # step: decay every `step_size` epochs
+    gamma: float = 0.1  # step / multistep / exponential decay factor
+    milestones: tuple[int, ...] = ()  # multistep: epochs at which lr *= gamma
+    seed: int = 0
+    image_size: int | None = None  # pixels per side fed to the model; None = dataset's native size
+    train_limit: int | None = None  # cap on training samples (after the validation split)
+    val_fraction: float = 0.1  # carved from the training set, seeded
+    test_fraction: float = 0.2  # only for datasets without an official test split (digits, folders)
+    early_stopping_patience: int | None = None  # epochs without improvement; None = off
+    early_stopping_metric: str = "val_loss"  # also picks the best epoch
+    device: str = "auto"  # auto = cuda > mps > cpu
+    augment: bool = False  # random crop with padding (+ horizontal flip where the dataset allows)
+    init: str = "default"  # default | xavier | kaiming
+    dropout: float | None = None  # None = the model's own default
+    grad_clip: float | None = None  # max gradient L2 norm; None = off
+    label_smoothing: float = 0.0
+    pretrained: bool = False  # torchvision models only: start from ImageNet weights
+    freeze_backbone: bool = False  # train only the new classification head
+    data_path: str | None = None  # image_folder only
+    eval_batch_size: int = 1024
+    amp: bool = True  # mixed precision, CUDA only
+    num_workers: int = 2  # DataLoader workers for streamed (image folder) datasets
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def override(self, **changes: Any) -> TrainConfig:
+        """A copy with `changes` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data dict (JSON-serialisable) of every field."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild a config saved by `to_dict` (e.g. from a checkpoint)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("milestones"), list):
+            values["milestones"] = tuple(values["milestones"])
+        return cls(**values)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise HarnessError(message)
+
+
+def _validate(c: TrainConfig) -> None:
+    # Deferred imports: the registries pull in torch, which `harness --help` should not pay for.
+    from harness.data import DATASETS
+    from harness.models import MODELS, model_names, min_image_size
+    from harness.optim import INITS, OPTIMIZERS, SCHEDULERS
+
+    for kind, name, names in (
+        ("model", c.model, model_names()),
+        ("dataset", c.dataset, DATASETS.names()),
+        ("optimizer", c.optimizer, OPTIMIZERS.names()),
+        ("scheduler", c.scheduler, SCHEDULERS.names()),
+        ("init", c.init, INITS.names()),
+        ("early_stopping_metric", c.early_stopping_metric, EARLY_STOPPING_METRICS),
+    ):
+        _require(name in names, unknown_name_message(kind, name, names))
+    _require(c.epochs >= 1, f"epochs must be at least 1 (got {c.epochs}).")
+    _require(c.batch_size >= 1, f"batch_size must be at least 1 (got {c.batch_size}).")
+    _require(c.eval_batch_size >= 1, f"eval_batch_size must be at least 1 (got {c.eval_batch_size}).")
+    _require(c.lr > 0, f"lr must be greater than 0 (got {c.lr}).")
+    _require(0 <= c.momentum < 1, f"momentum must be in [0, 1) (got {c.momentum}).")
+    _require(not (c.nesterov and c.momentum == 0), "nesterov=true needs momentum > 0.")
+    _require(c.weight_decay >= 0, f"weight_decay must be 0 or more (got {c.weight_decay}).")
+    _require(c.warmup_epochs >= 0, f"warmup_epochs must be 0 or more (got {c.warmup_epochs}).")
+    _require(c.step_size >= 1, f"step_size must be at least 1 (got {c.step_size}).")
+    _require(0 < c.gamma <= 1, f"gamma must be in (0, 1] (got {c.gamma}).")
+    _require(all(m >= 1 for m in c.milestones), f"milestones must be epochs >= 1 (got {c.milestones}).")
+    _require(0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1) (got {c.val_fraction}).")
+    _require(0 < c.test_fraction < 1, f"test_fraction must be in (0, 1) (got {c.test_fraction}).")
+    _require(c.train_limit is None or c.train_limit >= 1, f"train_limit must be at least 1 or none (got {c.train_limit}).")
+    _require(
+        c.early_stopping_patience is None or c.early_stopping_patience >= 1,
+        f"early_stopping_patience must be at least 1 or none (got {c.early_stopping_patience}).",
+    )
+    _require(c.dropout is None or 0 <= c.dropout < 1, f"dropout must be in [0, 1) or none (got {c.dropout}).")
+    _require(c.grad_clip is None or c.grad_clip > 0, f"grad_clip must be greater than 0 or none (got {c.grad_clip}).")
+    _require(0 <= c.label_smoothing < 1, f"label_smoothing must be in [0, 1) (got {c.label_smoothing}).")
+    _require(c.num_workers >= 0, f"num_workers must be 0 or more (got {c.num_workers}).")
+    _require(
+        bool(_DEVICE_PATTERN.match(c.device)),
+        f"device must be auto, cpu, mps, cuda or cuda:N (got '{c.device}').",
+    )
+    if c.image_size is not None:
+        smallest = min_image_size(c.model)
+        _require(
+            c.image_size >= smallest,
+            f"image_size {c.image_size} is too small for model '{c.model}'; use at least {smallest}.",
+        )
+    if c.dataset == "image_folder":
+        _require(bool(c.data_path), "dataset image_folder needs data_path (e.g. --set data_path=data/catdog).")
+    if c.pretrained or c.freeze_backbone:
+        _require(
+            c.model in MODELS.names() and MODELS.get(c.model).supports_pretrained,
+            f"pretrained/freeze_backbone need a torchvision model (tv_*), not '{c.model}'.",
+        )
+    _require(not c.freeze_backbone or c.pretrained, "freeze_backbone=true needs pretrained=true.")
+
+
+def flatten(config: TrainConfig) -> dict[str, str]:
+    """Every field as a string, ready for `mlflow.log_params`."""
+    return {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in config.to_dict().items()}
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def field_names() -> list[str]:
+    """Names of all TrainConfig fields."""
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def parse_value(key: str, text: str) -> Any:
+    """Parse the string `text` into the type of TrainConfig field `key`."""
+    hints = typing.get_type_hints(TrainConfig)
+    if key not in hints:
+        raise HarnessError(unknown_name_message("config key", key, field_names()))
+    return _parse_as(hints[key], text, key)
+
+
+def _parse_as(tp: Any, text: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _parse_as(inner, text, key)
+    if origin is tuple:
+        parts = [p for p in text.replace(" ", "").split(",") if p]
+        return tuple(_parse_as(args[0], p, key) for p in parts)
+    try:
+        if tp is bool:
+            lowered = text.strip().lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+        return text
+    except ValueError:
+        kind = {bool: "true/false", int: "an integer", float: "a number"}.get(tp, tp.__name__)
+        raise HarnessError(f"Cannot parse '{text}' for {key}: expected {kind}.") from None
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Parsed `--set` options: some for every variant, some for one variant."""
+
+    common: dict[str, Any] = field(default_factory=dict)
+    per_variant: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def parse_overrides(items: list[str] | None) -> Overrides:
+    """Parse `key=value` and `VARIANT.key=value` strings (types from TrainConfig's fields)."""
+    common: dict[str, Any] = {}
+    per_variant: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise HarnessError(f"Override '{item}' is not of the form key=value or VARIANT.key=value.")
+        lhs, text = item.split("=", 1)
+        lhs = lhs.strip()
+        variant, _, key = lhs.rpartition(".")
+        value = parse_value(key, text.strip())
+        (per_variant.setdefault(variant, {}) if variant else common)[key] = value
+    return Overrides(common, per_variant)

@@ -1,0 +1,51 @@
+"""The dataset registry and the bundle of splits a training run consumes.
+
+A loader takes `(config, data_dir)` and returns a `Data`: train / validation / test splits
+that yield uint8 image batches (N, C, H, W) at `native_size`, plus what the on-device
+preprocessing needs (channel mean/std, whether horizontal flips make sense).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.config import TrainConfig
+    from harness.data.in_memory import Split
+
+DATASETS: Registry[Callable[["TrainConfig", Path], "Data"]] = Registry("dataset")
+
+
+@dataclass
+class Data:
+    """Everything about a dataset that training, evaluation and the exported model need."""
+
+    train: Split
+    val: Split | None  # None when val_fraction == 0
+    test: Split
+    classes: list[str]
+    in_channels: int
+    native_size: int  # side in pixels of the uint8 images the splits yield
+    mean: tuple[float, ...]  # per channel, on the [0, 1] scale
+    std: tuple[float, ...]
+    hflip: bool  # horizontal flip is a label-preserving augmentation for this data
+
+
+def default_data_dir() -> Path:
+    """`HARNESS_DATA_DIR`, else ./data."""
+    return Path(os.environ.get("HARNESS_DATA_DIR", "data"))
+
+
+def load_data(config: TrainConfig, data_dir: Path | None = None) -> Data:
+    """Load the splits of `config.dataset` (validation carved from train, seeded)."""
+    return DATASETS.get(config.dataset)(config, Path(data_dir) if data_dir else default_data_dir())
+
+
+# Registration happens on import; keep these at the bottom.
+from harness.data import digits, image_folder, synthetic, torchvision_sets  # noqa: E402,F401

@@ -1,0 +1,31 @@
+"""scikit-learn's bundled 8x8 digits (1,797 images): real data that needs no download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from harness.config import TrainConfig
+from harness.data import DATASETS, Data
+from harness.data.in_memory import TEST_SPLIT_SEED, InMemorySplit, channel_stats, seeded_split, train_val
+
+# Upscaled once at load so MNIST-sized models (LeNet's 5x5 convs) apply unchanged.
+DIGITS_SIZE = 28
+
+
+@DATASETS.register("digits")
+def load_digits(config: TrainConfig, data_dir: Path) -> Data:
+    """Digits 0-9 as 1x28x28 uint8 images; the test split is a fixed `test_fraction` carve-out."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # values 0..16
+    x = F.interpolate(x, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bilinear", align_corners=False)
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    everything = InMemorySplit(images, torch.as_tensor(bunch.target))
+    rest, test_idx = seeded_split(len(everything), config.test_fraction, TEST_SPLIT_SEED)
+    train, val = train_val(everything.subset(rest), config)
+    mean, std = channel_stats(train.images)
+    return Data(train, val, everything.subset(test_idx), [str(d) for d in range(10)], 1, DIGITS_SIZE, mean, std, hflip=False)

@@ -1,0 +1,112 @@
+"""Your own images: one class per sub-folder, or the class as a file-name prefix (cat.1.jpg).
+
+Layouts under `data_path`:
+- `train/` and `test/` sub-folders (each holding either layout below): test is `test/`;
+- otherwise every image under `data_path`; a fixed `test_fraction` is held out as the test set.
+Class per sub-folder (`data_path/cat/x.jpg`) or per file-name prefix (`data_path/cat.1.jpg`).
+Images stream from disk through a DataLoader with workers (decode + resize there); the rest of
+the preprocessing runs per batch on the training device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from harness.config import TrainConfig
+from harness.data import DATASETS, Data
+from harness.data.in_memory import TEST_SPLIT_SEED, seeded_split
+from harness.errors import HarnessError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+DEFAULT_SIZE = 224
+# ImageNet statistics: what pretrained torchvision models were trained with.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def scan(root: Path) -> tuple[list[Path], list[str]]:
+    """Image files under `root` (sorted) and their class names (folder or file-name prefix)."""
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    labels = []
+    for p in files:
+        rel = p.relative_to(root)
+        labels.append(rel.parts[0] if len(rel.parts) > 1 else p.name.split(".")[0])
+    return files, labels
+
+
+class FolderImages(torch.utils.data.Dataset):
+    """Decodes one file to a uint8 RGB tensor (3, size, size); picklable for worker processes."""
+
+    def __init__(self, files: list[Path], labels: list[int], size: int) -> None:
+        self.files, self.labels, self.size = files, labels, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        with Image.open(self.files[i]) as img:
+            img = img.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1), self.labels[i]
+
+
+class StreamedSplit:
+    """A split read from disk batch by batch through a DataLoader."""
+
+    def __init__(self, images: FolderImages, num_workers: int, pin_memory: bool) -> None:
+        self.images, self.num_workers, self.pin_memory = images, num_workers, pin_memory
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]:
+        loader = torch.utils.data.DataLoader(
+            self.images, batch_size=batch_size, shuffle=shuffle, generator=generator,
+            num_workers=self.num_workers, pin_memory=self.pin_memory,
+        )
+        yield from loader
+
+
+@DATASETS.register("image_folder")
+def load_image_folder(config: TrainConfig, data_path_unused: Path) -> Data:
+    """Index the images under `config.data_path` and split them (validation seeded by `seed`)."""
+    root = Path(config.data_path or "")
+    if not root.is_dir():
+        raise HarnessError(f"data_path '{root}' is not a folder; point --set data_path=... at your images.")
+    size = config.image_size or DEFAULT_SIZE
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train_files, train_names = scan(root / "train")
+        test_files, test_names = scan(root / "test")
+    else:
+        files, names = scan(root)
+        rest, test_idx = seeded_split(len(files), config.test_fraction, TEST_SPLIT_SEED)
+        train_files, train_names = [files[i] for i in rest], [names[i] for i in rest]
+        test_files, test_names = [files[i] for i in test_idx], [names[i] for i in test_idx]
+    classes = sorted(set(train_names))
+    if len(classes) < 2:
+        raise HarnessError(
+            f"Found {len(train_files)} images in {len(classes)} class(es) under '{root}'; "
+            "an image folder needs at least two classes (sub-folders, or file names like cat.1.jpg)."
+        )
+    unknown = sorted(set(test_names) - set(classes))
+    if unknown:
+        raise HarnessError(f"Test images under '{root}' have classes missing from training: {', '.join(unknown)}.")
+    index = {c: i for i, c in enumerate(classes)}
+    tr_idx, val_idx = seeded_split(len(train_files), config.val_fraction, config.seed)
+    if config.train_limit is not None:
+        tr_idx = tr_idx[: config.train_limit]
+    pin = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
+
+    def split(files: list[Path], names: list[str]) -> StreamedSplit:
+        return StreamedSplit(FolderImages(files, [index[n] for n in names], size), config.num_workers, pin)
+
+    pick = lambda idx: ([train_files[i] for i in idx], [train_names[i] for i in idx])  # noqa: E731
+    val = split(*pick(val_idx)) if len(val_idx) else None
+    return Data(split(*pick(tr_idx)), val, split(test_files, test_names), classes, 3, size,
+                IMAGENET_MEAN, IMAGENET_STD, hflip=True)

@@ -1,0 +1,73 @@
+"""Datasets held in memory as uint8 tensors and batched by slicing: no per-sample Python work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from harness.config import TrainConfig
+
+# Test splits carved from data without an official test set use this fixed seed, so every
+# run (whatever its own seed) is scored on the same images.
+TEST_SPLIT_SEED = 0
+
+
+class Split(Protocol):
+    """A split that yields (uint8 images (N, C, H, W), int64 labels (N,)) batches on the CPU."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+
+class InMemorySplit:
+    """Images (uint8, N x C x H x W) and labels (int64, N) held as tensors."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        assert images.dtype == torch.uint8 and images.ndim == 4, images.shape
+        self.images = images.contiguous()
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches of `batch_size` (the last may be smaller); shuffled with `generator` if asked."""
+        n = len(self.labels)
+        if shuffle:
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                yield self.images[idx], self.labels[idx]
+        else:
+            for start in range(0, n, batch_size):
+                yield self.images[start : start + batch_size], self.labels[start : start + batch_size]
+
+    def subset(self, idx: Tensor) -> InMemorySplit:
+        return InMemorySplit(self.images[idx], self.labels[idx])
+
+
+def seeded_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices (rest, held_out) with round(n * fraction) held out, chosen by `seed`."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = int(round(n * fraction))
+    return order[k:].sort().values, order[:k].sort().values
+
+
+def train_val(full: InMemorySplit, config: TrainConfig) -> tuple[InMemorySplit, InMemorySplit | None]:
+    """Carve the validation split from `full` (seeded) and cap training samples at train_limit."""
+    train_idx, val_idx = seeded_split(len(full), config.val_fraction, config.seed)
+    if config.train_limit is not None:
+        train_idx = train_idx[: config.train_limit]
+    return full.subset(train_idx), (full.subset(val_idx) if len(val_idx) else None)
+
+
+def channel_stats(images: Tensor, max_images: int = 10_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std on the [0, 1] scale, from up to `max_images` images."""
+    x = images[:max_images].float().div_(255)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist())

@@ -1,0 +1,66 @@
+"""Per-batch preprocessing on the training device: resize, augment, normalise.
+
+`Preprocess` is also the first layer of the exported MLflow model, so the logged model takes
+raw [0, 1] images at the dataset's native size, exactly like evaluation here does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Preprocess(nn.Module):
+    """Float images in [0, 1] at native size -> resized to `image_size` and normalised."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], image_size: int) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
+
+
+def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
+    """Pad every image by `padding` (zeros) and crop back at a random offset per image."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None]  # (N,1,H,1)
+    cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, None, :]  # (N,1,1,W)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def random_hflip(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Mirror a random half of the images left-right."""
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+class BatchTransform:
+    """uint8 CPU batches -> normalised float batches on `device`, augmented when training."""
+
+    def __init__(self, preprocess: Preprocess, device: torch.device, augment: bool, hflip: bool) -> None:
+        self.preprocess = preprocess.to(device)
+        self.device = device
+        self.augment = augment
+        self.hflip = hflip
+
+    def __call__(self, images: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
+        x = images.to(self.device, non_blocking=True).float().div_(255)
+        x = self.preprocess(x)
+        if train and self.augment:
+            assert generator is not None
+            # Crop after resizing so the shift is in model pixels: 4 px at 32, 28 px at 224.
+            x = random_crop(x, max(1, self.preprocess.image_size // 8), generator)
+            if self.hflip:
+                x = random_hflip(x, generator)
+        return x

@@ -1,0 +1,59 @@
+"""A small name -> object registry whose misses suggest the closest names."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+from harness.errors import HarnessError
+
+T = TypeVar("T")
+
+
+def unknown_name_message(kind: str, name: str, choices: Iterable[str]) -> str:
+    """One sentence naming an unknown `name`, the closest match and all valid choices."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"Unknown {kind} '{name}'.{hint} Choose one of: {', '.join(choices)}."
+
+
+class Registry(Generic[T]):
+    """Maps names to objects; refuses duplicates and explains misses."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: `@REGISTRY.register("name")` adds the decorated object under `name`."""
+
+        def add(obj: T) -> T:
+            self.add(name, obj)
+            return obj
+
+        return add
+
+    def add(self, name: str, obj: T) -> None:
+        """Add `obj` under `name`; a second object under the same name is a programming error."""
+        if name in self._items:
+            raise ValueError(f"{self.kind} '{name}' is already registered")
+        self._items[name] = obj
+
+    def get(self, name: str) -> T:
+        """The object registered under `name`, or a HarnessError suggesting the closest names."""
+        try:
+            return self._items[name]
+        except KeyError:
+            raise HarnessError(unknown_name_message(self.kind, name, self._items)) from None
+
+    def names(self) -> list[str]:
+        """All registered names, sorted."""
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,265 @@
+"""`harness run`: train every variant of an experiment into one MLflow parent run.
+
+Per variant: load data, build, `fit` with checkpoint / MLflow / progress / early-stopping
+callbacks, test the best epoch's weights once, and log reports and the model. A failing
+variant is marked FAILED (the others go on); Ctrl-C or SIGTERM marks it KILLED and stops.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import statistics
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from mlflow import MlflowClient
+from torch import nn
+
+from harness import checkpoint, reports, tracking
+from harness.callbacks import ConsoleProgress, EarlyStopping
+from harness.config import TrainConfig
+from harness.data import Data, load_data
+from harness.data.transforms import Preprocess
+from harness.errors import HarnessError
+from harness.experiment import Experiment
+from harness.train import Callback, FitState, NonFiniteLossError, Trainer, build_trainer, evaluate, fit, param_count
+
+SUMMARY_COLUMNS = [
+    "variant", "model", "dataset", "status", "best_epoch", "best_val_acc", "test_acc", "test_loss",
+    "epochs_run", "train_seconds", "images_per_second", "param_count", "run_id",
+]
+
+
+def checkpoint_root() -> Path:
+    """`HARNESS_CHECKPOINT_DIR`, else ./checkpoints (one sub-folder per MLflow run id)."""
+    return Path(os.environ.get("HARNESS_CHECKPOINT_DIR", "checkpoints"))
+
+
+@dataclass
+class VariantResult:
+    """How one variant ended, with its final metrics (empty when it failed early)."""
+
+    variant: str
+    config: TrainConfig
+    run_id: str
+    status: str  # FINISHED | FAILED | KILLED
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    """The parent run and the results of all its variants."""
+
+    parent_run_id: str
+    results: list[VariantResult]
+    table: pd.DataFrame
+
+    @property
+    def failed(self) -> list[VariantResult]:
+        return [r for r in self.results if r.status != "FINISHED"]
+
+
+def export_model(t: Trainer) -> nn.Module:
+    """CPU copy of the model behind its own preprocessing: takes raw [0, 1] images (N, C, H, W)
+    at the dataset's native size and returns logits."""
+    preprocess = Preprocess(t.data.mean, t.data.std, t.image_size)
+    return nn.Sequential(preprocess, copy.deepcopy(t.model).float().cpu()).eval()
+
+
+def summarize(state: FitState) -> dict[str, float]:
+    """Best-epoch and throughput metrics from the epoch history."""
+    history = state.history
+    out: dict[str, float] = {"best_epoch": state.best_epoch, "epochs_run": len(history),
+                             "train_seconds": sum(h["epoch_seconds"] for h in history)}
+    if history:
+        out["images_per_second"] = statistics.median(h["images_per_second"] for h in history)
+    if history and "val_acc" in history[0]:
+        out["best_val_acc"] = max(h["val_acc"] for h in history)
+        out["best_val_loss"] = min(h["val_loss"] for h in history)
+    return out
+
+
+def finish_variant(client: MlflowClient, run_id: str, t: Trainer, state: FitState, ckpt_dir: Path, label: str) -> dict[str, float]:
+    """Test the best epoch's weights and log final metrics, reports, checkpoint and model."""
+    best = checkpoint.load(ckpt_dir / checkpoint.BEST)
+    t.model.load_state_dict(best["model"])
+    test = evaluate(t, t.data.test)
+    metrics = {**summarize(state), "test_loss": test.loss, "test_acc": test.acc, "param_count": param_count(t.model)}
+    if test.top5 is not None:
+        metrics["test_top5"] = test.top5
+    tracking.log_metrics(client, run_id, metrics, step=state.epoch)
+
+    classes = t.data.classes
+    confusion = test.confusion.numpy()
+    tracking.log_figure(client, run_id, reports.confusion_figure(confusion, classes, f"{label}: test confusion matrix"),
+                        "confusion_matrix.png")
+    tracking.log_text(client, run_id, reports.confusion_frame(confusion, classes).to_csv(), "confusion_matrix.csv")
+    tracking.log_text(client, run_id, reports.per_class_scores(confusion, classes).to_csv(index=False), "per_class_metrics.csv")
+    tracking.log_figure(client, run_id, reports.learning_curve_figure(state.history, label), "learning_curves.png")
+    if state.val_confusions:
+        # (epochs, true, predicted) counts, so later commands can compare epochs and runs.
+        tracking.log_array(client, run_id, torch.stack(state.val_confusions).numpy(), "val_confusion/per_epoch.npy")
+        client.log_dict(run_id, {"classes": list(classes)}, "val_confusion/classes.json")
+    tracking.log_file(client, run_id, ckpt_dir / checkpoint.BEST, "checkpoint")
+
+    images, _ = next(iter(t.data.test.batches(2, False, None)))
+    example = (images.float() / 255).numpy()
+    tracking.log_model(run_id, export_model(t), example)
+    return metrics
+
+
+def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, variant: str) -> None:
+    saved = checkpoint.saved_config(ckpt).to_dict()
+    current = config.to_dict()
+    changed = [k for k in current if k != "device" and saved.get(k) != current[k]]
+    if changed:
+        k = changed[0]
+        raise HarnessError(
+            f"Cannot resume variant '{variant}': its checkpoint was trained with {k}={saved.get(k)!r} but now "
+            f"{k}={current[k]!r}; resume with the same --set options as the interrupted run."
+        )
+
+
+def train_variant(
+    client: MlflowClient, run_id: str, variant: str, config: TrainConfig, data: Data,
+    extra_callbacks: list[Callback] | None = None, resume: bool = False,
+) -> dict[str, float]:
+    """Train one variant into MLflow run `run_id` (continuing its checkpoint if `resume`)."""
+    ckpt_dir = checkpoint_root() / run_id
+    t = build_trainer(config, data)
+    state = None
+    last = ckpt_dir / checkpoint.LAST
+    if resume and last.is_file():
+        ckpt = checkpoint.load(last)
+        _check_resumable(ckpt, config, variant)
+        state = checkpoint.restore(t, ckpt)
+        print(f"{variant}: resuming after epoch {state.epoch} from {last}", flush=True)
+    progress = ConsoleProgress(variant)
+    callbacks: list[Callback] = [checkpoint.Checkpointer(ckpt_dir), tracking.MlflowEpochLogger(client, run_id), progress]
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStopping(config.early_stopping_patience))
+    callbacks += extra_callbacks or []
+    try:
+        state = fit(t, callbacks, state)
+    finally:
+        progress.close()
+    return finish_variant(client, run_id, t, state, ckpt_dir, variant)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """`kill PID` ends the run like Ctrl-C (runs marked KILLED, checkpoints kept)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_experiment(
+    exp: Experiment, configs: dict[str, TrainConfig], tracking_uri: str | None = None,
+    data_dir: Path | None = None, resume: bool = False,
+) -> RunOutcome:
+    """Train every variant under one parent run and return (and log) the comparison table."""
+    client = tracking.connect(tracking_uri)
+    experiment_id = tracking.ensure_experiment(client, exp.name, exp.description)
+    device = next(iter(configs.values())).device
+    env_tags = tracking.environment_tags(device, exp.source_file)
+    existing: dict[str, Any] = {}
+    if resume:
+        parent = tracking.latest_parent_run(client, experiment_id, unfinished_only=True)
+        if parent is None:
+            raise HarnessError(f"No interrupted run of '{exp.name}' to resume; start one with `harness run {exp.name}`.")
+        parent_id = parent.info.run_id
+        tracking.reopen_run(client, parent_id)
+        existing = tracking.child_runs(client, experiment_id, parent_id)
+        print(f"Resuming run {parent_id} of {exp.name}", flush=True)
+    else:
+        parent_id = tracking.start_run(client, experiment_id, f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                       {tracking.KIND_TAG: "run", **env_tags})
+        tracking.log_params(client, parent_id, {"experiment": exp.name, "variants": ",".join(configs)})
+        if exp.source_file:
+            tracking.log_file(client, parent_id, Path(exp.source_file), "source")
+
+    results: list[VariantResult] = []
+    with _sigterm_as_interrupt():
+        try:
+            for variant, config in configs.items():
+                results.append(_run_variant(client, experiment_id, parent_id, variant, config, env_tags, exp, data_dir, existing))
+        except KeyboardInterrupt:
+            tracking.end_run(client, parent_id, "KILLED", "interrupted")
+            raise
+    table = comparison_table(results)
+    tracking.log_text(client, parent_id, table.to_csv(index=False), "comparison.csv")
+    tracking.log_text(client, parent_id, reports.markdown_table(table), "comparison.md")
+    ok = all(r.status == "FINISHED" for r in results)
+    tracking.end_run(client, parent_id, "FINISHED" if ok else "FAILED",
+                     None if ok else "; ".join(f"{r.variant}: {r.reason}" for r in results if r.reason))
+    return RunOutcome(parent_id, results, table)
+
+
+def _run_variant(
+    client: MlflowClient, experiment_id: str, parent_id: str, variant: str, config: TrainConfig,
+    env_tags: dict[str, str], exp: Experiment, data_dir: Path | None, existing: dict[str, Any],
+) -> VariantResult:
+    previous = existing.get(variant)
+    if previous is not None and previous.info.status == "FINISHED":
+        print(f"{variant}: already finished in run {previous.info.run_id}", flush=True)
+        return VariantResult(variant, config, previous.info.run_id, "FINISHED", dict(previous.data.metrics))
+    if previous is not None:
+        run_id = previous.info.run_id
+        tracking.reopen_run(client, run_id)
+    else:
+        run_id = tracking.start_run(client, experiment_id, variant,
+                                    {tracking.KIND_TAG: "variant", tracking.VARIANT_TAG: variant, **env_tags}, parent_id)
+        tracking.log_config(client, run_id, config, exp.source_file)
+    try:
+        data = load_data(config, data_dir)
+        metrics = train_variant(client, run_id, variant, config, data, resume=previous is not None)
+    except KeyboardInterrupt:
+        tracking.end_run(client, run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM); resume with --resume")
+        raise
+    except (HarnessError, NonFiniteLossError) as exc:
+        tracking.end_run(client, run_id, "FAILED", str(exc))
+        return VariantResult(variant, config, run_id, "FAILED", reason=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a crash in one variant must not lose the others
+        reason = f"{type(exc).__name__}: {exc}"
+        tracking.log_text(client, run_id, traceback.format_exc(), "error.txt")
+        tracking.end_run(client, run_id, "FAILED", reason)
+        return VariantResult(variant, config, run_id, "FAILED", reason=reason)
+    tracking.end_run(client, run_id, "FINISHED")
+    return VariantResult(variant, config, run_id, "FINISHED", metrics)
+
+
+def comparison_table(results: list[VariantResult]) -> pd.DataFrame:
+    """One row per variant with its key settings and results, best test accuracy first."""
+    rows = []
+    for r in results:
+        row: dict[str, Any] = {"variant": r.variant, "model": r.config.model, "dataset": r.config.dataset,
+                               "status": r.status, "run_id": r.run_id}
+        for key in ("best_epoch", "best_val_acc", "test_acc", "test_loss", "epochs_run", "train_seconds",
+                    "images_per_second", "param_count"):
+            value = r.metrics.get(key)
+            row[key] = int(value) if key in ("best_epoch", "epochs_run", "param_count") and value is not None else value
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    return frame.sort_values("test_acc", ascending=False, na_position="last", kind="stable").reset_index(drop=True)

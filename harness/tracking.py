@@ -1,0 +1,211 @@
+"""The one owner of MLflow: tracking URI, experiments, runs, params, metrics and artifacts.
+
+Everything goes through an explicit run id (MlflowClient), never a process-global "active
+run", so parallel trials and resumed runs cannot log into each other.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunTag
+
+import harness
+from harness.config import TrainConfig, flatten
+from harness.train import Callback, FitState, Trainer
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's embedded default; artifacts go to ./mlruns
+PARENT_RUN = "mlflow.parentRunId"
+KIND_TAG = "harness.kind"  # "run" for a `harness run` parent, "variant" for its children
+VARIANT_TAG = "harness.variant"
+FAILURE_TAG = "harness.failure_reason"
+_PARAM_LIMIT = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """`uri`, else MLFLOW_TRACKING_URI, else the embedded sqlite store in the working folder."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def connect(uri: str | None = None) -> MlflowClient:
+    """A client on the resolved tracking URI (also made the process default for mlflow.* calls)."""
+    resolved = resolve_tracking_uri(uri)
+    mlflow.set_tracking_uri(resolved)
+    return MlflowClient(tracking_uri=resolved)
+
+
+def ensure_experiment(client: MlflowClient, name: str, description: str = "") -> str:
+    """Id of MLflow experiment `name`, created (with `description` as its note) if missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, tags={"mlflow.note.content": description})
+
+
+def start_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
+    """Create a run (nested under `parent_id` if given); returns its id."""
+    all_tags = dict(tags)
+    if parent_id:
+        all_tags[PARENT_RUN] = parent_id
+    return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+
+
+def reopen_run(client: MlflowClient, run_id: str) -> None:
+    """Mark an interrupted run RUNNING again (resume logs into the same run)."""
+    client.update_run(run_id, status="RUNNING")
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
+    """Terminate a run as FINISHED, FAILED or KILLED, recording `reason` as a tag."""
+    if reason:
+        client.set_tag(run_id, FAILURE_TAG, reason[:5000])
+    client.set_terminated(run_id, status=status)
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= _PARAM_LIMIT else value[: _PARAM_LIMIT - 3] + "..."
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    """Log params in one batch, shortening values beyond MLflow's length limit."""
+    items = [Param(k, _short(str(v))) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Log several metrics at one step in a single request."""
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def git_commit(folder: Path) -> str | None:
+    """The git commit of `folder`'s repository, if it is one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment_tags(device: str, source_file: str | None) -> dict[str, str]:
+    """Versions, host, device and git commit: what reproduces the run's environment."""
+    import torch
+    import torchvision
+
+    tags = {
+        "harness.version": harness.__version__,
+        "torch.version": torch.__version__,
+        "torchvision.version": torchvision.__version__,
+        "python.version": platform.python_version(),
+        "device": device,
+        "host": socket.gethostname(),
+    }
+    commit = git_commit(Path(source_file).parent if source_file else Path.cwd())
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git_commit"] = commit
+    return tags
+
+
+def log_config(client: MlflowClient, run_id: str, config: TrainConfig, source_file: str | None) -> None:
+    """Every config field as a param, the full config as JSON, and the experiment's source file."""
+    log_params(client, run_id, flatten(config))
+    client.log_dict(run_id, config.to_dict(), "config.json")
+    if source_file and Path(source_file).is_file():
+        client.log_artifact(run_id, source_file, "source")
+
+
+def log_figure(client: MlflowClient, run_id: str, figure: Any, artifact_file: str) -> None:
+    """Save a matplotlib figure as an artifact and free it."""
+    import matplotlib.pyplot as plt
+
+    client.log_figure(run_id, figure, artifact_file)
+    plt.close(figure)
+
+
+def log_text(client: MlflowClient, run_id: str, text: str, artifact_file: str) -> None:
+    client.log_text(run_id, text, artifact_file)
+
+
+def log_file(client: MlflowClient, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    client.log_artifact(run_id, str(path), artifact_path)
+
+
+def log_array(client: MlflowClient, run_id: str, array: Any, artifact_file: str) -> None:
+    """Save a NumPy array (`.npy`) as an artifact."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        np.save(path, array)
+        parent = str(Path(artifact_file).parent)
+        client.log_artifact(run_id, str(path), None if parent == "." else parent)
+
+
+def log_model(run_id: str, model: Any, input_example: Any) -> str:
+    """`mlflow.pytorch.log_model` into run `run_id` with a signature and input example."""
+    import mlflow.pytorch
+    import torch
+    import torchvision
+    from mlflow.models import infer_signature
+
+    with torch.inference_mode():
+        output = model(torch.from_numpy(input_example)).numpy()
+    signature = infer_signature(input_example, output)
+    # Explicit requirements: MLflow's inference imports the model in a subprocess (~10 s).
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
+                    f"harness=={harness.__version__}"]
+    with mlflow.start_run(run_id=run_id, nested=True):
+        info = mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=input_example,
+                                        pip_requirements=requirements)
+    return info.model_uri
+
+
+class MlflowEpochLogger(Callback):
+    """Logs each epoch's metrics (one request per epoch, step = epoch number)."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def on_fit_start(self, t: Trainer, state: FitState) -> None:
+        # A resumed run may have been killed between its checkpoint and its metric write:
+        # log any epoch the checkpoint has but MLflow lacks.
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
+        for epoch, record in enumerate(state.history, start=1):
+            if epoch not in logged:
+                log_metrics(self.client, self.run_id, record, step=epoch)
+
+    def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
+        log_metrics(self.client, self.run_id, record, step=state.epoch)
+
+
+# ----------------------------------------------------------------- reading runs back
+
+
+def latest_parent_run(client: MlflowClient, experiment_id: str, unfinished_only: bool = False) -> Run | None:
+    """The newest `harness run` parent run of the experiment (optionally only unfinished ones)."""
+    filt = f"tags.`{KIND_TAG}` = 'run'"
+    if unfinished_only:
+        filt += " and attributes.status != 'FINISHED'"
+    runs = client.search_runs([experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[str, Run]:
+    """Children of `parent_id` keyed by variant name."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_RUN}` = '{parent_id}'", max_results=1000)
+    return {r.data.tags.get(VARIANT_TAG, r.info.run_name): r for r in runs}

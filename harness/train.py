@@ -1,0 +1,259 @@
+"""The one training loop: `train_one_epoch`, `evaluate`, `fit`.
+
+Tracking, checkpoints, early stopping, progress and Optuna pruning are callbacks on `fit`;
+they never fork the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.config import TrainConfig
+from harness.data import Data
+from harness.data.in_memory import Split
+from harness.data.transforms import BatchTransform, Preprocess
+from harness.device import resolve_device, seed_everything
+from harness.models import build_model
+from harness.optim import INITS, build_optimizer, build_scheduler
+
+# How often (in batches) running loss/accuracy are read back for progress and NaN checks;
+# reading them every step would force a device sync per step.
+SYNC_EVERY = 25
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training loss became NaN or infinite."""
+
+
+@dataclass
+class Trainer:
+    """A model with everything needed to train and evaluate it on one dataset."""
+
+    config: TrainConfig
+    data: Data
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    transform: BatchTransform
+    data_rng: torch.Generator  # shuffling and augmentation; saved in checkpoints
+
+    @property
+    def image_size(self) -> int:
+        return self.transform.preprocess.image_size
+
+    @property
+    def use_amp(self) -> bool:
+        return self.config.amp and self.device.type == "cuda"
+
+
+def build_trainer(config: TrainConfig, data: Data) -> Trainer:
+    """Seed, build the model (with its init), optimizer, schedule and batch transform."""
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    image_size = config.image_size or data.native_size
+    model = build_model(
+        config.model, in_channels=data.in_channels, num_classes=len(data.classes), image_size=image_size,
+        dropout=config.dropout, pretrained=config.pretrained, freeze_backbone=config.freeze_backbone,
+    )
+    INITS.get(config.init)(model)
+    model.to(device)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+    transform = BatchTransform(Preprocess(data.mean, data.std, image_size), device, config.augment, data.hflip)
+    data_rng = torch.Generator().manual_seed(config.seed)
+    return Trainer(config, data, device, model, optimizer, scheduler, scaler, transform, data_rng)
+
+
+def param_count(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------- one epoch
+
+
+@dataclass
+class EpochTotals:
+    """Running sums for one pass; tensors stay on the device until read."""
+
+    loss_sum: Tensor
+    correct: Tensor
+    seen: int = 0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum.item() / max(self.seen, 1)
+
+    @property
+    def acc(self) -> float:
+        return self.correct.item() / max(self.seen, 1)
+
+
+def train_one_epoch(t: Trainer, callbacks: Sequence[Callback] = ()) -> EpochTotals:
+    """One pass over the training split; returns summed loss and correct counts."""
+    t.model.train()
+    totals = EpochTotals(torch.zeros((), device=t.device), torch.zeros((), device=t.device, dtype=torch.long))
+    num_batches = math.ceil(len(t.data.train) / t.config.batch_size)
+    params = [p for p in t.model.parameters() if p.requires_grad]
+    for i, (images, labels) in enumerate(t.data.train.batches(t.config.batch_size, True, t.data_rng)):
+        x = t.transform(images, train=True, generator=t.data_rng)
+        y = labels.to(t.device, non_blocking=True)
+        with torch.autocast(t.device.type, dtype=torch.float16, enabled=t.use_amp):
+            logits = t.model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=t.config.label_smoothing)
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        if t.config.grad_clip is not None:
+            t.scaler.unscale_(t.optimizer)
+            nn.utils.clip_grad_norm_(params, t.config.grad_clip)
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        totals.loss_sum += loss.detach() * len(y)
+        totals.correct += (logits.argmax(1) == y).sum()
+        totals.seen += len(y)
+        if (i + 1) % SYNC_EVERY == 0 or i + 1 == num_batches:
+            running = totals.loss
+            if not math.isfinite(running):
+                raise NonFiniteLossError(f"training loss became {running} in batch {i + 1}")
+            for cb in callbacks:
+                cb.on_batch_end(i + 1, num_batches, running, totals.acc)
+    return totals
+
+
+@dataclass
+class EvalResult:
+    """Loss, accuracies and the confusion matrix (rows = true class, columns = predicted)."""
+
+    loss: float
+    acc: float
+    top5: float | None
+    confusion: Tensor  # int64 (K, K)
+    seconds: float
+    samples: int
+
+
+@torch.inference_mode()
+def evaluate(t: Trainer, split: Split, model: nn.Module | None = None) -> EvalResult:
+    """Loss, top-1 (and top-5 for more than 10 classes) and the confusion matrix on `split`."""
+    model = model or t.model
+    model.eval()
+    k = len(t.data.classes)
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), device=t.device, dtype=torch.float64)
+    top5_hits = torch.zeros((), device=t.device, dtype=torch.long)
+    confusion = torch.zeros(k * k, device=t.device, dtype=torch.long)
+    for images, labels in split.batches(t.config.eval_batch_size, False, None):
+        x = t.transform(images, train=False)
+        y = labels.to(t.device, non_blocking=True)
+        with torch.autocast(t.device.type, dtype=torch.float16, enabled=t.use_amp):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k)
+        if k > 10:
+            top5_hits += (logits.topk(5, dim=1).indices == y[:, None]).any(1).sum()
+    n = len(split)
+    confusion = confusion.view(k, k).cpu()
+    return EvalResult(
+        loss=loss_sum.item() / max(n, 1),
+        acc=confusion.diagonal().sum().item() / max(n, 1),
+        top5=top5_hits.item() / max(n, 1) if k > 10 else None,
+        confusion=confusion,
+        seconds=time.perf_counter() - start,
+        samples=n,
+    )
+
+
+# ----------------------------------------------------------------- the loop
+
+
+@dataclass
+class FitState:
+    """What training has produced so far; all of it goes into every checkpoint."""
+
+    epoch: int = 0  # completed epochs
+    history: list[dict[str, float]] = field(default_factory=list)  # one record per epoch
+    val_confusions: list[Tensor] = field(default_factory=list)  # (K, K) per epoch with validation
+    best_epoch: int = 0
+    best_score: float | None = None  # of the monitored metric
+    stop_reason: str | None = None  # set by a callback (e.g. early stopping) to end training
+
+    @property
+    def epochs_since_best(self) -> int:
+        return self.epoch - self.best_epoch
+
+    def to_dict(self) -> dict[str, object]:
+        return {"epoch": self.epoch, "history": self.history, "val_confusions": self.val_confusions,
+                "best_epoch": self.best_epoch, "best_score": self.best_score, "stop_reason": self.stop_reason}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> FitState:
+        return cls(**d)  # type: ignore[arg-type]
+
+
+def monitored(config: TrainConfig, record: dict[str, float]) -> tuple[str, float, bool]:
+    """(metric name, value, higher is better) used for best epoch and early stopping."""
+    if "val_loss" not in record:  # no validation split: the training loss is all there is
+        return "train_loss", record["train_loss"], False
+    name = config.early_stopping_metric
+    return name, record[name], name == "val_acc"
+
+
+class Callback:
+    """Hooks into `fit`; override what you need."""
+
+    def on_fit_start(self, t: Trainer, state: FitState) -> None: ...
+
+    def on_epoch_start(self, t: Trainer, state: FitState, epoch: int) -> None: ...
+
+    def on_batch_end(self, batch: int, num_batches: int, loss: float, acc: float) -> None: ...
+
+    def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None: ...
+
+    def on_fit_end(self, t: Trainer, state: FitState) -> None: ...
+
+
+def fit(t: Trainer, callbacks: Sequence[Callback] = (), state: FitState | None = None) -> FitState:
+    """Train from `state` (a fresh one, or one restored from a checkpoint) to `config.epochs`."""
+    state = state or FitState()
+    for cb in callbacks:
+        cb.on_fit_start(t, state)
+    for epoch in range(state.epoch + 1, t.config.epochs + 1):
+        for cb in callbacks:
+            cb.on_epoch_start(t, state, epoch)
+        lr = t.optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        totals = train_one_epoch(t, callbacks)
+        train_seconds = time.perf_counter() - start
+        record = {"train_loss": totals.loss, "train_acc": totals.acc, "lr": lr}
+        if t.data.val is not None:
+            val = evaluate(t, t.data.val)
+            record.update(val_loss=val.loss, val_acc=val.acc)
+            state.val_confusions.append(val.confusion)
+        t.scheduler.step()
+        record.update(epoch_seconds=time.perf_counter() - start, images_per_second=totals.seen / train_seconds)
+        if not all(math.isfinite(v) for v in record.values()):
+            bad = ", ".join(f"{k}={v}" for k, v in record.items() if not math.isfinite(v))
+            raise NonFiniteLossError(f"non-finite metrics in epoch {epoch}: {bad}")
+        state.epoch = epoch
+        state.history.append(record)
+        _, score, higher = monitored(t.config, record)
+        if state.best_score is None or (score > state.best_score if higher else score < state.best_score):
+            state.best_epoch, state.best_score = epoch, score
+        for cb in callbacks:
+            cb.on_epoch_end(t, state, record)
+        if state.stop_reason:
+            break
+    for cb in callbacks:
+        cb.on_fit_end(t, state)
+    return state

@@ -83,7 +83,7 @@ def summarize(state: FitState) -> dict[str, float]:
     out: dict[str, float] = {"best_epoch": state.best_epoch, "epochs_run": len(history),
                              "train_seconds": sum(h["epoch_seconds"] for h in history)}
     if history:
-        out["images_per_second"] = statistics.median(h["images_per_second"] for h in history)
+        out["median_images_per_second"] = statistics.median(h["images_per_second"] for h in history)
     if history and "val_acc" in history[0]:
         out["best_val_acc"] = max(h["val_acc"] for h in history)
         out["best_val_loss"] = min(h["val_loss"] for h in history)
@@ -258,7 +258,7 @@ def comparison_table(results: list[VariantResult]) -> pd.DataFrame:
                                "status": r.status, "run_id": r.run_id}
         for key in ("best_epoch", "best_val_acc", "test_acc", "test_loss", "epochs_run", "train_seconds",
                     "images_per_second", "param_count"):
-            value = r.metrics.get(key)
+            value = r.metrics.get("median_images_per_second" if key == "images_per_second" else key)
             row[key] = int(value) if key in ("best_epoch", "epochs_run", "param_count") and value is not None else value
         rows.append(row)
     frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

@@ -6,6 +6,7 @@ run", so parallel trials and resumed runs cannot log into each other.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import socket
@@ -39,6 +40,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 def connect(uri: str | None = None) -> MlflowClient:
     """A client on the resolved tracking URI (also made the process default for mlflow.* calls)."""
     resolved = resolve_tracking_uri(uri)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on stderr
     mlflow.set_tracking_uri(resolved)
     return MlflowClient(tracking_uri=resolved)
 

@@ -1,0 +1,348 @@
+"""TrainConfig validation, --set overrides, experiments, schedules and optimizers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from harness.config import TrainConfig, flatten, parse_overrides, parse_value
+from harness.errors import HarnessError
+from harness.experiment import Experiment, experiment_names, experiments_dir, load_experiment
+from harness.optim import OPTIMIZERS, build_optimizer, build_scheduler
+
+
+@pytest.fixture(autouse=True)
+def _default_experiments_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Look experiments up in the repo's own folder, whatever the environment says."""
+    monkeypatch.delenv("HARNESS_EXPERIMENTS_DIR", raising=False)
+
+
+# ------------------------------------------------------------------ validation
+
+
+def test_defaults_are_valid() -> None:
+    """The default config builds."""
+    assert TrainConfig().model == "lenet_relu"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"lr": 0.0},
+        {"lr": -0.1},
+        {"batch_size": 0},
+        {"val_fraction": 1.0},
+        {"val_fraction": -0.1},
+        {"epochs": 0},
+        {"momentum": 1.0},
+        {"gamma": 0.0},
+        {"test_fraction": 0.0},
+        {"train_limit": 0},
+        {"dropout": 1.0},
+        {"device": "gpu"},
+        {"nesterov": True, "momentum": 0.0},
+        {"dataset": "image_folder"},  # needs data_path
+        {"model": "lenet", "pretrained": True},  # pretrained needs a torchvision model
+        {"model": "tv_resnet18", "freeze_backbone": True},  # freeze needs pretrained
+    ],
+    ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()),
+)
+def test_invalid_values_rejected(changes: dict) -> None:
+    """Out-of-range values raise HarnessError, both when built and when overridden."""
+    with pytest.raises(HarnessError):
+        TrainConfig(**changes)
+    with pytest.raises(HarnessError):
+        TrainConfig().override(**changes)
+
+
+@pytest.mark.parametrize("changes", [{"val_fraction": 0.0}, {"val_fraction": 0.99}, {"batch_size": 1}, {"lr": 1e-9}])
+def test_boundary_values_accepted(changes: dict) -> None:
+    """The inclusive ends of the valid ranges are accepted."""
+    TrainConfig(**changes)
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "suggestion"),
+    [
+        ("model", "resnet19", "resnet18"),
+        ("dataset", "cifar11", "cifar10"),
+        ("optimizer", "adamw2", "adamw"),
+        ("scheduler", "cosin", "cosine"),
+    ],
+)
+def test_unknown_names_suggest_closest(field: str, bad: str, suggestion: str) -> None:
+    """An unknown registry name: HarnessError with the bad name and the closest valid one."""
+    with pytest.raises(HarnessError) as info:
+        TrainConfig(**{field: bad})
+    message = str(info.value)
+    assert f"'{bad}'" in message
+    assert f"Did you mean '{suggestion}'?" in message
+
+
+def test_unknown_name_without_close_match_lists_choices() -> None:
+    """A name far from every choice gets no suggestion, but the valid choices are listed."""
+    with pytest.raises(HarnessError) as info:
+        TrainConfig(optimizer="zzzzzz")
+    message = str(info.value)
+    assert "zzzzzz" in message and "Did you mean" not in message
+    assert all(name in message for name in OPTIMIZERS.names())
+
+
+def test_image_size_too_small_for_model() -> None:
+    """image_size below the model's minimum is rejected with the minimum in the message."""
+    with pytest.raises(HarnessError, match="at least 12"):
+        TrainConfig(model="lenet", image_size=8)
+    with pytest.raises(HarnessError, match="at least 32"):
+        TrainConfig(model="tv_resnet18", image_size=28)
+    assert TrainConfig(model="lenet", image_size=12).image_size == 12
+
+
+def test_config_is_frozen() -> None:
+    """Configs are immutable; override() makes a validated copy."""
+    config = TrainConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 0.5  # type: ignore[misc]
+    changed = config.override(lr=0.5)
+    assert (config.lr, changed.lr) == (0.01, 0.5)
+
+
+# ------------------------------------------------------------------ serialisation
+
+
+def test_to_dict_from_dict_round_trip() -> None:
+    """to_dict is JSON-serialisable and from_dict rebuilds an equal config (tuples included)."""
+    config = TrainConfig(
+        model="resnet18", scheduler="multistep", milestones=(3, 6), image_size=32,
+        dropout=0.3, train_limit=100, augment=True,
+    )
+    data = json.loads(json.dumps(config.to_dict()))
+    assert data["milestones"] == [3, 6]
+    rebuilt = TrainConfig.from_dict(data)
+    assert rebuilt == config
+    assert isinstance(rebuilt.milestones, tuple)
+
+
+def test_from_dict_ignores_unknown_keys() -> None:
+    """Keys from older/newer versions do not break loading a checkpoint's config."""
+    assert TrainConfig.from_dict({"lr": 0.2, "no_such_field": 1}) == TrainConfig(lr=0.2)
+
+
+def test_flatten_gives_strings_for_every_field() -> None:
+    """flatten() has one string per field; tuples become comma-joined."""
+    config = TrainConfig(scheduler="multistep", milestones=(3, 6))
+    flat = flatten(config)
+    assert set(flat) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert all(isinstance(v, str) for v in flat.values())
+    assert flat["milestones"] == "3,6"
+    assert flat["lr"] == "0.01"
+    assert flat["image_size"] == "None"
+
+
+# ------------------------------------------------------------------ overrides
+
+
+@pytest.mark.parametrize(
+    ("item", "key", "value"),
+    [
+        ("epochs=3", "epochs", 3),
+        ("lr=0.05", "lr", 0.05),
+        ("lr=1e-3", "lr", 1e-3),
+        ("augment=true", "augment", True),
+        ("augment=False", "augment", False),
+        ("nesterov=1", "nesterov", True),
+        ("image_size=none", "image_size", None),
+        ("image_size=64", "image_size", 64),
+        ("dropout=None", "dropout", None),
+        ("milestones=3,6", "milestones", (3, 6)),
+        ("milestones= 3, 6 ", "milestones", (3, 6)),
+        ("model=resnet18", "model", "resnet18"),
+        ("data_path=a=b", "data_path", "a=b"),
+    ],
+)
+def test_parse_overrides_types(item: str, key: str, value: object) -> None:
+    """key=value is parsed to the field's type."""
+    overrides = parse_overrides([item])
+    assert overrides.common == {key: value}
+    assert type(overrides.common[key]) is type(value)
+    assert overrides.per_variant == {}
+
+
+def test_parse_overrides_per_variant() -> None:
+    """VARIANT.key=value goes to that variant; plain keys go to every variant."""
+    overrides = parse_overrides(["epochs=2", "alexnet.image_size=64", "alexnet.lr=0.1", "lenet.lr=0.2"])
+    assert overrides.common == {"epochs": 2}
+    assert overrides.per_variant == {"alexnet": {"image_size": 64, "lr": 0.1}, "lenet": {"lr": 0.2}}
+
+
+def test_parse_overrides_empty() -> None:
+    """No --set options: nothing to override."""
+    assert parse_overrides(None).common == {} and parse_overrides([]).per_variant == {}
+
+
+def test_unknown_override_key_lists_choices() -> None:
+    """An unknown key names the closest field and lists the valid ones."""
+    with pytest.raises(HarnessError) as info:
+        parse_overrides(["learning_rate=0.1"])
+    message = str(info.value)
+    assert "learning_rate" in message
+    assert "batch_size" in message and "warmup_epochs" in message
+
+
+def test_override_key_typo_suggests_field() -> None:
+    """'epoch' suggests 'epochs'."""
+    with pytest.raises(HarnessError, match="Did you mean 'epochs'"):
+        parse_value("epoch", "3")
+
+
+@pytest.mark.parametrize("item", ["lr=abc", "epochs=2.5", "augment=maybe", "milestones=3,x", "lr"])
+def test_unparsable_override_raises(item: str) -> None:
+    """Values that do not fit the field type (or a missing '=') give a HarnessError."""
+    with pytest.raises(HarnessError):
+        parse_overrides([item])
+
+
+def test_unparsable_message_names_value_and_key() -> None:
+    """The parse error says which value and key, and what was expected."""
+    with pytest.raises(HarnessError, match="'abc' for lr: expected a number"):
+        parse_overrides(["lr=abc"])
+
+
+# ------------------------------------------------------------------ experiments
+
+
+def _two_variant_experiment() -> Experiment:
+    return Experiment(
+        name="demo",
+        description="two variants",
+        variants={"a": TrainConfig(lr=0.01, epochs=5), "b": TrainConfig(lr=0.02, epochs=7)},
+    )
+
+
+def test_resolve_applies_common_then_per_variant() -> None:
+    """Common overrides apply to every variant; per-variant ones win for their variant."""
+    exp = _two_variant_experiment()
+    resolved = exp.resolve(parse_overrides(["epochs=1", "lr=0.5", "b.lr=0.3", "b.epochs=2"]))
+    assert (resolved["a"].epochs, resolved["a"].lr) == (1, 0.5)
+    assert (resolved["b"].epochs, resolved["b"].lr) == (2, 0.3)
+    assert exp.resolve() == dict(exp.variants)
+
+
+def test_resolve_revalidates() -> None:
+    """An override producing an invalid config is rejected."""
+    with pytest.raises(HarnessError):
+        _two_variant_experiment().resolve(parse_overrides(["lr=-1"]))
+
+
+def test_resolve_unknown_variant() -> None:
+    """Overrides for a variant the experiment does not have: HarnessError suggesting the real one."""
+    exp = Experiment("demo", "d", {"lenet": TrainConfig(), "alexnet": TrainConfig(model="alexnet")})
+    with pytest.raises(HarnessError, match="Did you mean 'lenet'"):
+        exp.resolve(parse_overrides(["lenett.lr=0.1"]))
+
+
+def test_experiment_needs_variants() -> None:
+    """An experiment without variants, or with a non-config variant, is rejected."""
+    with pytest.raises(HarnessError):
+        Experiment("demo", "d", {})
+    with pytest.raises(HarnessError):
+        Experiment("demo", "d", {"a": {"lr": 0.1}})  # type: ignore[dict-item]
+
+
+def test_load_quickstart() -> None:
+    """The shipped quickstart experiment loads and its variants are TrainConfigs."""
+    exp = load_experiment("quickstart")
+    assert exp.name == "quickstart"
+    assert exp.variants and all(isinstance(c, TrainConfig) for c in exp.variants.values())
+    assert exp.source_file and exp.source_file.endswith("quickstart.py")
+
+
+def test_every_shipped_experiment_loads() -> None:
+    """Every file in experiments/ defines a valid experiment (configs validated on import)."""
+    names = experiment_names()
+    assert "quickstart" in names
+    for name in names:
+        exp = load_experiment(name)
+        assert exp.name == name
+        exp.resolve()
+
+
+def test_unknown_experiment_suggests_closest() -> None:
+    """A misspelt experiment name suggests the real one."""
+    assert experiments_dir().is_dir()
+    with pytest.raises(HarnessError, match="Did you mean 'quickstart'") as info:
+        load_experiment("quickstrat")
+    assert "quickstrat" in str(info.value)
+
+
+# ------------------------------------------------------------------ schedules and optimizers
+
+
+def _lrs_per_epoch(config: TrainConfig, epochs: int) -> list[float]:
+    """The lr each epoch trains at, stepping the scheduler once per epoch as training does."""
+    model = nn.Linear(2, 2)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_warmup_then_constant() -> None:
+    """warmup_epochs=2: lr/3, 2lr/3, then lr for good."""
+    config = TrainConfig(lr=0.1, warmup_epochs=2, scheduler="none", epochs=5)
+    assert _lrs_per_epoch(config, 5) == pytest.approx([0.1 / 3, 0.2 / 3, 0.1, 0.1, 0.1])
+
+
+def test_step_schedule_without_warmup() -> None:
+    """step, step_size=2, gamma=0.1: 0.1, 0.1, 0.01, 0.01, 0.001."""
+    config = TrainConfig(lr=0.1, scheduler="step", step_size=2, gamma=0.1, epochs=5)
+    assert _lrs_per_epoch(config, 5) == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_no_schedule_is_constant() -> None:
+    """scheduler='none' without warmup keeps the lr unchanged (but still returns a scheduler)."""
+    assert _lrs_per_epoch(TrainConfig(lr=0.1, epochs=4), 4) == pytest.approx([0.1] * 4)
+
+
+def test_multistep_milestones_are_absolute_epochs_with_warmup() -> None:
+    """Milestones count from the start of training, warmup included."""
+    config = TrainConfig(lr=0.1, scheduler="multistep", milestones=(3, 5), gamma=0.1, warmup_epochs=1, epochs=6)
+    assert _lrs_per_epoch(config, 6) == pytest.approx([0.05, 0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_cosine_after_warmup_spans_remaining_epochs() -> None:
+    """Cosine decay starts at the full lr after warmup and follows the closed form over the rest."""
+    import math
+
+    config = TrainConfig(lr=0.1, scheduler="cosine", warmup_epochs=2, epochs=6)
+    expected = [0.1 / 3, 0.2 / 3] + [0.05 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert _lrs_per_epoch(config, 6) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_every_optimizer_builds_and_steps(name: str) -> None:
+    """Every registered optimizer builds on a tiny model, uses the configured lr and takes a step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    config = TrainConfig(optimizer=name, lr=0.05)
+    optimizer = build_optimizer(model, config)
+    assert optimizer.param_groups[0]["lr"] == 0.05
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(8, 4)).square().mean().backward()
+    optimizer.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_optimizer_skips_frozen_params() -> None:
+    """Only trainable parameters go to the optimizer."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    model[0].requires_grad_(False)
+    optimizer = build_optimizer(model, TrainConfig())
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 2

@@ -1,0 +1,261 @@
+"""End-to-end `harness run`: MLflow records read back through MLflow's own client."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import mlflow
+import mlflow.artifacts
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.config import TrainConfig, field_names
+from harness.data import load_data
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working folder with its own MLflow store, checkpoints and experiments."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")  # in-process runs set it globally
+    monkeypatch.setenv("HARNESS_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("HARNESS_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    (tmp_path / "experiments").mkdir()
+    for name in ("quickstart.py",):
+        (tmp_path / "experiments" / name).write_text((REPO / "experiments" / name).read_text())
+    return tmp_path
+
+
+def write_experiment(folder: Path, name: str, variants: str) -> None:
+    body = textwrap.indent(textwrap.dedent(variants).strip(), "    ")
+    (folder / "experiments" / f"{name}.py").write_text(
+        "from harness.config import TrainConfig\nfrom harness.experiment import Experiment\n"
+        f'experiment = Experiment(name="{name}", description="test", variants={{\n{body}\n}})\n'
+    )
+
+
+def runs_of(experiment: str) -> list:
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def child(experiment: str, variant: str):
+    return next(r for r in runs_of(experiment) if r.info.run_name == variant and "mlflow.parentRunId" in r.data.tags)
+
+
+def artifact_paths(run_id: str, path: str = "") -> set[str]:
+    client = MlflowClient()
+    out: set[str] = set()
+    for info in client.list_artifacts(run_id, path):
+        out.add(info.path)
+        if info.is_dir:
+            out |= artifact_paths(run_id, info.path)
+    return out
+
+
+def test_quickstart_records_everything(workdir: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "quickstart", "--set", "epochs=3"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    parents = [r for r in runs_of("quickstart") if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    run = child("quickstart", "lenet_relu")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    # every config field is a param
+    assert set(field_names()) <= set(run.data.params)
+    assert run.data.params["model"] == "lenet_relu" and run.data.params["epochs"] == "3"
+    for tag in ("torch.version", "torchvision.version", "harness.version", "device", "host"):
+        assert tag in run.data.tags
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2, 3], key
+    for key in ("test_loss", "test_acc", "best_epoch", "param_count"):
+        assert key in run.data.metrics
+    assert run.data.metrics["test_acc"] > 0.8
+    arts = artifact_paths(run.info.run_id)
+    for expected in ("confusion_matrix.png", "confusion_matrix.csv", "per_class_metrics.csv", "learning_curves.png",
+                     "val_confusion/per_epoch.npy", "val_confusion/classes.json", "checkpoint/best.pt",
+                     "config.json", "source/quickstart.py"):
+        assert expected in arts, (expected, arts)
+    # per-epoch validation confusion matrices: (epochs, classes, classes)
+    local = client.download_artifacts(run.info.run_id, "val_confusion/per_epoch.npy", str(workdir))
+    per_epoch = np.load(local)
+    assert per_epoch.shape == (3, 10, 10)
+    # comparison table on the parent
+    assert {"comparison.csv", "comparison.md"} <= artifact_paths(parents[0].info.run_id)
+    assert "lenet_relu" in result.output and "test_acc" in result.output
+
+    # the logged model takes raw [0, 1] images at native size and reproduces test_acc
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    config = TrainConfig.from_dict(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/config.json"))
+    test = load_data(config).test
+    with torch.inference_mode():
+        logits = model(test.images.float() / 255)
+    acc = (logits.argmax(1) == test.labels).sum().item() / len(test)
+    assert acc == pytest.approx(run.data.metrics["test_acc"], abs=1e-9)
+
+
+def test_same_seed_gives_identical_metrics(workdir: Path) -> None:
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["run", "quickstart", "--set", "epochs=2"])
+        assert result.exit_code == 0, result.output
+    children = [r for r in runs_of("quickstart") if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2
+    client = MlflowClient()
+    histories = [[m.value for m in sorted(client.get_metric_history(r.info.run_id, "val_loss"), key=lambda m: m.step)]
+                 for r in children]
+    assert histories[0] == histories[1]
+    assert children[0].data.metrics["test_acc"] == children[1].data.metrics["test_acc"]
+
+
+def test_failing_variant_is_marked_failed_and_others_kept(workdir: Path) -> None:
+    write_experiment(workdir, "two", """
+        "good": TrainConfig(dataset="synthetic", model="lenet_relu", epochs=1, train_limit=1000),
+        "diverges": TrainConfig(dataset="synthetic", model="lenet_relu", epochs=2, train_limit=1000,
+                                optimizer="sgd", lr=1e6, momentum=0.9),
+    """)
+    result = CliRunner().invoke(app, ["run", "two"])
+    assert result.exit_code == 1
+    good, bad = child("two", "good"), child("two", "diverges")
+    assert good.info.status == "FINISHED" and "test_acc" in good.data.metrics
+    assert bad.info.status == "FAILED"
+    assert "non-finite" in bad.data.tags["harness.failure_reason"] or "became" in bad.data.tags["harness.failure_reason"]
+    parent = next(r for r in runs_of("two") if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "FAILED"
+
+
+def _harness(*args: str, cwd: Path, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for(path_glob: str, folder: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if list(folder.glob(path_glob)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"harness exited early: {proc.communicate()}")
+        time.sleep(0.05)
+    raise AssertionError(f"{path_glob} never appeared")
+
+
+def _history(run_id: str) -> dict[str, list[float]]:
+    client = MlflowClient()
+    return {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
+            for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")}
+
+
+RESUMABLE = """
+    "net": TrainConfig(dataset="synthetic", model="lenet_relu", epochs=3, train_limit=2000, batch_size=32,
+                       scheduler="cosine", warmup_epochs=1, augment=True, dropout=0.1),
+"""
+
+
+def test_killed_run_resumes_to_the_same_history(workdir: Path) -> None:
+    write_experiment(workdir, "resumable", RESUMABLE)
+    proc = _harness("run", "resumable", cwd=workdir)
+    _wait_for("checkpoints/*/last.pt", workdir, proc)
+    proc.kill()  # SIGKILL: no chance to clean up, the runs stay RUNNING
+    proc.wait()
+    interrupted = child("resumable", "net")
+    assert interrupted.info.status == "RUNNING"
+    ckpt = torch.load(next(workdir.glob("checkpoints/*/last.pt")), weights_only=True)
+    assert 1 <= ckpt["fit"]["epoch"] < 3
+
+    resumed = _harness("run", "resumable", "--resume", cwd=workdir)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming after epoch" in out
+    done = child("resumable", "net")
+    assert done.info.run_id == interrupted.info.run_id and done.info.status == "FINISHED"
+
+    fresh = CliRunner().invoke(app, ["run", "resumable"])
+    assert fresh.exit_code == 0, fresh.output
+    children = [r for r in runs_of("resumable") if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2
+    reference = next(r for r in children if r.info.run_id != done.info.run_id)
+    assert _history(done.info.run_id) == _history(reference.info.run_id)
+    assert MlflowClient().get_run(done.info.run_id).data.metrics["test_acc"] == reference.data.metrics["test_acc"]
+
+
+def test_interrupt_marks_run_killed(workdir: Path) -> None:
+    write_experiment(workdir, "interrupted", RESUMABLE.replace("epochs=3", "epochs=50"))
+    proc = _harness("run", "interrupted", cwd=workdir)
+    _wait_for("checkpoints/*/last.pt", workdir, proc)
+    proc.terminate()  # SIGTERM, handled like Ctrl-C
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "--resume" in err
+    assert child("interrupted", "net").info.status == "KILLED"
+    assert next(r for r in runs_of("interrupted") if "mlflow.parentRunId" not in r.data.tags).info.status == "KILLED"
+
+
+def test_resume_without_interrupted_run_is_a_clear_error(workdir: Path) -> None:
+    proc = _harness("run", "quickstart", "--resume", cwd=workdir)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.strip().startswith("error: No interrupted run of 'quickstart'") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "quickstrat"], "Did you mean 'quickstart'"),
+        (["run", "quickstart", "--set", "lrr=0.1"], "Unknown config key 'lrr'. Did you mean 'lr'"),
+        (["run", "quickstart", "--set", "lr=fast"], "Cannot parse 'fast' for lr"),
+        (["run", "quickstart", "--set", "lr=0"], "lr must be greater than 0"),
+        (["run", "quickstart", "--set", "batch_size=0"], "batch_size must be at least 1"),
+        (["run", "quickstart", "--set", "val_fraction=1"], "val_fraction must be in [0, 1)"),
+        (["run", "quickstart", "--set", "model=lenett"], "Did you mean 'lenet'"),
+        (["run", "quickstart", "--set", "optimizer=adamm"], "Unknown optimizer 'adamm'"),
+        (["run", "quickstart", "--set", "scheduler=cosin"], "Unknown scheduler 'cosin'"),
+        (["run", "quickstart", "--set", "dataset=mnits"], "Did you mean 'mnist'"),
+        (["run", "quickstart", "--set", "resnet.lr=0.1"], "Unknown variant of 'quickstart' 'resnet'"),
+        (["show", "quickstart", "--set", "epochs"], "is not of the form key=value"),
+    ],
+)
+def test_bad_input_is_one_clear_line(workdir: Path, args: list[str], expected: str) -> None:
+    proc = _harness(*args, cwd=workdir)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, (out, err)
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert expected in err
+
+
+def test_missing_dataset_names_files_and_folder(workdir: Path) -> None:
+    proc = _harness("run", "quickstart", "--set", "dataset=fashion_mnist", "--data-dir", str(workdir / "nodata"), cwd=workdir)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in err
+    line = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(line) == 1
+    assert "fashion_mnist" in line[0] and "train-images-idx3-ubyte.gz" in line[0] and "FashionMNIST/raw" in line[0]
+    assert child("quickstart", "lenet_relu").info.status == "FAILED"
+
+
+def test_list_and_show(workdir: Path) -> None:
+    result = CliRunner().invoke(app, ["list"])
+    assert result.exit_code == 0 and "quickstart" in result.output
+    result = CliRunner().invoke(app, ["show", "quickstart", "--json", "--set", "lenet_relu.lr=0.2"])
+    assert result.exit_code == 0
+    import json
+
+    shown = json.loads(result.output)
+    assert shown["variants"]["lenet_relu"]["lr"] == 0.2

@@ -259,3 +259,64 @@ def test_list_and_show(workdir: Path) -> None:
 
     shown = json.loads(result.output)
     assert shown["variants"]["lenet_relu"]["lr"] == 0.2
+
+
+def _write_catdog(folder: Path, per_class: int = 12) -> Path:
+    """Kaggle-style cat.N.png / dog.N.png images whose colour tells the class."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for cls, base in (("cat", (200, 60, 60)), ("dog", (60, 60, 200))):
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(base, 30, size=(40, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{cls}.{i}.png")
+    return folder
+
+
+def test_transfer_experiment_on_an_image_folder(workdir: Path) -> None:
+    (workdir / "experiments" / "exp_transfer_catdog.py").write_text(
+        (REPO / "experiments" / "exp_transfer_catdog.py").read_text())
+    images = _write_catdog(workdir / "catdog")
+    result = CliRunner().invoke(app, [
+        "run", "exp_transfer_catdog", "--set", f"data_path={images}", "--set", "pretrained=false",
+        "--set", "freeze_backbone=false", "--set", "image_size=32", "--set", "epochs=1", "--set", "num_workers=0",
+        "--set", "batch_size=8",
+    ])
+    assert result.exit_code == 0, result.output
+    for variant in ("finetune", "feature_extractor"):
+        run = child("exp_transfer_catdog", variant)
+        assert run.info.status == "FINISHED"
+        assert run.data.params["dataset"] == "image_folder"
+        assert "confusion_matrix.png" in artifact_paths(run.info.run_id)
+    csv = MlflowClient().download_artifacts(child("exp_transfer_catdog", "finetune").info.run_id,
+                                            "confusion_matrix.csv", str(workdir))
+    assert "cat" in Path(csv).read_text() and "dog" in Path(csv).read_text()
+
+
+def test_pretrained_weights_offline_fail_clearly(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (workdir / "experiments" / "exp_transfer_catdog.py").write_text(
+        (REPO / "experiments" / "exp_transfer_catdog.py").read_text())
+    images = _write_catdog(workdir / "catdog", per_class=4)
+    monkeypatch.setenv("TORCH_HOME", str(workdir / "torch_home"))  # no cached weights
+    proc = _harness("run", "exp_transfer_catdog", "--set", f"data_path={images}", "--set", "finetune.epochs=1",
+                    "--set", "image_size=32", "--set", "num_workers=0", cwd=workdir)
+    out, err = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("pretrained weights could be downloaded here (network available)")
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert "Could not load pretrained weights for 'resnet18'" in err and "pretrained=false" in err
+
+
+def test_shipped_lenet_vs_alexnet_runs_small(workdir: Path) -> None:
+    (workdir / "experiments" / "exp_lenet_vs_alexnet.py").write_text(
+        (REPO / "experiments" / "exp_lenet_vs_alexnet.py").read_text())
+    result = CliRunner().invoke(app, [
+        "run", "exp_lenet_vs_alexnet", "--set", "dataset=synthetic", "--set", "train_limit=300",
+        "--set", "epochs=1", "--set", "alexnet.image_size=32",
+    ])
+    assert result.exit_code == 0, result.output
+    alexnet = child("exp_lenet_vs_alexnet", "alexnet")
+    assert alexnet.data.params["image_size"] == "32" and alexnet.data.params["model"] == "alexnet"
+    assert alexnet.data.params["optimizer"] == "sgd"
+    assert child("exp_lenet_vs_alexnet", "lenet").data.params["optimizer"] == "adam"

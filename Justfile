@@ -1,0 +1,23 @@
+# Recipes for harness. `just --list` shows them.
+
+venv := ".venv/bin"
+
+# Create .venv and install harness with its test tools.
+setup:
+    python3 -m venv .venv && {{venv}}/pip install -e '.[dev]'
+
+# Run the test suite (offline).
+test:
+    {{venv}}/python -m pytest
+
+# List the experiments.
+list:
+    {{venv}}/harness list
+
+# Train every variant of an experiment: just run exp_lenet_vs_alexnet --set epochs=2
+run name *args:
+    {{venv}}/harness run {{name}} {{args}}
+
+# Open the MLflow UI on the embedded store (sqlite mlflow.db, artifacts in ./mlruns).
+ui port="5000":
+    {{venv}}/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --default-artifact-root ./mlruns --port {{port}}

@@ -84,7 +84,8 @@ def test_tv_resnet18_shape(in_channels: int) -> None:
 
 def test_torchvision_freeze_backbone_trains_only_head() -> None:
     """freeze_backbone leaves exactly the final Linear layer trainable."""
-    model = build_torchvision("resnet18", in_channels=3, num_classes=2, pretrained=False, freeze_backbone=True)
+    model = build_torchvision("resnet18", in_channels=3, num_classes=2, image_size=32, pretrained=False,
+                              freeze_backbone=True)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"fc.weight", "fc.bias"}
     assert model.fc.out_features == 2

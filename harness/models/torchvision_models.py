@@ -15,8 +15,19 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.models import MODELS, ModelSpec
 
-# Models whose architecture cannot shrink below these sizes (their stems downsample aggressively).
-_MIN_SIZE = {"inception_v3": 75}
+# Models whose architecture cannot shrink below these sizes (their stems downsample aggressively,
+# or, for vision transformers, pretrained position embeddings fix the size).
+_MIN_SIZE = {"inception_v3": 75, "alexnet": 63, "maxvit_t": 224}
+# Models built for one input size, which torchvision takes as a constructor argument.
+_SIZE_ARG = {"maxvit_t": "input_size"}
+
+
+def _size_arg(tv_name: str) -> str | None:
+    return "image_size" if tv_name.startswith("vit_") else _SIZE_ARG.get(tv_name)
+
+
+def _min_size(tv_name: str) -> int:
+    return 224 if tv_name.startswith("vit_") else _MIN_SIZE.get(tv_name, 32)
 
 
 def _parent_and_attr(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
@@ -49,9 +60,13 @@ def _adapt_stem(model: nn.Module, in_channels: int) -> None:
     setattr(parent, attr, new)
 
 
-def _build(tv_name: str, *, in_channels: int, num_classes: int, pretrained: bool,
+def _build(tv_name: str, *, in_channels: int, num_classes: int, image_size: int, pretrained: bool,
            freeze_backbone: bool = False, dropout: float | None = None, **_: object) -> nn.Module:
     kwargs: dict[str, object] = {}
+    size_arg = _size_arg(tv_name)
+    if size_arg and not pretrained:
+        # maxvit takes (height, width), vit one side; pretrained weights only fit their own size.
+        kwargs[size_arg] = (image_size, image_size) if size_arg == "input_size" else image_size
     if tv_name in ("googlenet", "inception_v3") and not pretrained:
         kwargs["aux_logits"] = False  # one output tensor, like every other model here
     if dropout is not None:
@@ -61,7 +76,7 @@ def _build(tv_name: str, *, in_channels: int, num_classes: int, pretrained: bool
             model = torchvision.models.get_model(tv_name, weights="DEFAULT", **kwargs)
         else:
             model = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError, AssertionError) as exc:
         raise HarnessError(f"torchvision model '{tv_name}' does not accept these settings ({exc}).") from None
     except Exception as exc:  # download failures surface as URLError, OSError, RuntimeError...
         weights = torchvision.models.get_model_weights(tv_name).DEFAULT
@@ -86,7 +101,7 @@ def _register_all() -> None:
     for tv_name in torchvision.models.list_models(module=torchvision.models):
         MODELS.add(
             f"tv_{tv_name}",
-            ModelSpec(functools.partial(_build, tv_name), _MIN_SIZE.get(tv_name, 32), supports_pretrained=True),
+            ModelSpec(functools.partial(_build, tv_name), _min_size(tv_name), supports_pretrained=True),
         )
 
 

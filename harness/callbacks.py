@@ -67,11 +67,12 @@ class ConsoleProgress(Callback):
             self._progress.update(self._task, completed=batch, total=num_batches, stats=f"loss {loss:.4f} acc {acc:.4f}")
 
     def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
-        line = format_record(record)
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, stats=line)
+            # Short, so the bar still fits an 80-column terminal.
+            key = "val" if "val_loss" in record else "train"
+            self._progress.update(self._task, stats=f"{key} loss {record[f'{key}_loss']:.4f} acc {record[f'{key}_acc']:.4f}")
         else:
-            print(f"{self.label} epoch {self._epoch}/{self._epochs}  {line}", flush=True)
+            print(f"{self.label} epoch {self._epoch}/{self._epochs}  {format_record(record)}", flush=True)
 
     def on_fit_end(self, t: Trainer, state: FitState) -> None:
         self.close()

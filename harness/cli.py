@@ -103,16 +103,31 @@ def run(
         raise typer.Exit(1)
 
 
+# Columns that fit a terminal; the full table (with run ids) is the parent run's comparison.csv.
+_TERMINAL_COLUMNS = {"variant": "variant", "status": "status", "best_epoch": "best ep", "best_val_acc": "val acc",
+                     "test_acc": "test acc", "test_loss": "test loss", "train_seconds": "train s",
+                     "images_per_second": "img/s", "param_count": "params"}
+
+
 def _print_table(frame, title: str) -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table
 
+    frame = frame[list(_TERMINAL_COLUMNS)]
     table = Table(title=title)
     for col in frame.columns:
-        table.add_column(str(col))
+        table.add_column(_TERMINAL_COLUMNS[col], no_wrap=True)
     for row in frame.itertuples(index=False):
-        table.add_row(*("" if v is None or v != v else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
-    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+        table.add_row(*(_cell(v) for v in row))
+    Console(width=160 if not sys.stdout.isatty() else None).print(table)
+
+
+def _cell(value: object) -> str:
+    if value is None or value != value:  # missing (None or NaN)
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if value < 10 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def main() -> None:

@@ -63,8 +63,12 @@ def show(
     """Print an experiment's resolved variants (after --set overrides)."""
     exp, configs = _resolve(name, set_)
     resolved = {variant: cfg.to_dict() for variant, cfg in configs.items()}
+    from harness.search_space import describe
+
+    space = describe(exp.search_space)
     if as_json:
-        typer.echo(json.dumps({"name": exp.name, "description": exp.description, "variants": resolved}, indent=2))
+        typer.echo(json.dumps({"name": exp.name, "description": exp.description, "variants": resolved,
+                               "search_space": space}, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -75,7 +79,9 @@ def show(
         table.add_column(variant)
     for key in next(iter(resolved.values())):
         table.add_row(key, *(str(resolved[v][key]) for v in resolved))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print("search space (harness tune): " + "; ".join(f"{k}: {v}" for k, v in space.items()))
 
 
 @app.command()
@@ -107,6 +113,76 @@ def run(
 _TERMINAL_COLUMNS = {"variant": "variant", "status": "status", "best_epoch": "best ep", "best_val_acc": "val acc",
                      "test_acc": "test acc", "test_loss": "test loss", "train_seconds": "train s",
                      "images_per_second": "img/s", "param_count": "params"}
+
+
+StorageOption = Annotated[
+    Optional[str],
+    typer.Option(help="Optuna storage: a SQLAlchemy URL (default sqlite:///optuna.db, fine for several processes on "
+                      "one machine; use postgresql://... to share a study across machines) or journal:PATH."),
+]
+VariantOption = Annotated[Optional[str], typer.Option(help="Variant to tune (default: the experiment's first).")]
+
+
+@app.command()
+def tune(
+    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    variant: VariantOption = None,
+    trials: Annotated[int, typer.Option(help="Finished (complete or pruned) trials the study should have in total; "
+                                             "re-running the same command resumes the study up to this count.")] = 20,
+    timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.")] = None,
+    study_name: Annotated[Optional[str], typer.Option(help="Default: EXPERIMENT-VARIANT.")] = None,
+    storage: StorageOption = None,
+    sampler: Annotated[str, typer.Option(help="tpe, random, cmaes or gp.")] = "tpe",
+    pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = "median",
+    n_jobs: Annotated[int, typer.Option(help="Trials run at once in this process (torch threads are split).")] = 1,
+    seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
+    set_: SetOption = None,
+    data_dir: DataDirOption = None,
+    tracking_uri: TrackingOption = None,
+    device: DeviceOption = None,
+    retrain_best: Annotated[bool, typer.Option(help="Afterwards, train the best params on train+validation and test once.")] = False,
+    heartbeat: Annotated[int, typer.Option(help="Seconds between trial heartbeats; a trial silent for 3 is failed and retried.")] = 10,
+) -> None:
+    """Search the experiment's search space with Optuna; every trial is a nested MLflow run."""
+    exp, configs = _resolve(name, set_, device)
+    from harness.tune import TuneOptions, best_summary, pick_variant
+    from harness.tune import tune as run_study
+
+    chosen = pick_variant(exp, variant)
+    options = TuneOptions(trials=trials, timeout=timeout, study_name=study_name, storage=storage, sampler=sampler,
+                          pruner=pruner, n_jobs=n_jobs, seed=seed, retrain_best=retrain_best, heartbeat_seconds=heartbeat)
+    try:
+        outcome = run_study(exp, chosen, configs[chosen], options, tracking_uri=tracking_uri, data_dir=data_dir)
+    except KeyboardInterrupt:
+        typer.echo("Interrupted: re-run the same command to continue the study.", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(best_summary(outcome.study) + f" (MLflow parent run {outcome.parent_run_id})")
+    if outcome.retrained is not None:
+        _print_table(__import__("harness.runner", fromlist=["comparison_table"]).comparison_table([outcome.retrained]),
+                     "retrained best config (train + validation), scored once on test")
+        if outcome.retrained.status != "FINISHED":
+            typer.echo(f"error: retrain-best {outcome.retrained.status}: {outcome.retrained.reason}", err=True)
+            raise typer.Exit(1)
+
+
+@app.command()
+def study(
+    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    variant: VariantOption = None,
+    study_name: Annotated[Optional[str], typer.Option(help="Default: EXPERIMENT-VARIANT.")] = None,
+    storage: StorageOption = None,
+) -> None:
+    """Show a study's best trial and its trials table (no training)."""
+    from harness.experiment import load_experiment
+    from harness.tune import best_summary, default_study_name, load_study, pick_variant, trials_table
+
+    exp = load_experiment(name)
+    loaded = load_study(storage, study_name or default_study_name(exp, pick_variant(exp, variant)))
+    typer.echo(best_summary(loaded))
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        typer.echo(trials_table(loaded).to_string(index=False))
 
 
 def _print_table(frame, title: str) -> None:  # noqa: ANN001

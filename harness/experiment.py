@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.config import Overrides, TrainConfig
+from harness.config import Overrides, TrainConfig, field_names
 from harness.errors import HarnessError
 from harness.registry import unknown_name_message
+from harness.search_space import DEFAULT_SEARCH_SPACE, SearchSpace
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Experiment:
     name: str
     description: str
     variants: Mapping[str, TrainConfig]
+    search_space: SearchSpace = field(default_factory=lambda: dict(DEFAULT_SEARCH_SPACE))  # for `harness tune`
     source_file: str | None = field(default=None, compare=False)  # set by the loader
 
     def __post_init__(self) -> None:
@@ -34,6 +36,12 @@ class Experiment:
         for name, cfg in self.variants.items():
             if not isinstance(cfg, TrainConfig):
                 raise HarnessError(f"Variant '{name}' of experiment '{self.name}' is not a TrainConfig.")
+        for key in self.search_space:
+            if key not in field_names():
+                raise HarnessError(
+                    f"Search-space name '{key}' of experiment '{self.name}' is not a config field; "
+                    + unknown_name_message("config key", key, field_names())
+                )
 
     def resolve(self, overrides: Overrides | None = None) -> dict[str, TrainConfig]:
         """Variants with `--set` overrides applied (common first, then per variant), validated."""

@@ -203,7 +203,8 @@ def run_experiment(
     with _sigterm_as_interrupt():
         try:
             for variant, config in configs.items():
-                results.append(_run_variant(client, experiment_id, parent_id, variant, config, env_tags, exp, data_dir, existing))
+                results.append(run_variant(client, experiment_id, parent_id, variant, config, env_tags,
+                                           exp.source_file, data_dir, existing.get(variant)))
         except KeyboardInterrupt:
             tracking.end_run(client, parent_id, "KILLED", "interrupted")
             raise
@@ -216,11 +217,12 @@ def run_experiment(
     return RunOutcome(parent_id, results, table)
 
 
-def _run_variant(
+def run_variant(
     client: MlflowClient, experiment_id: str, parent_id: str, variant: str, config: TrainConfig,
-    env_tags: dict[str, str], exp: Experiment, data_dir: Path | None, existing: dict[str, Any],
+    env_tags: dict[str, str], source_file: str | None, data_dir: Path | None, previous: Any = None,
 ) -> VariantResult:
-    previous = existing.get(variant)
+    """Train one variant as a child run of `parent_id` (or continue `previous`, an interrupted
+    child run); failures are recorded on the run and returned, Ctrl-C marks it KILLED."""
     if previous is not None and previous.info.status == "FINISHED":
         print(f"{variant}: already finished in run {previous.info.run_id}", flush=True)
         return VariantResult(variant, config, previous.info.run_id, "FINISHED", dict(previous.data.metrics))
@@ -230,7 +232,7 @@ def _run_variant(
     else:
         run_id = tracking.start_run(client, experiment_id, variant,
                                     {tracking.KIND_TAG: "variant", tracking.VARIANT_TAG: variant, **env_tags}, parent_id)
-        tracking.log_config(client, run_id, config, exp.source_file)
+        tracking.log_config(client, run_id, config, source_file)
     try:
         data = load_data(config, data_dir)
         metrics = train_variant(client, run_id, variant, config, data, resume=previous is not None)

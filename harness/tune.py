@@ -1,0 +1,306 @@
+"""`harness tune`: Optuna studies over one variant, every trial a nested MLflow run.
+
+The objective is the trial's best validation accuracy (the test set is never used for
+selection). Each epoch is reported to Optuna and the pruner may stop the trial. Storage is any
+SQLAlchemy URL (default: sqlite `optuna.db` with a busy timeout) or `journal:PATH`; RDB storages
+run a heartbeat so a trial whose worker died is failed and retried with the same params.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import torch
+from mlflow import MlflowClient
+
+from harness import reports, tracking
+from harness.callbacks import ConsoleProgress
+from harness.config import TrainConfig
+from harness.data import load_data
+from harness.errors import HarnessError
+from harness.experiment import Experiment
+from harness.registry import Registry
+from harness.runner import VariantResult, run_variant
+from harness.search_space import suggest
+from harness.train import Callback, FitState, NonFiniteLossError, Trainer, build_trainer, fit
+
+# Heartbeats and the matplotlib plots are marked experimental; they are what we rely on.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+TRIAL_RUN_ATTR = "mlflow_run_id"
+STATE_TAG = "harness.trial_state"
+
+SAMPLERS: Registry[Any] = Registry("sampler")
+SAMPLERS.add("tpe", lambda seed: optuna.samplers.TPESampler(seed=seed))
+SAMPLERS.add("random", lambda seed: optuna.samplers.RandomSampler(seed=seed))
+SAMPLERS.add("cmaes", lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False))
+SAMPLERS.add("gp", lambda seed: optuna.samplers.GPSampler(seed=seed))
+
+PRUNERS: Registry[Any] = Registry("pruner")
+# Never prune before a trial has had two epochs: the first is too noisy to judge.
+PRUNERS.add("median", lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+PRUNERS.add("hyperband", lambda: optuna.pruners.HyperbandPruner(min_resource=1))
+PRUNERS.add("none", lambda: optuna.pruners.NopPruner())
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """How to run a study (everything but the experiment and its variant)."""
+
+    trials: int = 20
+    timeout: float | None = None
+    study_name: str | None = None
+    storage: str | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    n_jobs: int = 1
+    seed: int = 0
+    retrain_best: bool = False
+    heartbeat_seconds: int = 10
+
+
+def open_storage(url: str | None, heartbeat_seconds: int = 10) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url`: `journal:PATH` for a journal file, else a SQLAlchemy URL.
+
+    RDB storages get a heartbeat: a trial whose worker stopped beating for 3 intervals is
+    marked FAIL by the next worker and re-queued with the same params.
+    """
+    url = url or DEFAULT_STORAGE
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}  # wait for a lock instead of failing at once
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
+            heartbeat_stale_trial_callback=_retry_and_close_run,
+        )
+    except Exception as exc:  # noqa: BLE001 - unreachable server, bad URL, missing driver
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HarnessError(
+            f"Cannot open Optuna storage '{url}' ({first[:200]}); check the URL and that the database is reachable."
+        ) from None
+
+
+_retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+
+def _retry_and_close_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """A stale (dead worker's) trial: mark its MLflow run KILLED, then re-queue its params."""
+    run_id = trial.user_attrs.get(TRIAL_RUN_ATTR)
+    if run_id:
+        try:
+            tracking.end_run(MlflowClient(), run_id, "KILLED", "worker stopped (no heartbeat); trial retried")
+        except Exception:  # noqa: BLE001 - the retry matters more than the bookkeeping
+            pass
+    _retry(study, trial)
+
+
+class OptunaPruning(Callback):
+    """Reports validation accuracy each epoch; raises TrialPruned when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
+        self.trial.report(record["val_acc"], state.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {state.epoch} (val_acc {record['val_acc']:.4f})")
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+
+
+class Objective:
+    """One trial: sample params, train with pruning, log into the trial's own MLflow run."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str, parent_id: str, base: TrainConfig, exp: Experiment,
+                 study_name: str, data_dir: Path | None, env_tags: dict[str, str]) -> None:
+        self.client, self.experiment_id, self.parent_id = client, experiment_id, parent_id
+        self.base, self.exp, self.study_name, self.data_dir, self.env_tags = base, exp, study_name, data_dir, env_tags
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config = self.base.override(**suggest(trial, self.exp.search_space))
+        run_id = tracking.start_run(
+            self.client, self.experiment_id, f"trial-{trial.number}",
+            {tracking.KIND_TAG: "trial", "optuna.study_name": self.study_name, "optuna.trial_number": str(trial.number),
+             **self.env_tags},
+            self.parent_id,
+        )
+        trial.set_user_attr(TRIAL_RUN_ATTR, run_id)
+        tracking.log_config(self.client, run_id, config, self.exp.source_file)
+        logger = tracking.MlflowEpochLogger(self.client, run_id)
+        state = FitState()
+        try:
+            t = build_trainer(config, load_data(config, self.data_dir))
+            fit(t, [logger, OptunaPruning(trial), ConsoleProgress(f"trial-{trial.number}", force_plain=True)], state)
+        except optuna.TrialPruned as exc:
+            self._end(run_id, state, "pruned", "FINISHED", str(exc))
+            raise
+        except NonFiniteLossError as exc:
+            # A diverged trial says "this region is bad": prune it so the study learns from it.
+            self._end(run_id, state, "pruned", "FAILED", str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
+        except KeyboardInterrupt:
+            self._end(run_id, state, "failed", "KILLED", "interrupted")
+            raise
+        except Exception as exc:
+            self._end(run_id, state, "failed", "FAILED", f"{type(exc).__name__}: {exc}")
+            raise
+        value = max(h["val_acc"] for h in state.history)
+        self._end(run_id, state, "complete", "FINISHED", None)
+        return value
+
+    def _end(self, run_id: str, state: FitState, trial_state: str, status: str, reason: str | None) -> None:
+        metrics = {"epochs_run": len(state.history)}
+        if state.history:
+            metrics["best_val_acc"] = max(h["val_acc"] for h in state.history)
+        tracking.log_metrics(self.client, run_id, metrics, step=state.epoch)
+        tracking.set_tags(self.client, run_id, {STATE_TAG: trial_state})
+        tracking.end_run(self.client, run_id, status, reason)
+
+
+def default_study_name(exp: Experiment, variant: str) -> str:
+    return f"{exp.name}-{variant}"
+
+
+def pick_variant(exp: Experiment, variant: str | None) -> str:
+    if variant is None:
+        return next(iter(exp.variants))
+    if variant not in exp.variants:
+        from harness.registry import unknown_name_message
+
+        raise HarnessError(unknown_name_message(f"variant of '{exp.name}'", variant, exp.variants))
+    return variant
+
+
+def load_study(storage_url: str | None, study_name: str) -> optuna.Study:
+    """An existing study, or a HarnessError naming the studies the storage has."""
+    storage = open_storage(storage_url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if study_name not in names:
+        from harness.registry import unknown_name_message
+
+        raise HarnessError(unknown_name_message(f"study in '{storage_url or DEFAULT_STORAGE}'", study_name, names))
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """Number, state, value, params, duration and MLflow run of every trial."""
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration", "user_attrs"))
+    frame = frame.rename(columns=lambda c: c.removeprefix("params_").removeprefix("user_attrs_"))
+    if "duration" in frame:
+        frame["duration"] = frame["duration"].dt.total_seconds()
+    return frame
+
+
+@dataclass
+class TuneOutcome:
+    study: optuna.Study
+    parent_run_id: str
+    retrained: VariantResult | None
+
+
+def tune(exp: Experiment, variant: str | None, base: TrainConfig, options: TuneOptions,
+         tracking_uri: str | None = None, data_dir: Path | None = None) -> TuneOutcome:
+    """Run (or continue) the study until it has `options.trials` finished trials."""
+    variant = pick_variant(exp, variant)
+    if base.val_fraction == 0:
+        raise HarnessError("Tuning selects on validation accuracy; set val_fraction above 0 (e.g. --set val_fraction=0.1).")
+    SAMPLERS.get(options.sampler)  # fail on a bad name before anything is created
+    pruner = PRUNERS.get(options.pruner)()
+    if options.n_jobs < 1 or options.trials < 1:
+        raise HarnessError("--trials and --n-jobs must be at least 1.")
+    study_name = options.study_name or default_study_name(exp, variant)
+    client = tracking.connect(tracking_uri)
+    storage = open_storage(options.storage, options.heartbeat_seconds)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=study_name, storage=storage, pruner=pruner,
+                                direction="maximize", load_if_exists=True)
+    # Offset the seed by the trials already there: a resumed study must not replay the same samples.
+    study.sampler = SAMPLERS.get(options.sampler)(options.seed + len(study.trials))
+    experiment_id = tracking.ensure_experiment(client, exp.name, exp.description)
+    env_tags = tracking.environment_tags(base.device, exp.source_file)
+    parent_id = tracking.start_run(client, experiment_id, f"study-{study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                   {tracking.KIND_TAG: "study", "optuna.study_name": study_name, **env_tags})
+    tracking.log_params(client, parent_id, {"variant": variant, "sampler": options.sampler, "pruner": options.pruner,
+                                            "trials": str(options.trials), "n_jobs": str(options.n_jobs)})
+    remaining = options.trials - finished_trials(study)
+    # Split the cores between parallel trials instead of oversubscribing them.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.n_jobs))
+    try:
+        if remaining > 0:
+            study.optimize(
+                Objective(client, experiment_id, parent_id, base, exp, study_name, data_dir, env_tags),
+                n_trials=remaining, timeout=options.timeout, n_jobs=options.n_jobs, catch=(Exception,),
+                callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=FINISHED_STATES)],
+            )
+        else:
+            print(f"Study '{study_name}' already has {finished_trials(study)} finished trials.", flush=True)
+    except KeyboardInterrupt:
+        tracking.end_run(client, parent_id, "KILLED", "interrupted")
+        raise
+    log_study(client, parent_id, study)
+    retrained = None
+    if options.retrain_best and _has_best(study):
+        config = base.override(**study.best_params, val_fraction=0.0)  # train + validation
+        retrained = run_variant(client, experiment_id, parent_id, "retrain-best", config, env_tags,
+                                exp.source_file, data_dir)
+    tracking.end_run(client, parent_id, "FINISHED" if retrained is None or retrained.status == "FINISHED" else "FAILED")
+    return TuneOutcome(study, parent_id, retrained)
+
+
+def _has_best(study: optuna.Study) -> bool:
+    return any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+
+
+def log_study(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
+    """Best params/value, the trials table and Optuna's plots on the study's parent run."""
+    table = trials_table(study)
+    tracking.log_text(client, run_id, table.to_csv(index=False), "trials.csv")
+    tracking.log_text(client, run_id, reports.markdown_table(table), "trials.md")
+    counts = table["state"].value_counts().to_dict() if len(table) else {}
+    tracking.log_metrics(client, run_id, {f"trials_{k.lower()}": float(v) for k, v in counts.items()})
+    if not _has_best(study):
+        return
+    client.log_dict(run_id, study.best_params, "best_params.json")
+    tracking.log_metrics(client, run_id, {"best_value": study.best_value, "best_trial": float(study.best_trial.number)})
+    tracking.log_params(client, run_id, {f"best.{k}": str(v) for k, v in study.best_params.items()})
+    from optuna.visualization import matplotlib as ov
+
+    for name, plot in (("optimization_history", ov.plot_optimization_history),
+                       ("param_importances", ov.plot_param_importances),
+                       ("parallel_coordinate", ov.plot_parallel_coordinate), ("slice", ov.plot_slice)):
+        try:
+            ax = plot(study)
+        except Exception as exc:  # noqa: BLE001 - e.g. importances need several complete trials
+            tracking.log_text(client, run_id, f"{name} not drawn: {exc}\n", f"plots/{name}.txt")
+            continue
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        fig.set_size_inches(10, 6)
+        tracking.log_figure(client, run_id, fig, f"plots/{name}.png")
+
+
+def best_summary(study: optuna.Study) -> str:
+    """One paragraph: finished trials and the best one."""
+    n = finished_trials(study)
+    if not _has_best(study):
+        return f"Study '{study.study_name}': {n} finished trials, none complete."
+    best = study.best_trial
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+    value = best.value if best.value is not None and not math.isnan(best.value) else float("nan")
+    return f"Study '{study.study_name}': {n} finished trials; best trial {best.number}: val_acc {value:.4f} with {params}"

@@ -1,0 +1,177 @@
+"""`harness tune` / `harness study`: Optuna studies recorded in Optuna and MLflow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from harness.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["--set", "epochs=3"]
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("HARNESS_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("HARNESS_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "quickstart.py").write_text((REPO / "experiments" / "quickstart.py").read_text())
+    return tmp_path
+
+
+def trial_runs(client: MlflowClient, experiment: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], filter_string="tags.`harness.kind` = 'trial'", max_results=1000)
+
+
+def test_small_study_is_recorded_in_optuna_and_mlflow(workdir: Path) -> None:
+    result = CliRunner().invoke(app, ["tune", "quickstart", "--trials", "6", "--pruner", "median", *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "best trial" in result.output
+    study = optuna.load_study(study_name="quickstart-lenet_relu", storage=f"sqlite:///{workdir}/optuna.db")
+    states = [t.state for t in study.trials]
+    assert len(states) == 6
+    assert optuna.trial.TrialState.PRUNED in states
+    assert optuna.trial.TrialState.COMPLETE in states
+
+    client = MlflowClient()
+    runs = trial_runs(client, "quickstart")
+    assert len(runs) == 6
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in runs}
+    for trial in study.trials:
+        run = by_number[trial.number]
+        assert run.info.run_name == f"trial-{trial.number}"
+        assert run.data.tags["optuna.study_name"] == "quickstart-lenet_relu"
+        assert run.data.tags["harness.trial_state"] == {"COMPLETE": "complete", "PRUNED": "pruned"}[trial.state.name]
+        assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"])
+        assert len(client.get_metric_history(run.info.run_id, "val_acc")) >= 1
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert run.data.metrics["best_val_acc"] == pytest.approx(trial.value)
+
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    best = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/best_params.json")
+    assert best == pytest.approx(study.best_params)
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)} | {
+        a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"trials.csv", "plots/optimization_history.png", "plots/slice.png", "plots/parallel_coordinate.png"} <= arts
+
+    # re-running resumes: --trials means finished trials in total
+    result = CliRunner().invoke(app, ["tune", "quickstart", "--trials", "8", *SMALL])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="quickstart-lenet_relu", storage=f"sqlite:///{workdir}/optuna.db")
+    assert len(study.trials) == 8
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == len(params), "a resumed study must not replay the same samples"
+
+    shown = CliRunner().invoke(app, ["study", "quickstart"])
+    assert shown.exit_code == 0 and "8 finished trials" in shown.output and "PRUNED" in shown.output
+
+
+def test_retrain_best_trains_on_train_plus_val_and_tests_once(workdir: Path) -> None:
+    result = CliRunner().invoke(app, ["tune", "quickstart", "--trials", "2", "--retrain-best", *SMALL])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("quickstart")
+    (run,) = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'retrain-best'")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["val_fraction"] == "0.0"
+    assert "test_acc" in run.data.metrics
+    import mlflow.pytorch
+
+    assert mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model") is not None
+
+
+def _tune(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "tune", *args], cwd=cwd, env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_study_resumes_to_exactly_n_finished_trials(workdir: Path) -> None:
+    storage = f"sqlite:///{workdir}/optuna.db"
+    args = ["quickstart", "--trials", "4", "--heartbeat", "1", "--pruner", "none", "--set", "epochs=15"]
+    proc = _tune(*args, cwd=workdir)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # kill once a trial is under way
+        try:
+            study = optuna.load_study(study_name="quickstart-lenet_relu", storage=storage)
+            if any(t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("mlflow_run_id") for t in study.trials):
+                time.sleep(1.5)
+                break
+        except KeyError:
+            pass
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    study = optuna.load_study(study_name="quickstart-lenet_relu", storage=storage)
+    killed = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert killed, "the test meant to kill a trial mid-way"
+    time.sleep(4)  # past the 3-heartbeat grace period
+
+    resumed = _tune(*args, cwd=workdir)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    study = optuna.load_study(study_name="quickstart-lenet_relu", storage=storage)
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 4
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    dead = study.trials[killed[0].number]
+    assert dead.state == optuna.trial.TrialState.FAIL
+    # retried with the same params, and its MLflow run is not left RUNNING
+    assert any(t.params == dead.params and t.number != dead.number for t in study.trials)
+    assert MlflowClient().get_run(dead.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--sampler", "tpee"], "Unknown sampler 'tpee'. Did you mean 'tpe'"),
+        (["--pruner", "medain"], "Unknown pruner 'medain'. Did you mean 'median'"),
+        (["--storage", "postgresql://nobody@127.0.0.1:9/none"], "Cannot open Optuna storage"),
+        (["--variant", "resnet"], "Unknown variant of 'quickstart' 'resnet'"),
+    ],
+)
+def test_bad_tune_input_is_one_clear_line(workdir: Path, args: list[str], expected: str) -> None:
+    proc = _tune("quickstart", "--trials", "1", *args, cwd=workdir)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert expected in err
+
+
+def test_search_space_name_must_be_a_config_field(workdir: Path) -> None:
+    (workdir / "experiments" / "badspace.py").write_text(
+        "from harness.config import TrainConfig\n"
+        "from harness.experiment import Experiment\n"
+        "from harness.search_space import FloatRange\n"
+        "experiment = Experiment(name='badspace', description='x', variants={'a': TrainConfig()},\n"
+        "                        search_space={'learning_rate': FloatRange(1e-3, 1e-1, log=True)})\n"
+    )
+    proc = _tune("badspace", cwd=workdir)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert "Search-space name 'learning_rate'" in err and "not a config field" in err
+
+
+def test_show_prints_the_search_space(workdir: Path) -> None:
+    result = CliRunner().invoke(app, ["show", "quickstart", "--json"])
+    assert result.exit_code == 0
+    import json
+
+    space = json.loads(result.output)["search_space"]
+    assert set(space) == {"lr", "momentum", "batch_size", "weight_decay"} and "log" in space["lr"]

@@ -1,8 +1,35 @@
 """The one exception type for mistakes a user can fix (bad names, values, missing data)."""
 
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class HarnessError(Exception):
     """A user-facing error: its message is one sentence saying what is wrong and how to fix it.
 
     The CLI prints it on one line and exits non-zero, without a traceback.
     """
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type name), for one-line errors."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def retry(fn: Callable[[], T], attempts: int = 3, delay: float = 1.0) -> T:
+    """Call `fn`, retrying on any exception; for first-time schema creation, which races when
+    several workers open a fresh database at the same moment."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(delay * (attempt + 1))
+    raise AssertionError("unreachable")

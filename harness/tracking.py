@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
 
 import harness
+from harness.errors import HarnessError, first_line, retry
 from harness.config import TrainConfig, flatten
 from harness.train import Callback, FitState, Trainer
 
@@ -42,15 +43,53 @@ def connect(uri: str | None = None) -> MlflowClient:
     resolved = resolve_tracking_uri(uri)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on stderr
     mlflow.set_tracking_uri(resolved)
-    return MlflowClient(tracking_uri=resolved)
+    try:
+        _reachable(resolved)
+        return retry(lambda: _checked_client(resolved))
+    except Exception as exc:  # noqa: BLE001 - bad URI, server down, missing driver
+        raise HarnessError(
+            f"Cannot use MLflow tracking store '{resolved}' ({first_line(exc)}); "
+            "check --tracking-uri / MLFLOW_TRACKING_URI and that the server is reachable."
+        ) from None
+
+
+def _reachable(uri: str) -> None:
+    """Fail within seconds on a dead server; MLflow's own retries take minutes to give up."""
+    scheme = uri.split(":", 1)[0]
+    if scheme.startswith(("postgresql", "mysql", "mssql")):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri)
+        try:
+            engine.connect().close()
+        finally:
+            engine.dispose()
+    elif scheme in ("http", "https"):
+        import requests
+
+        requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
+
+
+def _checked_client(uri: str) -> MlflowClient:
+    client = MlflowClient(tracking_uri=uri)  # a database store creates its schema here
+    client.search_experiments(max_results=1)  # fails now, not mid-run, if the store is unusable
+    return client
 
 
 def ensure_experiment(client: MlflowClient, name: str, description: str = "") -> str:
-    """Id of MLflow experiment `name`, created (with `description` as its note) if missing."""
+    """Id of MLflow experiment `name`, created (with `description` as its note) if missing.
+
+    """
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    return client.create_experiment(name, tags={"mlflow.note.content": description})
+    try:
+        return client.create_experiment(name, tags={"mlflow.note.content": description})
+    except mlflow.exceptions.MlflowException:
+        exp = client.get_experiment_by_name(name)  # another worker created it at the same moment
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def start_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:

@@ -25,7 +25,7 @@ from harness import reports, tracking
 from harness.callbacks import ConsoleProgress
 from harness.config import TrainConfig
 from harness.data import load_data
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line, retry
 from harness.experiment import Experiment
 from harness.registry import Registry
 from harness.runner import VariantResult, run_variant
@@ -84,14 +84,13 @@ def open_storage(url: str | None, heartbeat_seconds: int = 10) -> optuna.storage
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}  # wait for a lock instead of failing at once
     try:
-        return optuna.storages.RDBStorage(
+        return retry(lambda: optuna.storages.RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
             heartbeat_stale_trial_callback=_retry_and_close_run,
-        )
+        ))
     except Exception as exc:  # noqa: BLE001 - unreachable server, bad URL, missing driver
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HarnessError(
-            f"Cannot open Optuna storage '{url}' ({first[:200]}); check the URL and that the database is reachable."
+            f"Cannot open Optuna storage '{url}' ({first_line(exc)}); check the URL and that the database is reachable."
         ) from None
 
 

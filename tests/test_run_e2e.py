@@ -229,6 +229,7 @@ def test_resume_without_interrupted_run_is_a_clear_error(workdir: Path) -> None:
         (["run", "quickstart", "--set", "dataset=mnits"], "Did you mean 'mnist'"),
         (["run", "quickstart", "--set", "resnet.lr=0.1"], "Unknown variant of 'quickstart' 'resnet'"),
         (["show", "quickstart", "--set", "epochs"], "is not of the form key=value"),
+        (["run", "quickstart", "--tracking-uri", "postgresql://nobody@127.0.0.1:9/none"], "Cannot use MLflow tracking store"),
     ],
 )
 def test_bad_input_is_one_clear_line(workdir: Path, args: list[str], expected: str) -> None:

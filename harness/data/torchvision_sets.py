@@ -11,7 +11,7 @@ from torch import Tensor
 from harness.config import TrainConfig
 from harness.data import DATASETS, Data
 from harness.data.in_memory import InMemorySplit, channel_stats, train_val
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 
 
 def _files_expected(cls: type, root: Path) -> tuple[Path, list[str]]:
@@ -31,9 +31,8 @@ def _open(cls: type, root: Path, train: bool, name: str):  # noqa: ANN202 (a tor
         return cls(root=str(root), train=train, download=True)
     except Exception as exc:  # noqa: BLE001 - any download failure gets the same explanation
         folder, files = _files_expected(cls, root)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HarnessError(
-            f"Dataset '{name}' is not in {folder} and could not be downloaded ({reason[:160]}); "
+            f"Dataset '{name}' is not in {folder} and could not be downloaded ({first_line(exc, 160)}); "
             f"put {', '.join(files)} into {folder} (or pass --data-dir / set HARNESS_DATA_DIR to where they are)."
         ) from None
 

@@ -175,3 +175,20 @@ def test_show_prints_the_search_space(workdir: Path) -> None:
 
     space = json.loads(result.output)["search_space"]
     assert set(space) == {"lr", "momentum", "batch_size", "weight_decay"} and "log" in space["lr"]
+
+
+def test_parallel_trials_in_one_process_log_into_their_own_runs(workdir: Path) -> None:
+    result = CliRunner().invoke(app, ["tune", "quickstart", "--trials", "4", "--n-jobs", "2", "--pruner", "none",
+                                      "--set", "epochs=2"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="quickstart-lenet_relu", storage=f"sqlite:///{workdir}/optuna.db")
+    assert len(study.trials) >= 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    client = MlflowClient()
+    runs = trial_runs(client, "quickstart")
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs) == [t.number for t in study.trials]
+    for run in runs:
+        trial = study.trials[int(run.data.tags["optuna.trial_number"])]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(steps) == [1, 2], "each trial's curve only in its own run"
+        assert run.data.metrics["best_val_acc"] == pytest.approx(trial.value)
+        assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"])

@@ -25,20 +25,6 @@ from harness.data import load_data
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture()
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh working folder with its own MLflow store, checkpoints and experiments."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")  # in-process runs set it globally
-    monkeypatch.setenv("HARNESS_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
-    monkeypatch.setenv("HARNESS_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
-    (tmp_path / "experiments").mkdir()
-    for name in ("quickstart.py",):
-        (tmp_path / "experiments" / name).write_text((REPO / "experiments" / name).read_text())
-    return tmp_path
-
-
 def write_experiment(folder: Path, name: str, variants: str) -> None:
     body = textwrap.indent(textwrap.dedent(variants).strip(), "    ")
     (folder / "experiments" / f"{name}.py").write_text(

@@ -20,19 +20,6 @@ REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--set", "epochs=3"]
 
 
-@pytest.fixture()
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    monkeypatch.setenv("HARNESS_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
-    monkeypatch.setenv("HARNESS_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
-    (tmp_path / "experiments").mkdir()
-    (tmp_path / "experiments" / "quickstart.py").write_text((REPO / "experiments" / "quickstart.py").read_text())
-    return tmp_path
-
-
 def trial_runs(client: MlflowClient, experiment: str) -> list:
     exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], filter_string="tags.`harness.kind` = 'trial'", max_results=1000)

@@ -21,3 +21,11 @@ run name *args:
 # Open the MLflow UI on the embedded store (sqlite mlflow.db, artifacts in ./mlruns).
 ui port="5000":
     {{venv}}/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --default-artifact-root ./mlruns --port {{port}}
+
+# Tune one variant with Optuna: just tune quickstart --trials 20
+tune name *args:
+    {{venv}}/harness tune {{name}} {{args}}
+
+# Throughput benchmark: harness vs tutorial loop vs compute floor (writes bench-results.json).
+bench *args:
+    {{venv}}/harness bench {{args}}

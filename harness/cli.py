@@ -185,6 +185,25 @@ def study(
         typer.echo(trials_table(loaded).to_string(index=False))
 
 
+@app.command()
+def bench(
+    epochs: Annotated[int, typer.Option(help="Epochs per contender; the first is a warm-up.")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    cifar: Annotated[bool, typer.Option(help="Also measure ResNet-18 on CIFAR-shaped data with flip + crop.")] = True,
+    out: Annotated[Path, typer.Option(help="Where to write the results as JSON.")] = Path("bench-results.json"),
+) -> None:
+    """Measure training images/s: harness vs a tutorial-style loop vs the compute floor, in one run."""
+    import pandas as pd
+
+    from harness.bench import run_benchmark
+
+    results = run_benchmark(epochs=epochs, device=device, cifar=cifar, out=out, log=lambda m: typer.echo(m, err=True))
+    frame = pd.DataFrame(results)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.2f}".format):
+        typer.echo(frame.to_string(index=False))
+    typer.echo(f"results written to {out}")
+
+
 def _print_table(frame, title: str) -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table

@@ -1,0 +1,197 @@
+"""`harness bench`: training throughput of the harness against a tutorial-style loop and the
+compute floor, measured side by side in one run.
+
+Contenders, same model, optimizer (SGD + momentum), seed and data:
+1. tutorial: a Dataset of PIL images, per-sample ToTensor + Normalize, a shuffling DataLoader
+   with 2 workers, a plain loop;
+2. harness: `build_trainer` + `fit` exactly as `harness run` drives them, with the
+   checkpoint and MLflow callbacks (a temporary sqlite store);
+3. floor: batches prepared (normalised, on the device) before timing; only forward, backward
+   and optimizer step are timed.
+Contenders alternate epoch by epoch (this machine's speed drifts); images/second is the
+median over the epochs after the first (warm-up), with the relative spread (max-min)/median.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness.config import TrainConfig
+from harness.data import Data, load_data
+from harness.train import Callback, FitState, build_trainer, evaluate, fit
+
+MNIST_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark setting."""
+
+    label: str
+    config: TrainConfig
+
+
+def mnist_sample_dir(target: Path) -> Path | None:
+    """The real MNIST sample written in torchvision's raw layout under `target`, if available."""
+    if not MNIST_SAMPLE.is_dir():
+        return None
+    import gzip
+
+    raw_dir = target / "MNIST" / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    for kind, suffix in (("images", "idx3"), ("labels", "idx1")):
+        raw = gzip.decompress((MNIST_SAMPLE / f"t10k-{kind}-{suffix}-ubyte.gz").read_bytes())
+        (raw_dir / f"train-{kind}-{suffix}-ubyte").write_bytes(raw)  # all 10,000 as training data
+        (raw_dir / f"t10k-{kind}-{suffix}-ubyte").write_bytes(raw)
+    return target
+
+
+# ------------------------------------------------------------------ contenders
+
+
+def tutorial_epochs(config: TrainConfig, data: Data) -> Iterator[float]:
+    """Images/s of each successive epoch of the classic PIL + DataLoader loop."""
+    from PIL import Image
+    from torchvision import transforms
+
+    images, labels = data.train.images, data.train.labels
+    channels = images.shape[1]
+    pil = [Image.fromarray(img.squeeze(0).numpy() if channels == 1 else img.permute(1, 2, 0).numpy()) for img in images]
+    steps = [transforms.ToTensor(), transforms.Normalize(data.mean, data.std)]
+    if config.augment:
+        steps = [transforms.RandomCrop(data.native_size, padding=4), transforms.RandomHorizontalFlip()] + steps
+    tf = transforms.Compose(steps)
+
+    class PilDataset(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(pil)
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+            return tf(pil[i]), int(labels[i])
+
+    torch.manual_seed(config.seed)
+    t = build_trainer(config, data)
+    loader = torch.utils.data.DataLoader(PilDataset(), batch_size=config.batch_size, shuffle=True, num_workers=2)
+    while True:
+        t.model.train()
+        start, seen = time.perf_counter(), 0
+        for x, y in loader:
+            loss = F.cross_entropy(t.model(x.to(t.device)), y.to(t.device))
+            t.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t.optimizer.step()
+            seen += len(y)
+        yield seen / (time.perf_counter() - start)
+
+
+def floor_epochs(config: TrainConfig, data: Data) -> Iterator[float]:
+    """Images/s of each epoch when batches are ready before timing: forward, backward, step only."""
+    t = build_trainer(config, data)
+    batches = [(t.transform(x, train=True, generator=t.data_rng), y.to(t.device))
+               for x, y in data.train.batches(config.batch_size, True, t.data_rng)]
+    while True:
+        t.model.train()
+        start = time.perf_counter()
+        for x, y in batches:
+            loss = F.cross_entropy(t.model(x), y)
+            t.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t.optimizer.step()
+        if t.device.type == "cuda":
+            torch.cuda.synchronize()
+        yield len(data.train) / (time.perf_counter() - start)
+
+
+def harness_epochs(config: TrainConfig, data: Data, track: bool, eval_rates: list[float]) -> Iterator[float]:
+    """Images/s of each epoch of `fit` with the callbacks `harness run` uses (checkpoints, and
+    MLflow logging to a temporary sqlite store if `track`); appends evaluation images/s."""
+    from harness import tracking
+    from harness.checkpoint import Checkpointer
+
+    t = build_trainer(config.override(epochs=1), data)
+    with tempfile.TemporaryDirectory() as tmp:
+        callbacks: list[Callback] = [Checkpointer(Path(tmp) / "ckpt")]
+        if track:
+            client = tracking.connect(f"sqlite:///{tmp}/mlflow.db")
+            run_id = tracking.start_run(client, tracking.ensure_experiment(client, "bench"), "bench", {})
+            tracking.log_config(client, run_id, config, None)
+            callbacks.append(tracking.MlflowEpochLogger(client, run_id))
+        state = FitState()
+        while True:
+            # One more epoch of the same run: fit continues from `state`, as after a resume.
+            t.config = t.config.override(epochs=state.epoch + 1)
+            state = fit(t, callbacks, state)
+            result = evaluate(t, data.train)
+            eval_rates.append(result.samples / result.seconds)
+            yield state.history[-1]["images_per_second"]
+
+
+# ------------------------------------------------------------------ driver
+
+
+def run_case(case: Case, data: Data, epochs: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Measure every contender for one case, alternating them epoch by epoch so that machine
+    noise hits all of them alike; report medians after the warm-up epoch and the spread."""
+    eval_rates: list[float] = []
+    contenders: dict[str, Iterator[float]] = {
+        "tutorial": tutorial_epochs(case.config, data),
+        "floor": floor_epochs(case.config, data),
+        "harness": harness_epochs(case.config, data, True, eval_rates),
+        "harness_untracked": harness_epochs(case.config, data, False, []),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for epoch in range(epochs):
+        log(f"{case.label}: epoch {epoch + 1}/{epochs}")
+        for name, gen in contenders.items():
+            rates[name].append(next(gen))
+    results: dict[str, Any] = {"case": case.label, "batch_size": case.config.batch_size, "images": len(data.train)}
+    for name, values in rates.items():
+        measured = values[1:] if len(values) > 1 else values
+        results[name] = statistics.median(measured)
+        results[f"{name}_spread"] = (max(measured) - min(measured)) / results[name]
+    results["harness_eval"] = statistics.median(eval_rates[1:] if len(eval_rates) > 1 else eval_rates)
+    results["harness/floor"] = results["harness"] / results["floor"]
+    results["harness/tutorial"] = results["harness"] / results["tutorial"]
+    results["eval/train"] = results["harness_eval"] / results["harness"]
+    results["tracking_overhead"] = results["harness_untracked"] / results["harness"] - 1
+    return results
+
+
+def default_cases(data_dir: Path | None, device: str, cifar: bool) -> list[tuple[Case, Path | None]]:
+    """ReLU LeNet on MNIST-format data at batch 64 and 256; ResNet-18 on CIFAR-shaped data."""
+    dataset = "mnist" if data_dir is not None else "synthetic"
+    base = TrainConfig(model="lenet_relu", dataset=dataset, optimizer="sgd", lr=0.05, momentum=0.9, seed=0,
+                       val_fraction=0.2, device=device, early_stopping_patience=None)
+    cases = [(Case(f"lenet_relu/{dataset}/bs{bs}", base.override(batch_size=bs)), data_dir) for bs in (64, 256)]
+    if cifar:
+        cfg = TrainConfig(model="resnet18", dataset="synthetic_rgb", optimizer="sgd", lr=0.05, momentum=0.9, seed=0,
+                          batch_size=128, augment=True, train_limit=1024, device=device)
+        cases.append((Case("resnet18/synthetic_rgb/bs128+flip+crop", cfg), None))
+    return cases
+
+
+def run_benchmark(epochs: int = 4, device: str = "auto", cifar: bool = True, out: Path | None = None,
+                  log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run every case, print a table of images/s and ratios, and write them as JSON to `out`."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = mnist_sample_dir(Path(tmp) / "data")
+        for case, case_dir in default_cases(data_dir, device, cifar):
+            data = load_data(case.config, case_dir)
+            results.append(run_case(case, data, epochs, log))
+    if out is not None:
+        out.write_text(json.dumps({"epochs": epochs, "device": device, "threads": torch.get_num_threads(),
+                                   "results": results}, indent=2))
+    return results

@@ -176,7 +176,7 @@ def default_cases(data_dir: Path | None, device: str, cifar: bool) -> list[tuple
     cases = [(Case(f"lenet_relu/{dataset}/bs{bs}", base.override(batch_size=bs)), data_dir) for bs in (64, 256)]
     if cifar:
         cfg = TrainConfig(model="resnet18", dataset="synthetic_rgb", optimizer="sgd", lr=0.05, momentum=0.9, seed=0,
-                          batch_size=128, augment=True, train_limit=1024, device=device)
+                          batch_size=128, augment=True, train_limit=512, device=device)
         cases.append((Case("resnet18/synthetic_rgb/bs128+flip+crop", cfg), None))
     return cases
 

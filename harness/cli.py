@@ -158,8 +158,9 @@ def tune(
         raise typer.Exit(130) from None
     typer.echo(best_summary(outcome.study) + f" (MLflow parent run {outcome.parent_run_id})")
     if outcome.retrained is not None:
-        _print_table(__import__("harness.runner", fromlist=["comparison_table"]).comparison_table([outcome.retrained]),
-                     "retrained best config (train + validation), scored once on test")
+        from harness.runner import comparison_table
+
+        _print_table(comparison_table([outcome.retrained]), "retrained best config (train + validation), scored once on test")
         if outcome.retrained.status != "FINISHED":
             typer.echo(f"error: retrain-best {outcome.retrained.status}: {outcome.retrained.reason}", err=True)
             raise typer.Exit(1)

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 from harness.config import TrainConfig
 from harness.data import Data, load_data
+from harness.device import resolve_device
+from harness.models import build_model
 from harness.train import Callback, FitState, build_trainer, evaluate, fit
 
 MNIST_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
@@ -80,23 +82,28 @@ def tutorial_epochs(config: TrainConfig, data: Data) -> Iterator[float]:
         def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
             return tf(pil[i]), int(labels[i])
 
+    # What a hand-written script has: the plain model and optimizer, default memory format.
     torch.manual_seed(config.seed)
-    t = build_trainer(config, data)
+    device = resolve_device(config.device)
+    model = build_model(config.model, in_channels=data.in_channels, num_classes=len(data.classes),
+                        image_size=data.native_size).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     loader = torch.utils.data.DataLoader(PilDataset(), batch_size=config.batch_size, shuffle=True, num_workers=2)
     while True:
-        t.model.train()
+        model.train()
         start, seen = time.perf_counter(), 0
         for x, y in loader:
-            loss = F.cross_entropy(t.model(x.to(t.device)), y.to(t.device))
-            t.optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            t.optimizer.step()
+            optimizer.step()
             seen += len(y)
         yield seen / (time.perf_counter() - start)
 
 
 def floor_epochs(config: TrainConfig, data: Data) -> Iterator[float]:
-    """Images/s of each epoch when batches are ready before timing: forward, backward, step only."""
+    """Images/s of each epoch when batches are ready before timing: forward, backward, step only
+    (same model, memory format and optimizer as the harness builds)."""
     t = build_trainer(config, data)
     batches = [(t.transform(x, train=True, generator=t.data_rng), y.to(t.device))
                for x, y in data.train.batches(config.batch_size, True, t.data_rng)]
@@ -104,10 +111,12 @@ def floor_epochs(config: TrainConfig, data: Data) -> Iterator[float]:
         t.model.train()
         start = time.perf_counter()
         for x, y in batches:
-            loss = F.cross_entropy(t.model(x), y)
+            with torch.autocast(t.device.type, dtype=torch.float16, enabled=t.use_amp):
+                loss = F.cross_entropy(t.forward(x), y)
             t.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            t.optimizer.step()
+            t.scaler.scale(loss).backward()
+            t.scaler.step(t.optimizer)
+            t.scaler.update()
         if t.device.type == "cuda":
             torch.cuda.synchronize()
         yield len(data.train) / (time.perf_counter() - start)
@@ -181,17 +190,82 @@ def default_cases(data_dir: Path | None, device: str, cifar: bool) -> list[tuple
     return cases
 
 
+# ------------------------------------------------------------------ start-up
+
+_IMPORT_PROBE = """
+import json, time
+t = {}
+s = time.perf_counter(); import torch; t["import torch"] = time.perf_counter() - s
+s = time.perf_counter(); torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)
+t["first optimizer (imports torch._dynamo)"] = time.perf_counter() - s
+s = time.perf_counter(); import mlflow; t["import mlflow"] = time.perf_counter() - s
+s = time.perf_counter(); import harness.runner; t["import harness.runner (rest)"] = time.perf_counter() - s
+print(json.dumps(t))
+"""
+
+
+def measure_startup(repeats: int = 3, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Seconds from process start to the first training step of `harness run quickstart`
+    (the run's `startup_seconds` metric), in a fresh folder: the first run also creates the
+    MLflow store. Plus where a fresh interpreter spends its import time."""
+    import subprocess
+    import sys
+
+    from harness import tracking
+    from harness.experiment import experiments_dir
+
+    env = {**os.environ, "HARNESS_EXPERIMENTS_DIR": str(experiments_dir().resolve())}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    seconds: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            subprocess.run([sys.executable, "-m", "harness.cli", "run", "quickstart", "--set", "epochs=1"],
+                           cwd=tmp, env=env, check=True, capture_output=True)
+            client = tracking.connect(f"sqlite:///{tmp}/mlflow.db")
+            run = client.search_runs([tracking.ensure_experiment(client, "quickstart")],
+                                     f"tags.`{tracking.KIND_TAG}` = 'variant'", order_by=["start_time DESC"],
+                                     max_results=1)[0]
+            seconds.append(run.data.metrics["startup_seconds"])
+            log(f"startup: harness run quickstart #{i + 1}: {seconds[-1]:.2f} s to the first training step")
+        probe = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], cwd=tmp, env=env, check=True,
+                               capture_output=True, text=True)
+    return {"first_run_seconds": seconds[0], "median_later_seconds": statistics.median(seconds[1:] or seconds),
+            "all_seconds": seconds, "imports": json.loads(probe.stdout.strip().splitlines()[-1])}
+
+
+# ------------------------------------------------------------------ study efficiency
+
+
+def study_case(data_dir: Path | None, device: str) -> TrainConfig:
+    """The study-efficiency setting: ReLU LeNet, 3 epochs per trial, on the MNIST sample
+    (4,000 training and 1,000 validation images) or generated data of the same shape."""
+    dataset = "mnist" if data_dir is not None else "synthetic"
+    return TrainConfig(model="lenet_relu", dataset=dataset, epochs=3, optimizer="sgd", lr=0.05, momentum=0.9,
+                       seed=0, val_fraction=0.1, train_limit=4000, device=device)
+
+
 def run_benchmark(epochs: int = 4, device: str = "auto", cifar: bool = True, out: Path | None = None,
-                  log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run every case, print a table of images/s and ratios, and write them as JSON to `out`."""
+                  log: Callable[[str], None] = print, startup: bool = True, study_budget: int = 0,
+                  study_seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
+    """Run every throughput case (and the start-up and study-efficiency measurements when asked),
+    and write everything as JSON to `out`."""
     torch.set_num_threads(os.cpu_count() or 1)
-    results = []
+    report: dict[str, Any] = {"epochs": epochs, "device": device, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = mnist_sample_dir(Path(tmp) / "data")
+        if startup:
+            report["startup"] = measure_startup(log=log)
+        report["throughput"] = []
         for case, case_dir in default_cases(data_dir, device, cifar):
             data = load_data(case.config, case_dir)
-            results.append(run_case(case, data, epochs, log))
+            report["throughput"].append(run_case(case, data, epochs, log))
+        if study_budget:
+            from harness.search_space import DEFAULT_SEARCH_SPACE
+            from harness.study_bench import compare_strategies
+
+            base = study_case(data_dir, device)
+            report["study"] = compare_strategies(base, DEFAULT_SEARCH_SPACE, load_data(base, data_dir), study_budget,
+                                                 seeds=study_seeds, log=log)
     if out is not None:
-        out.write_text(json.dumps({"epochs": epochs, "device": device, "threads": torch.get_num_threads(),
-                                   "results": results}, indent=2))
-    return results
+        out.write_text(json.dumps(report, indent=2))
+    return report

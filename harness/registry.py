@@ -22,9 +22,17 @@ def unknown_name_message(kind: str, name: str, choices: Iterable[str]) -> str:
 class Registry(Generic[T]):
     """Maps names to objects; refuses duplicates and explains misses."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, load_more: Callable[[], None] | None = None) -> None:
+        """`load_more` registers further entries that are costly to import (torchvision's models);
+        it runs once, the first time a name is missing or all names are asked for."""
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._load_more = load_more
+
+    def _complete(self) -> None:
+        if self._load_more is not None:
+            load, self._load_more = self._load_more, None
+            load()
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: `@REGISTRY.register("name")` adds the decorated object under `name`."""
@@ -43,6 +51,8 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The object registered under `name`, or a HarnessError suggesting the closest names."""
+        if name not in self._items:
+            self._complete()
         try:
             return self._items[name]
         except KeyError:
@@ -50,10 +60,14 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
+        self._complete()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._items:
+            self._complete()
         return name in self._items
 
     def __len__(self) -> int:
+        self._complete()
         return len(self._items)

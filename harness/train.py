@@ -45,6 +45,7 @@ class Trainer:
     scaler: torch.amp.GradScaler
     transform: BatchTransform
     data_rng: torch.Generator  # shuffling and augmentation; saved in checkpoints
+    forward: nn.Module  # `model`, or its torch.compile wrapper (same parameters; checkpoints use `model`)
 
     @property
     def image_size(self) -> int:
@@ -66,12 +67,17 @@ def build_trainer(config: TrainConfig, data: Data) -> Trainer:
     )
     INITS.get(config.init)(model)
     model.to(device)
+    channels_last = config.channels_last and device.type in ("cpu", "cuda")  # MPS support is partial
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
-    transform = BatchTransform(Preprocess(data.mean, data.std, image_size), device, config.augment, data.hflip)
+    transform = BatchTransform(Preprocess(data.mean, data.std, image_size), device, config.augment, data.hflip,
+                               channels_last)
     data_rng = torch.Generator().manual_seed(config.seed)
-    return Trainer(config, data, device, model, optimizer, scheduler, scaler, transform, data_rng)
+    forward = torch.compile(model) if config.compile else model
+    return Trainer(config, data, device, model, optimizer, scheduler, scaler, transform, data_rng, forward)
 
 
 def param_count(model: nn.Module) -> int:
@@ -109,7 +115,7 @@ def train_one_epoch(t: Trainer, callbacks: Sequence[Callback] = ()) -> EpochTota
         x = t.transform(images, train=True, generator=t.data_rng)
         y = labels.to(t.device, non_blocking=True)
         with torch.autocast(t.device.type, dtype=torch.float16, enabled=t.use_amp):
-            logits = t.model(x)
+            logits = t.forward(x)
             loss = F.cross_entropy(logits, y, label_smoothing=t.config.label_smoothing)
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss).backward()
@@ -145,7 +151,7 @@ class EvalResult:
 @torch.inference_mode()
 def evaluate(t: Trainer, split: Split, model: nn.Module | None = None) -> EvalResult:
     """Loss, top-1 (and top-5 for more than 10 classes) and the confusion matrix on `split`."""
-    model = model or t.model
+    model = model or t.forward
     model.eval()
     k = len(t.data.classes)
     start = time.perf_counter()

@@ -17,3 +17,29 @@ def test_run_case_measures_every_contender() -> None:
     assert result["harness/floor"] == pytest.approx(result["harness"] / result["floor"])
     assert result["harness/tutorial"] == pytest.approx(result["harness"] / result["tutorial"])
     assert result["images"] == 512
+
+
+def test_study_comparison_spends_the_budget_and_reports_every_strategy() -> None:
+    from harness.search_space import DEFAULT_SEARCH_SPACE
+    from harness.study_bench import compare_strategies
+
+    base = TrainConfig(model="lenet_relu", dataset="synthetic", epochs=2, train_limit=256, seed=0)
+    rows = compare_strategies(base, DEFAULT_SEARCH_SPACE, load_data(base), budget_epochs=6, seeds=(0,),
+                              strategies=(("tpe", "median"), ("random", "none")), log=lambda _: None)
+    by_name = {r["strategy"]: r for r in rows}
+    assert set(by_name) == {"tpe+median", "random+none"}
+    assert by_name["random+none"]["trials"] == 3 and by_name["random+none"]["pruned"] == 0  # 3 trials x 2 epochs
+    best = max(r["best_val_acc"] for r in rows)
+    for r in rows:
+        assert 0 < r["best_val_acc"] <= 1
+        assert 1 <= r["epochs_to_within_tol"] <= 6 + 1  # the last trial may finish one epoch past the budget
+    # The strategy holding the overall best reached it within the budget.
+    assert any(r["best_val_acc"] == best and r["reached_within_tol"] == "1/1" for r in rows)
+
+
+def test_startup_is_measured_from_a_real_harness_run() -> None:
+    from harness.bench import measure_startup
+
+    result = measure_startup(repeats=1, log=lambda _: None)
+    assert 0 < result["first_run_seconds"] < 120
+    assert {"import torch", "import mlflow"} <= set(result["imports"])

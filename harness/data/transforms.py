@@ -48,11 +48,13 @@ def random_hflip(x: Tensor, generator: torch.Generator) -> Tensor:
 class BatchTransform:
     """uint8 CPU batches -> normalised float batches on `device`, augmented when training."""
 
-    def __init__(self, preprocess: Preprocess, device: torch.device, augment: bool, hflip: bool) -> None:
+    def __init__(self, preprocess: Preprocess, device: torch.device, augment: bool, hflip: bool,
+                 channels_last: bool = False) -> None:
         self.preprocess = preprocess.to(device)
         self.device = device
         self.augment = augment
         self.hflip = hflip
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
         x = images.to(self.device, non_blocking=True).float().div_(255)
@@ -63,4 +65,4 @@ class BatchTransform:
             x = random_crop(x, max(1, self.preprocess.image_size // 8), generator)
             if self.hflip:
                 x = random_hflip(x, generator)
-        return x
+        return x.contiguous(memory_format=self.memory_format)

@@ -25,7 +25,12 @@ class ModelSpec:
     supports_pretrained: bool = False
 
 
-MODELS: Registry[ModelSpec] = Registry("model")
+def _load_torchvision_models() -> None:
+    # Importing torchvision.models takes about a second; only `tv_*` names need it.
+    from harness.models import torchvision_models  # noqa: F401
+
+
+MODELS: Registry[ModelSpec] = Registry("model", _load_torchvision_models)
 
 
 def register_model(
@@ -73,4 +78,4 @@ def build_model(
 
 
 # Registration happens on import; keep these at the bottom.
-from harness.models import alexnet, googlenet, lenet, mobilenet, resnet, torchvision_models  # noqa: E402,F401
+from harness.models import alexnet, googlenet, lenet, mobilenet, resnet  # noqa: E402,F401

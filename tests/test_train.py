@@ -43,3 +43,25 @@ def test_compiled_model_trains_and_checkpoints_the_plain_model() -> None:
     assert state.history[0]["train_loss"] > 0
     # Checkpoints save `model`: its keys carry no torch.compile prefix.
     assert not any(k.startswith("_orig_mod") for k in t.model.state_dict())
+
+
+def test_data_stays_put_off_cuda_and_a_moved_split_shuffles_alike() -> None:
+    from harness.train import on_device
+
+    config = TrainConfig(model="lenet_relu", dataset="synthetic", train_limit=128)
+    data = load_data(config)
+    assert on_device(data, torch.device("cpu")) is data
+    moved = data.train.to(torch.device("cpu"))
+    a = [y for _, y in data.train.batches(32, True, torch.Generator().manual_seed(3))]
+    b = [y for _, y in moved.batches(32, True, torch.Generator().manual_seed(3))]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (AMP, channels_last, device-resident data)")
+def test_cuda_path_amp_channels_last_and_device_resident_data() -> None:
+    config = TrainConfig(model="lenet_relu", dataset="synthetic", epochs=2, train_limit=512, device="cuda")
+    t = build_trainer(config, load_data(config))
+    assert t.use_amp and t.data.train.images.device.type == "cuda"
+    state = fit(t)
+    assert state.history[-1]["train_loss"] < state.history[0]["train_loss"] * 1.5
+    assert evaluate(t, t.data.test).acc > 0

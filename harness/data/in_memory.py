@@ -38,13 +38,23 @@ class InMemorySplit:
         """Batches of `batch_size` (the last may be smaller); shuffled with `generator` if asked."""
         n = len(self.labels)
         if shuffle:
-            order = torch.randperm(n, generator=generator)
+            # The permutation is drawn on the CPU generator wherever the tensors live, so a
+            # device-resident split shuffles exactly like a CPU one.
+            order = torch.randperm(n, generator=generator).to(self.images.device)
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
                 yield self.images[idx], self.labels[idx]
         else:
             for start in range(0, n, batch_size):
                 yield self.images[start : start + batch_size], self.labels[start : start + batch_size]
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.nbytes + self.labels.nbytes
+
+    def to(self, device: torch.device) -> InMemorySplit:
+        """The same split with its tensors on `device` (batches are then sliced there)."""
+        return InMemorySplit(self.images.to(device), self.labels.to(device))
 
     def subset(self, idx: Tensor) -> InMemorySplit:
         return InMemorySplit(self.images[idx], self.labels[idx])

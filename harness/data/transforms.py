@@ -51,14 +51,20 @@ class BatchTransform:
     def __init__(self, preprocess: Preprocess, device: torch.device, augment: bool, hflip: bool,
                  channels_last: bool = False) -> None:
         self.preprocess = preprocess.to(device)
+        # uint8 -> normalised float in two in-place ops: x * 1/(255 std) + (-mean/std).
+        self.scale = (1 / (255 * preprocess.std)).to(device)
+        self.shift = (-preprocess.mean / preprocess.std).to(device)
         self.device = device
         self.augment = augment
         self.hflip = hflip
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
-        x = images.to(self.device, non_blocking=True).float().div_(255)
-        x = self.preprocess(x)
+        x = images.to(self.device, non_blocking=True).float().mul_(self.scale).add_(self.shift)
+        size = self.preprocess.image_size
+        if x.shape[-1] != size or x.shape[-2] != size:
+            # Normalising first is exact: bilinear weights sum to 1, so they commute with the affine map.
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         if train and self.augment:
             assert generator is not None
             # Crop after resizing so the shift is in model pixels: 4 px at 32, 28 px at 224.

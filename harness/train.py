@@ -142,8 +142,8 @@ def train_one_epoch(t: Trainer, callbacks: Sequence[Callback] = ()) -> EpochTota
             nn.utils.clip_grad_norm_(params, t.config.grad_clip)
         t.scaler.step(t.optimizer)
         t.scaler.update()
-        totals.loss_sum += loss.detach() * len(y)
-        totals.correct += (logits.argmax(1) == y).sum()
+        totals.loss_sum.add_(loss.detach(), alpha=len(y))  # in place: one op, no temporary
+        totals.correct.add_((logits.argmax(1) == y).sum())
         totals.seen += len(y)
         if (i + 1) % SYNC_EVERY == 0 or i + 1 == num_batches:
             running = totals.loss

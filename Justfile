@@ -18,13 +18,21 @@ list:
 run name *args:
     {{venv}}/harness run {{name}} {{args}}
 
-# Open the MLflow UI on the embedded store (sqlite mlflow.db, artifacts in ./mlruns).
-ui port="5000":
-    {{venv}}/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --default-artifact-root ./mlruns --port {{port}}
+# Open the MLflow UI on the store `harness run` writes to (default sqlite mlflow.db, artifacts in ./mlruns).
+ui port="5000" *args:
+    {{venv}}/harness ui --port {{port}} {{args}}
 
 # Tune one variant with Optuna: just tune quickstart --trials 20
 tune name *args:
     {{venv}}/harness tune {{name}} {{args}}
+
+# Compare the variants of the latest run, from MLflow: just compare quickstart --format markdown
+compare name *args:
+    {{venv}}/harness compare {{name}} {{args}}
+
+# Recent runs of an experiment, how they ended and how to continue them: just runs quickstart
+runs name *args:
+    {{venv}}/harness runs {{name}} {{args}}
 
 # Throughput benchmark: harness vs tutorial loop vs compute floor (writes bench-results.json).
 bench *args:

@@ -92,25 +92,29 @@ def run(
     tracking_uri: TrackingOption = None,
     device: DeviceOption = None,
     resume: Annotated[bool, typer.Option(help="Continue the latest interrupted run from its checkpoints.")] = False,
+    repeat: Annotated[Optional[int], typer.Option(help="Train every variant K times, seeds from its config seed upwards.")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Train every variant once per seed, e.g. 0,1,2.")] = None,
 ) -> None:
-    """Train every variant of an experiment and record it in MLflow (one parent run, a child per variant)."""
-    exp, configs = _resolve(name, set_, device)
-    from harness.runner import run_experiment
+    """Train every variant of an experiment and record it in MLflow (one parent run, a child per variant and seed)."""
+    from harness.runner import SeedPlan, run_experiment
 
+    plan = SeedPlan.parse(repeat, seeds)  # bad values fail before any data is touched
+    exp, configs = _resolve(name, set_, device)
     try:
-        outcome = run_experiment(exp, configs, tracking_uri=tracking_uri, data_dir=data_dir, resume=resume)
+        outcome = run_experiment(exp, configs, tracking_uri=tracking_uri, data_dir=data_dir, resume=resume, seeds=plan)
     except KeyboardInterrupt:
         typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} --resume`.", err=True)
         raise typer.Exit(130) from None
-    _print_table(outcome.table, f"{exp.name} (parent run {outcome.parent_run_id})")
+    _print_table(outcome.summary, f"{exp.name} (parent run {outcome.parent_run_id})"
+                 + (", mean ± std over seeds" if outcome.repeated else ""))
     for r in outcome.failed:
-        typer.echo(f"error: variant '{r.variant}' {r.status}: {r.reason}", err=True)
+        typer.echo(f"error: variant '{r.label or r.variant}' {r.status}: {r.reason}", err=True)
     if outcome.failed:
         raise typer.Exit(1)
 
 
 # Columns that fit a terminal; the full table (with run ids) is the parent run's comparison.csv.
-_TERMINAL_COLUMNS = {"variant": "variant", "status": "status", "best_epoch": "best ep", "best_val_acc": "val acc",
+_TERMINAL_COLUMNS = {"variant": "variant", "n": "n", "status": "status", "best_epoch": "best ep", "best_val_acc": "val acc",
                      "test_acc": "test acc", "test_loss": "test loss", "train_seconds": "train s",
                      "images_per_second": "img/s", "param_count": "params"}
 
@@ -191,25 +195,101 @@ def bench(
     epochs: Annotated[int, typer.Option(help="Epochs per contender; the first is a warm-up.")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
     cifar: Annotated[bool, typer.Option(help="Also measure ResNet-18 on CIFAR-shaped data with flip + crop.")] = True,
+    startup: Annotated[bool, typer.Option(help="Measure `harness run quickstart`'s time to its first training step.")] = True,
+    study_budget: Annotated[int, typer.Option(help="Training epochs per study in the sampler/pruner comparison "
+                                                   "(0 skips it; 36 = 12 unpruned 3-epoch trials).")] = 36,
+    study_seeds: Annotated[int, typer.Option(help="Sampler seeds per strategy in the study comparison.")] = 3,
     out: Annotated[Path, typer.Option(help="Where to write the results as JSON.")] = Path("bench-results.json"),
 ) -> None:
-    """Measure training images/s: harness vs a tutorial-style loop vs the compute floor, in one run."""
+    """Measure training images/s (harness vs a tutorial-style loop vs the compute floor, in one run),
+    start-up time, and how fast TPE + pruning vs random search find a good configuration."""
     import pandas as pd
 
     from harness.bench import run_benchmark
 
-    results = run_benchmark(epochs=epochs, device=device, cifar=cifar, out=out, log=lambda m: typer.echo(m, err=True))
-    frame = pd.DataFrame(results)
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.2f}".format):
-        typer.echo(frame.to_string(index=False))
+    report = run_benchmark(epochs=epochs, device=device, cifar=cifar, out=out, log=lambda m: typer.echo(m, err=True),
+                           startup=startup, study_budget=study_budget, study_seeds=tuple(range(study_seeds)))
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:,.2f}".format):
+        if "startup" in report:
+            s = report["startup"]
+            typer.echo(f"start-up to first training step: {s['first_run_seconds']:.2f} s (new MLflow store), "
+                       f"{s['median_later_seconds']:.2f} s (existing store); imports: "
+                       + ", ".join(f"{k} {v:.2f} s" for k, v in s["imports"].items()))
+        typer.echo(pd.DataFrame(report["throughput"]).to_string(index=False))
+        if "study" in report:
+            typer.echo(pd.DataFrame(report["study"]).to_string(index=False))
     typer.echo(f"results written to {out}")
+
+
+@app.command()
+def compare(
+    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    run: Annotated[Optional[str], typer.Option(help="Parent run id (default: the latest `harness run`); a study's "
+                                                    "parent run compares its trials.")] = None,
+    study: Annotated[bool, typer.Option(help="Compare the trials of the latest `harness tune` study.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, markdown or json.")] = "table",
+    metric: Annotated[str, typer.Option(help="Sort (and, with repeats, test) on this metric; a per-epoch metric "
+                                             "such as val_loss means its last epoch.")] = "best_val_acc",
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the figures and CSVs (default: compare/NAME).")] = None,
+    confusion: Annotated[bool, typer.Option(help="Also compare the most-confused class pairs, first vs last epoch.")] = False,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Compare the variants of a run (mean ± std with --repeat) from MLflow: table, curves, confusion matrices."""
+    from harness.compare import compare_experiment, render, rich_tables
+
+    outcome = compare_experiment(name, run_id=run, study=study, metric=metric, fmt=fmt, out=out,
+                                 confusion=confusion, tracking_uri=tracking_uri)
+    if fmt == "table":
+        from rich.console import Console
+
+        console = Console(width=200 if not sys.stdout.isatty() else None)
+        for table in rich_tables(outcome):
+            console.print(table)
+    else:
+        typer.echo(render(outcome, fmt), nl=False)
+    for note in outcome.notes:
+        typer.echo(f"note: {note}", err=True)
+    for path in outcome.files:  # stderr: keeps csv/json on stdout parseable
+        typer.echo(f"wrote {path} (also on run {outcome.comparison.parent_run_id} as compare/{path.name})", err=True)
+
+
+@app.command()
+def runs(
+    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    limit: Annotated[int, typer.Option(help="How many recent parent runs to list.")] = 10,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """List an experiment's recent runs: status, duration, failure reason, and how to continue unfinished ones."""
+    from rich.console import Console
+
+    from harness import reports, tracking
+    from harness.history import recent_runs, runs_note
+
+    frame = recent_runs(tracking.connect(tracking_uri), name, limit)
+    Console(width=220 if not sys.stdout.isatty() else None).print(reports.rich_table(frame, f"{name}: recent runs",
+                                                                                     runs_note(name)))
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port for the UI (0 picks a free one).")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to listen on; keep 127.0.0.1 unless you know you need more.")] = "127.0.0.1",
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Open the MLflow UI on the store `harness run` writes to (artifacts from ./mlruns); Ctrl-C stops it.
+
+    With an http(s) tracking server nothing is started: its own UI address is printed.
+    """
+    from harness.ui import serve
+
+    serve(tracking_uri, host=host, port=port, echo=typer.echo)
 
 
 def _print_table(frame, title: str) -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table
 
-    frame = frame[list(_TERMINAL_COLUMNS)]
+    frame = frame[[c for c in _TERMINAL_COLUMNS if c in frame]]
     table = Table(title=title)
     for col in frame.columns:
         table.add_column(_TERMINAL_COLUMNS[col], no_wrap=True)

@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
-from harness import checkpoint, reports, tracking
+from harness import checkpoint, reports, stats, tracking
 from harness.callbacks import ConsoleProgress, EarlyStopping
 from harness.config import TrainConfig
 from harness.data import Data, load_data
@@ -34,14 +34,118 @@ from harness.experiment import Experiment
 from harness.train import Callback, FitState, NonFiniteLossError, Trainer, build_trainer, evaluate, fit, param_count
 
 SUMMARY_COLUMNS = [
-    "variant", "model", "dataset", "status", "best_epoch", "best_val_acc", "test_acc", "test_loss",
+    "variant", "seed", "model", "dataset", "status", "best_epoch", "best_val_acc", "test_acc", "test_loss",
     "epochs_run", "train_seconds", "images_per_second", "param_count", "run_id",
 ]
+
+
+_IMPORTED_AT = time.time()
+_startup_logged = False
+
+
+def seconds_since_process_start() -> float:
+    """Wall time since this process started (Linux: from /proc; elsewhere: since this module
+    was imported, which misses the interpreter's own start-up)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.time() - _IMPORTED_AT
 
 
 def checkpoint_root() -> Path:
     """`HARNESS_CHECKPOINT_DIR`, else ./checkpoints (one sub-folder per MLflow run id)."""
     return Path(os.environ.get("HARNESS_CHECKPOINT_DIR", "checkpoints"))
+
+
+# Per-run numbers that `harness run --repeat` averages over seeds in its terminal table.
+REPEAT_STAT_COLUMNS = ["best_epoch", "best_val_acc", "test_acc", "test_loss", "train_seconds", "images_per_second"]
+_SEED_LIMIT = 2**32  # numpy's seeding accepts [0, 2**32)
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    """How often each variant is trained: `--repeat K` (K seeds counting up from the variant's
+    own config seed) or `--seeds a,b,c` (these seeds for every variant). Neither means one run
+    per variant at its configured seed, as without repeats."""
+
+    repeat: int | None = None
+    seeds: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.repeat is not None and self.seeds is not None:
+            raise HarnessError("--repeat and --seeds exclude each other: use --repeat K (K seeds from each "
+                               "variant's own seed) or --seeds a,b,c, not both.")
+        if self.repeat is not None and self.repeat < 1:
+            raise HarnessError(f"--repeat must be at least 1 (got {self.repeat}).")
+        if self.seeds is not None:
+            if not self.seeds:
+                raise HarnessError("--seeds needs at least one seed, e.g. --seeds 0,1,2.")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise HarnessError(f"--seeds lists a seed twice ({','.join(map(str, self.seeds))}); give distinct seeds.")
+            if any(not 0 <= s < _SEED_LIMIT for s in self.seeds):
+                raise HarnessError(f"--seeds must be integers from 0 to {_SEED_LIMIT - 1}.")
+
+    @classmethod
+    def parse(cls, repeat: int | None, seeds: str | None) -> SeedPlan:
+        """The plan for the `--repeat` / `--seeds` command-line values (`seeds` as "0,1,2")."""
+        parsed = None
+        if seeds is not None:
+            try:
+                parsed = tuple(int(part) for part in seeds.replace(" ", "").split(",") if part)
+            except ValueError:
+                raise HarnessError(f"Cannot parse --seeds '{seeds}': expected comma-separated integers such as 0,1,2.") from None
+        return cls(repeat, parsed)
+
+    @property
+    def repeated(self) -> bool:
+        return self.repeat is not None or self.seeds is not None
+
+    def seeds_for(self, config: TrainConfig) -> list[int]:
+        """The seeds `config`'s variant is trained with."""
+        if self.seeds is not None:
+            return list(self.seeds)
+        return [config.seed + i for i in range(self.repeat or 1)]
+
+    def to_params(self) -> dict[str, str]:
+        """Parent-run params that record the plan (so `--resume` can follow it)."""
+        if self.seeds is not None:
+            return {"seeds": ",".join(map(str, self.seeds))}
+        return {"repeat": str(self.repeat)} if self.repeat is not None else {}
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> SeedPlan:
+        """The plan a parent run recorded with `to_params`."""
+        return cls.parse(int(params["repeat"]) if "repeat" in params else None, params.get("seeds"))
+
+    def describe(self) -> str:
+        if self.seeds is not None:
+            return f"--seeds {','.join(map(str, self.seeds))}"
+        return f"--repeat {self.repeat}" if self.repeat is not None else "no --repeat/--seeds"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One child run to train: a variant at one seed."""
+
+    variant: str
+    config: TrainConfig
+    repeated: bool
+
+    @property
+    def label(self) -> str:
+        """Run name and progress prefix: "lenet", or "lenet seed=1" when repeated."""
+        return f"{self.variant} seed={self.config.seed}" if self.repeated else self.variant
+
+
+def plan_jobs(configs: dict[str, TrainConfig], plan: SeedPlan) -> list[Job]:
+    """Every (variant, seed) to train, seed round by seed round: an interrupted repeated run
+    already holds complete comparisons for its first rounds."""
+    per_variant = {v: plan.seeds_for(c) for v, c in configs.items()}
+    rounds = max(len(s) for s in per_variant.values())
+    return [Job(v, replace(c, seed=per_variant[v][i]) if plan.repeated else c, plan.repeated)
+            for i in range(rounds) for v, c in configs.items()]
 
 
 @dataclass
@@ -54,6 +158,7 @@ class VariantResult:
     status: str  # FINISHED | FAILED | KILLED
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
+    label: str = ""  # the run's name: the variant, or "variant seed=N" when repeated
 
 
 @dataclass
@@ -62,18 +167,26 @@ class RunOutcome:
 
     parent_run_id: str
     results: list[VariantResult]
-    table: pd.DataFrame
+    table: pd.DataFrame  # one row per child run
+    repeated: bool = False
 
     @property
     def failed(self) -> list[VariantResult]:
         return [r for r in self.results if r.status != "FINISHED"]
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        """What the terminal shows: the table, or with repeats one row per variant with `n` and
+        "mean ± std" cells."""
+        return seed_summary_table(self.table) if self.repeated else self.table
 
 
 def export_model(t: Trainer) -> nn.Module:
     """CPU copy of the model behind its own preprocessing: takes raw [0, 1] images (N, C, H, W)
     at the dataset's native size and returns logits."""
     preprocess = Preprocess(t.data.mean, t.data.std, t.image_size)
-    return nn.Sequential(preprocess, copy.deepcopy(t.model).float().cpu()).eval()
+    net = copy.deepcopy(t.model).float().cpu().to(memory_format=torch.contiguous_format)
+    return nn.Sequential(preprocess, net).eval()
 
 
 def summarize(state: FitState) -> dict[str, float]:
@@ -113,7 +226,7 @@ def finish_variant(client: MlflowClient, run_id: str, t: Trainer, state: FitStat
     tracking.log_file(client, run_id, ckpt_dir / checkpoint.BEST, "checkpoint")
 
     images, _ = next(iter(t.data.test.batches(2, False, None)))
-    example = (images.float() / 255).numpy()
+    example = (images.float() / 255).cpu().numpy()
     tracking.log_model(run_id, export_model(t), example)
     return metrics
 
@@ -149,6 +262,10 @@ def train_variant(
     if config.early_stopping_patience:
         callbacks.append(EarlyStopping(config.early_stopping_patience))
     callbacks += extra_callbacks or []
+    global _startup_logged
+    if not _startup_logged:  # only the process's first variant: later ones follow other training
+        _startup_logged = True
+        tracking.log_metrics(client, run_id, {"startup_seconds": seconds_since_process_start()})
     try:
         state = fit(t, callbacks, state)
     finally:
@@ -176,87 +293,115 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def run_experiment(
     exp: Experiment, configs: dict[str, TrainConfig], tracking_uri: str | None = None,
-    data_dir: Path | None = None, resume: bool = False,
+    data_dir: Path | None = None, resume: bool = False, seeds: SeedPlan | None = None,
 ) -> RunOutcome:
-    """Train every variant under one parent run and return (and log) the comparison table."""
+    """Train every variant (once per seed of `seeds`) under one parent run and return (and log)
+    the comparison table. A resumed run follows the seed plan its parent recorded."""
+    plan = seeds or SeedPlan()
     client = tracking.connect(tracking_uri)
     experiment_id = tracking.ensure_experiment(client, exp.name, exp.description)
     device = next(iter(configs.values())).device
     env_tags = tracking.environment_tags(device, exp.source_file)
-    existing: dict[str, Any] = {}
+    existing: dict[tuple[str, int | None], Any] = {}
     if resume:
         parent = tracking.latest_parent_run(client, experiment_id, unfinished_only=True)
         if parent is None:
             raise HarnessError(f"No interrupted run of '{exp.name}' to resume; start one with `harness run {exp.name}`.")
         parent_id = parent.info.run_id
+        recorded = SeedPlan.from_params(parent.data.params)
+        if plan.repeated and plan != recorded:
+            raise HarnessError(f"Cannot resume run {parent_id}: it was started with {recorded.describe()}, not "
+                               f"{plan.describe()}; resume with the same option or leave it out.")
+        plan = recorded
+        # Keyed by (variant, seed): with repeats a variant has one child per seed.
+        existing = {(r.data.tags.get(tracking.VARIANT_TAG, r.info.run_name), tracking.run_seed(r)): r
+                    for r in tracking.children(client, experiment_id, parent_id)}
+        _check_same_seeds(parent_id, existing, plan_jobs(configs, plan))
         tracking.reopen_run(client, parent_id)
-        existing = tracking.child_runs(client, experiment_id, parent_id)
         print(f"Resuming run {parent_id} of {exp.name}", flush=True)
     else:
         parent_id = tracking.start_run(client, experiment_id, f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                        {tracking.KIND_TAG: "run", **env_tags})
-        tracking.log_params(client, parent_id, {"experiment": exp.name, "variants": ",".join(configs)})
+        tracking.log_params(client, parent_id, {"experiment": exp.name, "variants": ",".join(configs),
+                                                **plan.to_params()})
         if exp.source_file:
             tracking.log_file(client, parent_id, Path(exp.source_file), "source")
 
     results: list[VariantResult] = []
     with _sigterm_as_interrupt():
         try:
-            for variant, config in configs.items():
-                results.append(run_variant(client, experiment_id, parent_id, variant, config, env_tags,
-                                           exp.source_file, data_dir, existing.get(variant)))
+            for job in plan_jobs(configs, plan):
+                previous = existing.get((job.variant, job.config.seed))
+                results.append(run_variant(client, experiment_id, parent_id, job.variant, job.config, env_tags,
+                                           exp.source_file, data_dir, previous, label=job.label))
         except KeyboardInterrupt:
             tracking.end_run(client, parent_id, "KILLED", "interrupted")
             raise
-    table = comparison_table(results)
-    tracking.log_text(client, parent_id, table.to_csv(index=False), "comparison.csv")
-    tracking.log_text(client, parent_id, reports.markdown_table(table), "comparison.md")
+    outcome = RunOutcome(parent_id, results, comparison_table(results), plan.repeated)
+    tracking.log_text(client, parent_id, outcome.table.to_csv(index=False), "comparison.csv")
+    tracking.log_text(client, parent_id, reports.markdown_table(outcome.summary), "comparison.md")
     ok = all(r.status == "FINISHED" for r in results)
     tracking.end_run(client, parent_id, "FINISHED" if ok else "FAILED",
-                     None if ok else "; ".join(f"{r.variant}: {r.reason}" for r in results if r.reason))
-    return RunOutcome(parent_id, results, table)
+                     None if ok else "; ".join(f"{r.label or r.variant}: {r.reason}" for r in results if r.reason))
+    return outcome
+
+
+def _check_same_seeds(parent_id: str, existing: dict[tuple[str, int | None], Any], jobs: list[Job]) -> None:
+    """A resumed run must train the (variant, seed) pairs it started with: a changed `--set seed=`
+    would otherwise start new children beside the interrupted ones."""
+    planned = {(job.variant, job.config.seed) for job in jobs}
+    variants = {job.variant for job in jobs}
+    for variant, seed in existing:
+        if variant in variants and seed is not None and (variant, seed) not in planned:
+            raise HarnessError(
+                f"Cannot resume run {parent_id}: it trained variant '{variant}' at seed {seed}, which the current "
+                "options do not; resume with the same --set options as the interrupted run."
+            )
 
 
 def run_variant(
     client: MlflowClient, experiment_id: str, parent_id: str, variant: str, config: TrainConfig,
     env_tags: dict[str, str], source_file: str | None, data_dir: Path | None, previous: Any = None,
+    label: str | None = None,
 ) -> VariantResult:
     """Train one variant as a child run of `parent_id` (or continue `previous`, an interrupted
-    child run); failures are recorded on the run and returned, Ctrl-C marks it KILLED."""
+    child run); failures are recorded on the run and returned, Ctrl-C marks it KILLED.
+    `label` names the run and its progress lines (default: the variant)."""
+    label = label or variant
     if previous is not None and previous.info.status == "FINISHED":
-        print(f"{variant}: already finished in run {previous.info.run_id}", flush=True)
-        return VariantResult(variant, config, previous.info.run_id, "FINISHED", dict(previous.data.metrics))
+        print(f"{label}: already finished in run {previous.info.run_id}", flush=True)
+        return VariantResult(variant, config, previous.info.run_id, "FINISHED", dict(previous.data.metrics), label=label)
     if previous is not None:
         run_id = previous.info.run_id
         tracking.reopen_run(client, run_id)
     else:
-        run_id = tracking.start_run(client, experiment_id, variant,
-                                    {tracking.KIND_TAG: "variant", tracking.VARIANT_TAG: variant, **env_tags}, parent_id)
+        tags = {tracking.KIND_TAG: "variant", tracking.VARIANT_TAG: variant, tracking.SEED_TAG: str(config.seed)}
+        run_id = tracking.start_run(client, experiment_id, label, {**tags, **env_tags}, parent_id)
         tracking.log_config(client, run_id, config, source_file)
     try:
         data = load_data(config, data_dir)
-        metrics = train_variant(client, run_id, variant, config, data, resume=previous is not None)
+        metrics = train_variant(client, run_id, label, config, data, resume=previous is not None)
     except KeyboardInterrupt:
         tracking.end_run(client, run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM); resume with --resume")
         raise
     except (HarnessError, NonFiniteLossError) as exc:
         tracking.end_run(client, run_id, "FAILED", str(exc))
-        return VariantResult(variant, config, run_id, "FAILED", reason=str(exc))
+        return VariantResult(variant, config, run_id, "FAILED", reason=str(exc), label=label)
     except Exception as exc:  # noqa: BLE001 - a crash in one variant must not lose the others
         reason = f"{type(exc).__name__}: {exc}"
         tracking.log_text(client, run_id, traceback.format_exc(), "error.txt")
         tracking.end_run(client, run_id, "FAILED", reason)
-        return VariantResult(variant, config, run_id, "FAILED", reason=reason)
+        return VariantResult(variant, config, run_id, "FAILED", reason=reason, label=label)
     tracking.end_run(client, run_id, "FINISHED")
-    return VariantResult(variant, config, run_id, "FINISHED", metrics)
+    return VariantResult(variant, config, run_id, "FINISHED", metrics, label=label)
 
 
 def comparison_table(results: list[VariantResult]) -> pd.DataFrame:
     """One row per variant with its key settings and results, best test accuracy first."""
     rows = []
     for r in results:
-        row: dict[str, Any] = {"variant": r.variant, "model": r.config.model, "dataset": r.config.dataset,
-                               "status": r.status, "run_id": r.run_id}
+        row: dict[str, Any] = {"variant": r.variant, "seed": r.config.seed, "model": r.config.model,
+                               "dataset": r.config.dataset, "status": r.status, "run_id": r.run_id}
         for key in ("best_epoch", "best_val_acc", "test_acc", "test_loss", "epochs_run", "train_seconds",
                     "images_per_second", "param_count"):
             value = r.metrics.get("median_images_per_second" if key == "images_per_second" else key)
@@ -264,3 +409,14 @@ def comparison_table(results: list[VariantResult]) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     return frame.sort_values("test_acc", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def seed_summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A `comparison_table` of repeated runs as one row per variant: `n` finished seeds and
+    "mean ± std" cells, best mean test accuracy first (see `harness compare` for tests)."""
+    summary = stats.sort_by(stats.seed_summary(table, REPEAT_STAT_COLUMNS), "test_acc_mean", "test_acc")
+    out = summary[["variant", "n", "seeds", "model", "dataset", "status", "param_count", "run_ids"]].copy()
+    for col in REPEAT_STAT_COLUMNS:
+        digits = 1 if col == "best_epoch" else 4
+        out[col] = [stats.format_mean_std(m, sd, digits) for m, sd in zip(summary[f"{col}_mean"], summary[f"{col}_std"])]
+    return out

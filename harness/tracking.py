@@ -29,6 +29,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's embedded default; art
 PARENT_RUN = "mlflow.parentRunId"
 KIND_TAG = "harness.kind"  # "run" for a `harness run` parent, "variant" for its children
 VARIANT_TAG = "harness.variant"
+SEED_TAG = "harness.seed"  # the config seed of a child run (repeated runs train each variant at several)
 FAILURE_TAG = "harness.failure_reason"
 _PARAM_LIMIT = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3
 
@@ -144,13 +145,14 @@ def git_commit(folder: Path) -> str | None:
 
 def environment_tags(device: str, source_file: str | None) -> dict[str, str]:
     """Versions, host, device and git commit: what reproduces the run's environment."""
+    from importlib.metadata import version  # not `import torchvision`: that costs a second of start-up
+
     import torch
-    import torchvision
 
     tags = {
         "harness.version": harness.__version__,
         "torch.version": torch.__version__,
-        "torchvision.version": torchvision.__version__,
+        "torchvision.version": version("torchvision"),
         "python.version": platform.python_version(),
         "device": device,
         "host": socket.gethostname(),
@@ -237,9 +239,11 @@ class MlflowEpochLogger(Callback):
 # ----------------------------------------------------------------- reading runs back
 
 
-def latest_parent_run(client: MlflowClient, experiment_id: str, unfinished_only: bool = False) -> Run | None:
-    """The newest `harness run` parent run of the experiment (optionally only unfinished ones)."""
-    filt = f"tags.`{KIND_TAG}` = 'run'"
+def latest_parent_run(client: MlflowClient, experiment_id: str, unfinished_only: bool = False,
+                      kind: str = "run") -> Run | None:
+    """The newest parent run of the experiment (`kind` "run" for `harness run`, "study" for
+    `harness tune`), optionally only unfinished ones."""
+    filt = f"tags.`{KIND_TAG}` = '{kind}'"
     if unfinished_only:
         filt += " and attributes.status != 'FINISHED'"
     runs = client.search_runs([experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"], max_results=1)
@@ -248,5 +252,70 @@ def latest_parent_run(client: MlflowClient, experiment_id: str, unfinished_only:
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[str, Run]:
     """Children of `parent_id` keyed by variant name."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_RUN}` = '{parent_id}'", max_results=1000)
-    return {r.data.tags.get(VARIANT_TAG, r.info.run_name): r for r in runs}
+    return {r.data.tags.get(VARIANT_TAG, r.info.run_name): r for r in children(client, experiment_id, parent_id)}
+
+
+def children(client: MlflowClient, experiment_id: str, parent_id: str) -> list[Run]:
+    """Every child run of `parent_id` (all seeds of all variants, or all trials), oldest first."""
+    return client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_RUN}` = '{parent_id}'",
+                              order_by=["attributes.start_time ASC"], max_results=5000)
+
+
+def run_seed(run: Run) -> int | None:
+    """The config seed a child run trained with (its seed tag, else its logged `seed` param)."""
+    text = run.data.tags.get(SEED_TAG, run.data.params.get("seed"))
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def find_experiment(client: MlflowClient, name: str) -> str | None:
+    """Id of MLflow experiment `name`, or None if it does not exist (nothing is created)."""
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else None
+
+
+def experiment_names(client: MlflowClient) -> list[str]:
+    """Names of the experiments in the store (for "did you mean" hints)."""
+    return [e.name for e in client.search_experiments(max_results=1000)]
+
+
+def find_run(client: MlflowClient, run_id: str) -> Run | None:
+    """Run `run_id`, or None if the store has no such run."""
+    try:
+        return client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def parent_runs(client: MlflowClient, experiment_id: str, limit: int) -> list[Run]:
+    """The newest `limit` parent runs (`harness run` and `harness tune`) of the experiment, newest first."""
+    runs = [r for kind in ("run", "study") for r in client.search_runs(
+        [experiment_id], filter_string=f"tags.`{KIND_TAG}` = '{kind}'",
+        order_by=["attributes.start_time DESC"], max_results=limit)]
+    return sorted(runs, key=lambda r: r.info.start_time, reverse=True)[:limit]
+
+
+def metric_history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of a metric, by step; per-epoch metrics use step = epoch."""
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def download_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path | None:
+    """Download artifact `path` of a run into folder `dst`; None if the run has no such artifact."""
+    parent = str(Path(path).parent)
+    listed = {a.path for a in client.list_artifacts(run_id, None if parent == "." else parent)}
+    if path not in listed:
+        return None
+    # MLflow draws a progress bar on stderr for every download; a command that fetches a few
+    # small files per run would bury its own output under them.
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        return Path(client.download_artifacts(run_id, path, str(dst)))
+    finally:
+        if previous is None:
+            del os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"]
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous

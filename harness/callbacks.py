@@ -48,7 +48,13 @@ class ConsoleProgress(Callback):
     def on_fit_start(self, t: Trainer, state: FitState) -> None:
         self._epochs = t.config.epochs
         if not self.plain:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),

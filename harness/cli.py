@@ -96,7 +96,8 @@ def run(
     seeds: Annotated[Optional[str], typer.Option(help="Train every variant once per seed, e.g. 0,1,2.")] = None,
 ) -> None:
     """Train every variant of an experiment and record it in MLflow (one parent run, a child per variant and seed)."""
-    from harness.runner import SeedPlan, run_experiment
+    from harness.runner import run_experiment
+    from harness.seeds import SeedPlan
 
     plan = SeedPlan.parse(repeat, seeds)  # bad values fail before any data is touched
     exp, configs = _resolve(name, set_, device)
@@ -179,7 +180,13 @@ def study(
 ) -> None:
     """Show a study's best trial and its trials table (no training)."""
     from harness.experiment import load_experiment
-    from harness.tune import best_summary, default_study_name, load_study, pick_variant, trials_table
+    from harness.tune import (
+        best_summary,
+        default_study_name,
+        load_study,
+        pick_variant,
+        trials_table,
+    )
 
     exp = load_experiment(name)
     loaded = load_study(storage, study_name or default_study_name(exp, pick_variant(exp, variant)))
@@ -273,7 +280,8 @@ def runs(
 @app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port for the UI (0 picks a free one).")] = 5000,
-    host: Annotated[str, typer.Option(help="Interface to listen on; keep 127.0.0.1 unless you know you need more.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only); 0.0.0.0 is "
+                                           "reachable by private IPs, a named address by that address.")] = "127.0.0.1",
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Open the MLflow UI on the store `harness run` writes to (artifacts from ./mlruns); Ctrl-C stops it.
@@ -282,7 +290,10 @@ def ui(
     """
     from harness.ui import serve
 
-    serve(tracking_uri, host=host, port=port, echo=typer.echo)
+    try:
+        serve(tracking_uri, host=host, port=port, echo=typer.echo)  # Ctrl-C once serving: a clean stop, exit 0
+    except KeyboardInterrupt:  # Ctrl-C before the server was started
+        raise typer.Exit(130) from None
 
 
 def _print_table(frame, title: str) -> None:  # noqa: ANN001

@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,17 @@ from harness.data import Data, load_data
 from harness.data.transforms import Preprocess
 from harness.errors import HarnessError
 from harness.experiment import Experiment
-from harness.train import Callback, FitState, NonFiniteLossError, Trainer, build_trainer, evaluate, fit, param_count
+from harness.seeds import Job, SeedPlan, plan_jobs
+from harness.train import (
+    Callback,
+    FitState,
+    NonFiniteLossError,
+    Trainer,
+    build_trainer,
+    evaluate,
+    fit,
+    param_count,
+)
 
 SUMMARY_COLUMNS = [
     "variant", "seed", "model", "dataset", "status", "best_epoch", "best_val_acc", "test_acc", "test_loss",
@@ -61,93 +71,6 @@ def checkpoint_root() -> Path:
 
 # Per-run numbers that `harness run --repeat` averages over seeds in its terminal table.
 REPEAT_STAT_COLUMNS = ["best_epoch", "best_val_acc", "test_acc", "test_loss", "train_seconds", "images_per_second"]
-_SEED_LIMIT = 2**32  # numpy's seeding accepts [0, 2**32)
-
-
-@dataclass(frozen=True)
-class SeedPlan:
-    """How often each variant is trained: `--repeat K` (K seeds counting up from the variant's
-    own config seed) or `--seeds a,b,c` (these seeds for every variant). Neither means one run
-    per variant at its configured seed, as without repeats."""
-
-    repeat: int | None = None
-    seeds: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.repeat is not None and self.seeds is not None:
-            raise HarnessError("--repeat and --seeds exclude each other: use --repeat K (K seeds from each "
-                               "variant's own seed) or --seeds a,b,c, not both.")
-        if self.repeat is not None and self.repeat < 1:
-            raise HarnessError(f"--repeat must be at least 1 (got {self.repeat}).")
-        if self.seeds is not None:
-            if not self.seeds:
-                raise HarnessError("--seeds needs at least one seed, e.g. --seeds 0,1,2.")
-            if len(set(self.seeds)) != len(self.seeds):
-                raise HarnessError(f"--seeds lists a seed twice ({','.join(map(str, self.seeds))}); give distinct seeds.")
-            if any(not 0 <= s < _SEED_LIMIT for s in self.seeds):
-                raise HarnessError(f"--seeds must be integers from 0 to {_SEED_LIMIT - 1}.")
-
-    @classmethod
-    def parse(cls, repeat: int | None, seeds: str | None) -> SeedPlan:
-        """The plan for the `--repeat` / `--seeds` command-line values (`seeds` as "0,1,2")."""
-        parsed = None
-        if seeds is not None:
-            try:
-                parsed = tuple(int(part) for part in seeds.replace(" ", "").split(",") if part)
-            except ValueError:
-                raise HarnessError(f"Cannot parse --seeds '{seeds}': expected comma-separated integers such as 0,1,2.") from None
-        return cls(repeat, parsed)
-
-    @property
-    def repeated(self) -> bool:
-        return self.repeat is not None or self.seeds is not None
-
-    def seeds_for(self, config: TrainConfig) -> list[int]:
-        """The seeds `config`'s variant is trained with."""
-        if self.seeds is not None:
-            return list(self.seeds)
-        return [config.seed + i for i in range(self.repeat or 1)]
-
-    def to_params(self) -> dict[str, str]:
-        """Parent-run params that record the plan (so `--resume` can follow it)."""
-        if self.seeds is not None:
-            return {"seeds": ",".join(map(str, self.seeds))}
-        return {"repeat": str(self.repeat)} if self.repeat is not None else {}
-
-    @classmethod
-    def from_params(cls, params: dict[str, str]) -> SeedPlan:
-        """The plan a parent run recorded with `to_params`."""
-        return cls.parse(int(params["repeat"]) if "repeat" in params else None, params.get("seeds"))
-
-    def describe(self) -> str:
-        if self.seeds is not None:
-            return f"--seeds {','.join(map(str, self.seeds))}"
-        return f"--repeat {self.repeat}" if self.repeat is not None else "no --repeat/--seeds"
-
-
-@dataclass(frozen=True)
-class Job:
-    """One child run to train: a variant at one seed."""
-
-    variant: str
-    config: TrainConfig
-    repeated: bool
-
-    @property
-    def label(self) -> str:
-        """Run name and progress prefix: "lenet", or "lenet seed=1" when repeated."""
-        return f"{self.variant} seed={self.config.seed}" if self.repeated else self.variant
-
-
-def plan_jobs(configs: dict[str, TrainConfig], plan: SeedPlan) -> list[Job]:
-    """Every (variant, seed) to train, seed round by seed round: an interrupted repeated run
-    already holds complete comparisons for its first rounds."""
-    per_variant = {v: plan.seeds_for(c) for v, c in configs.items()}
-    rounds = max(len(s) for s in per_variant.values())
-    return [Job(v, replace(c, seed=per_variant[v][i]) if plan.repeated else c, plan.repeated)
-            for i in range(rounds) for v, c in configs.items()]
-
-
 @dataclass
 class VariantResult:
     """How one variant ended, with its final metrics (empty when it failed early)."""

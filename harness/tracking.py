@@ -21,8 +21,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
 
 import harness
-from harness.errors import HarnessError, first_line, retry
 from harness.config import TrainConfig, flatten
+from harness.errors import HarnessError, first_line, retry
 from harness.train import Callback, FitState, Trainer
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's embedded default; artifacts go to ./mlruns
@@ -145,7 +145,9 @@ def git_commit(folder: Path) -> str | None:
 
 def environment_tags(device: str, source_file: str | None) -> dict[str, str]:
     """Versions, host, device and git commit: what reproduces the run's environment."""
-    from importlib.metadata import version  # not `import torchvision`: that costs a second of start-up
+    from importlib.metadata import (
+        version,  # not `import torchvision`: that costs a second of start-up
+    )
 
     import torch
 

@@ -30,7 +30,14 @@ from harness.experiment import Experiment
 from harness.registry import Registry
 from harness.runner import VariantResult, run_variant
 from harness.search_space import suggest
-from harness.train import Callback, FitState, NonFiniteLossError, Trainer, build_trainer, fit
+from harness.train import (
+    Callback,
+    FitState,
+    NonFiniteLossError,
+    Trainer,
+    build_trainer,
+    fit,
+)
 
 # Heartbeats and the matplotlib plots are marked experimental; they are what we rely on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -11,7 +11,12 @@ from torch import nn
 
 from harness.config import TrainConfig, flatten, parse_overrides, parse_value
 from harness.errors import HarnessError
-from harness.experiment import Experiment, experiment_names, experiments_dir, load_experiment
+from harness.experiment import (
+    Experiment,
+    experiment_names,
+    experiments_dir,
+    load_experiment,
+)
 from harness.optim import OPTIMIZERS, build_optimizer, build_scheduler
 
 

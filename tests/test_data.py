@@ -13,7 +13,12 @@ import torch
 from harness.config import TrainConfig
 from harness.data import load_data
 from harness.data.in_memory import InMemorySplit
-from harness.data.transforms import BatchTransform, Preprocess, random_crop, random_hflip
+from harness.data.transforms import (
+    BatchTransform,
+    Preprocess,
+    random_crop,
+    random_hflip,
+)
 from harness.errors import HarnessError
 
 CPU = torch.device("cpu")

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.models import MODELS, build_model, min_image_size, model_names, register_model
+from harness.models import (
+    MODELS,
+    build_model,
+    min_image_size,
+    model_names,
+    register_model,
+)
 from harness.models.torchvision_models import _build as build_torchvision
 from harness.registry import Registry
 

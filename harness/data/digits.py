@@ -11,7 +11,13 @@ import torch.nn.functional as F
 
 from harness.config import TrainConfig
 from harness.data import DATASETS, Data
-from harness.data.in_memory import TEST_SPLIT_SEED, InMemorySplit, channel_stats, seeded_split, train_val
+from harness.data.in_memory import (
+    TEST_SPLIT_SEED,
+    InMemorySplit,
+    channel_stats,
+    seeded_split,
+    train_val,
+)
 
 # Upscaled once at load so MNIST-sized models (LeNet's 5x5 convs) apply unchanged.
 DIGITS_SIZE = 28

@@ -181,7 +181,8 @@ def train_variant(
         state = checkpoint.restore(t, ckpt)
         print(f"{variant}: resuming after epoch {state.epoch} from {last}", flush=True)
     progress = ConsoleProgress(variant)
-    callbacks: list[Callback] = [checkpoint.Checkpointer(ckpt_dir), tracking.MlflowEpochLogger(client, run_id), progress]
+    logger = tracking.MlflowEpochLogger(client, run_id)
+    callbacks: list[Callback] = [checkpoint.Checkpointer(ckpt_dir), logger, progress]
     if config.early_stopping_patience:
         callbacks.append(EarlyStopping(config.early_stopping_patience))
     callbacks += extra_callbacks or []
@@ -193,6 +194,7 @@ def train_variant(
         state = fit(t, callbacks, state)
     finally:
         progress.close()
+        logger.flush()  # epochs buffered before a failure or Ctrl-C still reach MLflow
     return finish_variant(client, run_id, t, state, ckpt_dir, variant)
 
 

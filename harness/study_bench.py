@@ -76,11 +76,11 @@ def run_study(base: TrainConfig, space: SearchSpace, data: Data, sampler: str, p
         if spent >= budget_epochs:
             study.stop()
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line per study
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(direction="maximize", sampler=SAMPLERS.get(sampler)(seed),
                                     pruner=PRUNERS.get(pruner)())
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(objective, callbacks=[stop_at_budget], catch=())
     return trace
 

@@ -221,10 +221,22 @@ def log_model(run_id: str, model: Any, input_example: Any) -> str:
 
 
 class MlflowEpochLogger(Callback):
-    """Logs each epoch's metrics (one request per epoch, step = epoch number)."""
+    """Logs each epoch's metrics (step = epoch number), batching epochs that end within
+    `flush_seconds` of the last write into one request: on short epochs (LeNet: ~0.5 s) a write
+    per epoch would cost several percent. Nothing is lost on a crash: `flush()` runs when `fit`
+    ends or fails, and a resumed run back-fills any epoch its checkpoint has but MLflow lacks."""
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
+    def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float = 5.0) -> None:
+        self.client, self.run_id, self.flush_seconds = client, run_id, flush_seconds
+        self._pending: list[Metric] = []
+        self._last_write = time.monotonic()
+
+    def flush(self) -> None:
+        """Write every buffered epoch now."""
+        if self._pending:
+            self.client.log_batch(self.run_id, metrics=self._pending)
+            self._pending = []
+        self._last_write = time.monotonic()
 
     def on_fit_start(self, t: Trainer, state: FitState) -> None:
         # A resumed run may have been killed between its checkpoint and its metric write:
@@ -235,7 +247,14 @@ class MlflowEpochLogger(Callback):
                 log_metrics(self.client, self.run_id, record, step=epoch)
 
     def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
-        log_metrics(self.client, self.run_id, record, step=state.epoch)
+        now = int(time.time() * 1000)
+        self._pending += [Metric(k, float(v), now, state.epoch) for k, v in record.items()]
+        # log_batch takes at most 1000 metrics per request.
+        if time.monotonic() - self._last_write >= self.flush_seconds or len(self._pending) > 900:
+            self.flush()
+
+    def on_fit_end(self, t: Trainer, state: FitState) -> None:
+        self.flush()
 
 
 # ----------------------------------------------------------------- reading runs back

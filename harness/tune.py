@@ -153,7 +153,10 @@ class Objective:
         state = FitState()
         try:
             t = build_trainer(config, load_data(config, self.data_dir))
-            fit(t, [logger, OptunaPruning(trial), ConsoleProgress(f"trial-{trial.number}", force_plain=True)], state)
+            try:
+                fit(t, [logger, OptunaPruning(trial), ConsoleProgress(f"trial-{trial.number}", force_plain=True)], state)
+            finally:
+                logger.flush()  # a pruned or failed trial keeps its curves
         except optuna.TrialPruned as exc:
             self._end(run_id, state, "pruned", "FINISHED", str(exc))
             raise

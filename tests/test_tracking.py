@@ -1,0 +1,31 @@
+"""Epoch metrics are batched into few MLflow writes but never lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness import tracking
+from harness.train import FitState
+
+
+def test_epoch_logger_batches_writes_and_flushes_at_the_end(tmp_path: Path) -> None:
+    client = tracking.connect(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = tracking.start_run(client, tracking.ensure_experiment(client, "t"), "r", {})
+    logger = tracking.MlflowEpochLogger(client, run_id, flush_seconds=3600)
+    state = FitState()
+    for epoch in (1, 2, 3):
+        state.epoch = epoch
+        logger.on_epoch_end(None, state, {"train_loss": 1.0 / epoch})  # type: ignore[arg-type]
+    assert client.get_metric_history(run_id, "train_loss") == []  # buffered: one write for all three
+    logger.on_fit_end(None, state)  # type: ignore[arg-type]
+    history = client.get_metric_history(run_id, "train_loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+
+
+def test_epoch_logger_writes_every_epoch_when_epochs_are_long(tmp_path: Path) -> None:
+    client = tracking.connect(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = tracking.start_run(client, tracking.ensure_experiment(client, "t"), "r", {})
+    logger = tracking.MlflowEpochLogger(client, run_id, flush_seconds=0)
+    state = FitState(epoch=1)
+    logger.on_epoch_end(None, state, {"train_loss": 0.7})  # type: ignore[arg-type]
+    assert [m.value for m in client.get_metric_history(run_id, "train_loss")] == [0.7]

@@ -14,14 +14,10 @@ median over the epochs after the first (warm-up), with the relative spread (max-
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import queue
-import shutil
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +32,7 @@ from harness.data import Data, load_data
 from harness.data.mnist_sample import SAMPLE_DIR, write_mnist_raw
 from harness.device import resolve_device
 from harness.models import build_model
-from harness.train import Callback, FitState, Trainer, build_trainer, evaluate, fit
+from harness.train import Callback, FitState, build_trainer, evaluate, fit
 
 
 @dataclass(frozen=True)
@@ -115,51 +111,28 @@ def floor_epochs(config: TrainConfig, data: Data) -> Iterator[float]:
         yield len(data.train) / (time.perf_counter() - start)
 
 
-class _EpochGate(Callback):
-    """Runs last in `fit`'s callbacks: reports each epoch's wall time (training plus every other
-    callback) and holds the loop until the driver lets the next epoch start."""
-
-    def __init__(self) -> None:
-        self.go = threading.Semaphore(0)
-        self.seconds: queue.Queue[float] = queue.Queue()
-        self.start = 0.0
-
-    def on_fit_start(self, t: Trainer, state: FitState) -> None:
-        self.go.acquire()
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
-        self.seconds.put(time.perf_counter() - self.start)
-        self.go.acquire()
-        self.start = time.perf_counter()
-
-
 def harness_epochs(config: TrainConfig, data: Data, track: bool, eval_rates: list[float]) -> Iterator[float]:
-    """Images/s of each epoch of one `fit` call with the callbacks `harness run` uses
-    (checkpoints, and MLflow logging to a temporary sqlite store if `track`), timed around
-    training and callbacks together (the cases have no validation split). `fit` runs in a
-    thread paused between epochs, so the contenders can alternate; appends evaluation images/s."""
+    """Images/s of each epoch of `fit` with the callbacks `harness run` uses (checkpoints, and
+    MLflow logging to a temporary sqlite store if `track`); appends evaluation images/s."""
     from harness import tracking
     from harness.checkpoint import Checkpointer
 
-    t = build_trainer(config.override(epochs=1_000_000), data)
-    tmp = tempfile.mkdtemp(prefix="harness-bench-")
-    atexit.register(shutil.rmtree, tmp, True)  # the paused loop never returns to clean up itself
-    callbacks: list[Callback] = [Checkpointer(Path(tmp) / "ckpt")]
-    if track:
-        client = tracking.connect(f"sqlite:///{tmp}/mlflow.db")
-        run_id = tracking.start_run(client, tracking.ensure_experiment(client, "bench"), "bench", {})
-        tracking.log_config(client, run_id, config, None)
-        callbacks.append(tracking.MlflowEpochLogger(client, run_id))
-    gate = _EpochGate()
-    # Daemon: the paused loop is simply abandoned when the benchmark is done with it.
-    threading.Thread(target=fit, args=(t, [*callbacks, gate]), daemon=True).start()
-    while True:
-        gate.go.release()
-        seconds = gate.seconds.get()
-        result = evaluate(t, data.train)  # the loop is parked in the gate meanwhile
-        eval_rates.append(result.samples / result.seconds)
-        yield len(data.train) / seconds
+    t = build_trainer(config.override(epochs=1), data)
+    with tempfile.TemporaryDirectory() as tmp:
+        callbacks: list[Callback] = [Checkpointer(Path(tmp) / "ckpt")]
+        if track:
+            client = tracking.connect(f"sqlite:///{tmp}/mlflow.db")
+            run_id = tracking.start_run(client, tracking.ensure_experiment(client, "bench"), "bench", {})
+            tracking.log_config(client, run_id, config, None)
+            callbacks.append(tracking.MlflowEpochLogger(client, run_id))
+        state = FitState()
+        while True:
+            # One more epoch of the same run: fit continues from `state`, as after a resume.
+            t.config = t.config.override(epochs=state.epoch + 1)
+            state = fit(t, callbacks, state)
+            result = evaluate(t, data.train)
+            eval_rates.append(result.samples / result.seconds)
+            yield state.history[-1]["images_per_second"]
 
 
 # ------------------------------------------------------------------ driver

@@ -223,13 +223,15 @@ def log_model(run_id: str, model: Any, input_example: Any) -> str:
 class MlflowEpochLogger(Callback):
     """Logs each epoch's metrics (step = epoch number), batching epochs that end within
     `flush_seconds` of the last write into one request: on short epochs (LeNet: ~0.5 s) a write
-    per epoch would cost several percent. Nothing is lost on a crash: `flush()` runs when `fit`
-    ends or fails, and a resumed run back-fills any epoch its checkpoint has but MLflow lacks."""
+    per epoch would cost several percent. Whoever runs `fit` calls `flush()` afterwards, in a
+    `finally` (the runner and `harness tune` do), so a failed or interrupted run keeps its curves;
+    after a hard kill, a resumed run back-fills any epoch its checkpoint has but MLflow lacks."""
 
     def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float = 5.0) -> None:
         self.client, self.run_id, self.flush_seconds = client, run_id, flush_seconds
         self._pending: list[Metric] = []
         self._last_write = time.monotonic()
+        self._backfilled = False
 
     def flush(self) -> None:
         """Write every buffered epoch now."""
@@ -241,6 +243,11 @@ class MlflowEpochLogger(Callback):
     def on_fit_start(self, t: Trainer, state: FitState) -> None:
         # A resumed run may have been killed between its checkpoint and its metric write:
         # log any epoch the checkpoint has but MLflow lacks.
+        if self._backfilled:  # only the logger's first fit: later ones continue what it logged
+            return
+        self._backfilled = True
+        if not state.history:
+            return
         logged = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
         for epoch, record in enumerate(state.history, start=1):
             if epoch not in logged:
@@ -253,8 +260,6 @@ class MlflowEpochLogger(Callback):
         if time.monotonic() - self._last_write >= self.flush_seconds or len(self._pending) > 900:
             self.flush()
 
-    def on_fit_end(self, t: Trainer, state: FitState) -> None:
-        self.flush()
 
 
 # ----------------------------------------------------------------- reading runs back

@@ -23,7 +23,7 @@ from mlflow.entities import Run
 
 from harness import reports, stats, tracking
 from harness.errors import HarnessError
-from harness.registry import unknown_name_message
+from harness.registry import closest_name, unknown_name_message
 
 FORMATS = ("table", "csv", "markdown", "json")
 DEFAULT_METRIC = "best_val_acc"  # selection metric: the test set is for the final report, not for ranking
@@ -40,7 +40,6 @@ INT_COLUMNS = ("best_epoch", "epochs_run", "param_count")
 STAT_COLUMNS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "epochs_run", "train_seconds", "wall_seconds",
                 "images_per_second")
 CURVE_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
-TRIAL_STATE_TAG = "harness.trial_state"  # tune.STATE_TAG; tune itself is not imported (it pulls in optuna and torch)
 MAX_PANELS = 12  # figures show the best 12 variants or trials
 TOP_PAIRS = 3  # most-confused class pairs per variant, at the first and at the last epoch
 ARTIFACT_DIR = "compare"  # where the figures go on the parent run
@@ -101,10 +100,8 @@ class CompareOutcome:
 
 def no_runs_message(client: MlflowClient, experiment: str) -> str:
     """One sentence for an experiment with nothing recorded, with the closest recorded name."""
-    import difflib
-
-    close = difflib.get_close_matches(experiment, tracking.experiment_names(client), n=1, cutoff=0.6)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    close = closest_name(experiment, tracking.experiment_names(client), cutoff=0.6)
+    hint = f" (did you mean '{close}'?)" if close else ""
     return f"No runs of experiment '{experiment}' are recorded in this tracking store{hint}; run `harness run {experiment}` first."
 
 
@@ -176,8 +173,8 @@ def runs_frame(children: list[Run], hyperparameters: list[str], extra_metric: st
                 ended = run.info.end_time
                 row["wall_seconds"] = (ended - run.info.start_time) / 1000 if ended and run.info.start_time else None
         row["status"] = run.info.status
-        if TRIAL_STATE_TAG in tags:
-            row["trial_state"] = tags[TRIAL_STATE_TAG]
+        if tracking.TRIAL_STATE_TAG in tags:
+            row["trial_state"] = tags[tracking.TRIAL_STATE_TAG]
         row["run_id"] = run.info.run_id
         rows.append(row)
     frame = pd.DataFrame(rows)

@@ -11,11 +11,17 @@ from harness.errors import HarnessError
 T = TypeVar("T")
 
 
+def closest_name(name: str, choices: Iterable[str], cutoff: float = 0.5) -> str | None:
+    """The choice most similar to `name`, if any is similar enough (for "did you mean" hints)."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
 def unknown_name_message(kind: str, name: str, choices: Iterable[str]) -> str:
     """One sentence naming an unknown `name`, the closest match and all valid choices."""
     choices = sorted(choices)
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    close = closest_name(name, choices)
+    hint = f" Did you mean '{close}'?" if close else ""
     return f"Unknown {kind} '{name}'.{hint} Choose one of: {', '.join(choices)}."
 
 

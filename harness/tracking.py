@@ -29,6 +29,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's embedded default; art
 PARENT_RUN = "mlflow.parentRunId"
 KIND_TAG = "harness.kind"  # "run" for a `harness run` parent, "variant" for its children
 VARIANT_TAG = "harness.variant"
+TRIAL_STATE_TAG = "harness.trial_state"  # complete / pruned / failed, on `harness tune` trial runs
 SEED_TAG = "harness.seed"  # the config seed of a child run (repeated runs train each variant at several)
 FAILURE_TAG = "harness.failure_reason"
 _PARAM_LIMIT = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3
@@ -45,7 +46,7 @@ def connect(uri: str | None = None) -> MlflowClient:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on stderr
     mlflow.set_tracking_uri(resolved)
     try:
-        _reachable(resolved)
+        check_reachable(resolved)
         return retry(lambda: _checked_client(resolved))
     except Exception as exc:  # noqa: BLE001 - bad URI, server down, missing driver
         raise HarnessError(
@@ -54,8 +55,9 @@ def connect(uri: str | None = None) -> MlflowClient:
         ) from None
 
 
-def _reachable(uri: str) -> None:
-    """Fail within seconds on a dead server; MLflow's own retries take minutes to give up."""
+def check_reachable(uri: str) -> None:
+    """Raise within seconds if a database or tracking server store does not answer (MLflow's
+    own retries take minutes to give up); local stores pass."""
     scheme = uri.split(":", 1)[0]
     if scheme.startswith(("postgresql", "mysql", "mssql")):
         import sqlalchemy
@@ -145,12 +147,11 @@ def git_commit(folder: Path) -> str | None:
 
 def environment_tags(device: str, source_file: str | None) -> dict[str, str]:
     """Versions, host, device and git commit: what reproduces the run's environment."""
-    from importlib.metadata import (
-        version,  # not `import torchvision`: that costs a second of start-up
-    )
+    from importlib.metadata import version
 
     import torch
 
+    # The torchvision version from its metadata: `import torchvision` costs a second of start-up.
     tags = {
         "harness.version": harness.__version__,
         "torch.version": torch.__version__,
@@ -274,11 +275,6 @@ def latest_parent_run(client: MlflowClient, experiment_id: str, unfinished_only:
         filt += " and attributes.status != 'FINISHED'"
     runs = client.search_runs([experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
-
-
-def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[str, Run]:
-    """Children of `parent_id` keyed by variant name."""
-    return {r.data.tags.get(VARIANT_TAG, r.info.run_name): r for r in children(client, experiment_id, parent_id)}
 
 
 def children(client: MlflowClient, experiment_id: str, parent_id: str) -> list[Run]:

@@ -45,7 +45,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 TRIAL_RUN_ATTR = "mlflow_run_id"
-STATE_TAG = "harness.trial_state"
 
 SAMPLERS: Registry[Any] = Registry("sampler")
 SAMPLERS.add("tpe", lambda seed: optuna.samplers.TPESampler(seed=seed))
@@ -179,7 +178,7 @@ class Objective:
         if state.history:
             metrics["best_val_acc"] = max(h["val_acc"] for h in state.history)
         tracking.log_metrics(self.client, run_id, metrics, step=state.epoch)
-        tracking.set_tags(self.client, run_id, {STATE_TAG: trial_state})
+        tracking.set_tags(self.client, run_id, {tracking.TRIAL_STATE_TAG: trial_state})
         tracking.end_run(self.client, run_id, status, reason)
 
 

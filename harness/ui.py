@@ -283,11 +283,11 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def _check_remote(uri: str) -> None:
-    import requests  # an MLflow dependency; unlike urllib it accepts user:password@ in the URL
+    from harness import tracking
 
     try:
-        requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
-    except requests.RequestException:
+        tracking.check_reachable(uri)  # GET <uri>/health
+    except Exception:  # noqa: BLE001 - refused, timed out, HTTP error: all mean "not answering"
         raise HarnessError(f"The tracking server {redact(uri)} does not answer; check that it runs and "
                            "--tracking-uri / MLFLOW_TRACKING_URI.") from None
 

@@ -31,6 +31,7 @@ from harness.config import TrainConfig
 from harness.data import Data, load_data
 from harness.data.mnist_sample import SAMPLE_DIR, write_mnist_raw
 from harness.device import resolve_device
+from harness.errors import HarnessError
 from harness.models import build_model
 from harness.train import Callback, FitState, build_trainer, evaluate, fit
 
@@ -239,6 +240,12 @@ def run_benchmark(epochs: int = 4, device: str = "auto", cifar: bool = True, out
                   study_seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
     """Run every throughput case (and the start-up and study-efficiency measurements when asked),
     and write everything as JSON to `out`."""
+    if epochs < 2:
+        raise HarnessError(f"--epochs must be at least 2 (one warm-up epoch, then measured ones); got {epochs}.")
+    if study_budget < 0:
+        raise HarnessError(f"--study-budget must be 0 (skip the study comparison) or more; got {study_budget}.")
+    if study_budget and not study_seeds:
+        raise HarnessError("--study-seeds must be at least 1 when --study-budget is above 0.")
     torch.set_num_threads(os.cpu_count() or 1)
     report: dict[str, Any] = {"epochs": epochs, "device": device, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:

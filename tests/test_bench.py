@@ -43,3 +43,15 @@ def test_startup_is_measured_from_a_real_harness_run() -> None:
     result = measure_startup(repeats=1, log=lambda _: None)
     assert 0 < result["first_run_seconds"] < 120
     assert {"import torch", "import mlflow"} <= set(result["imports"])
+
+
+def test_bad_bench_options_are_one_line_and_exit_2() -> None:
+    import subprocess
+    import sys
+
+    for args, expected in ((["--epochs", "1"], "--epochs must be at least 2"),
+                           (["--study-budget", "-1"], "--study-budget must be 0"),
+                           (["--study-seeds", "0"], "--study-seeds must be at least 1")):
+        proc = subprocess.run([sys.executable, "-m", "harness.cli", "bench", *args], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and expected in proc.stderr

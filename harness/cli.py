@@ -96,16 +96,22 @@ def run(
     seeds: Annotated[Optional[str], typer.Option(help="Train every variant once per seed, e.g. 0,1,2.")] = None,
 ) -> None:
     """Train every variant of an experiment and record it in MLflow (one parent run, a child per variant and seed)."""
-    from harness.runner import run_experiment
     from harness.seeds import SeedPlan
+    from harness.tracking_process import TrackingProcess
 
     plan = SeedPlan.parse(repeat, seeds)  # bad values fail before any data is touched
-    exp, configs = _resolve(name, set_, device)
-    try:
-        outcome = run_experiment(exp, configs, tracking_uri=tracking_uri, data_dir=data_dir, resume=resume, seeds=plan)
-    except KeyboardInterrupt:
-        typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} --resume`.", err=True)
-        raise typer.Exit(130) from None
+    # MLflow starts in its own process before PyTorch is imported here (validating the
+    # config imports it): the two imports overlap.
+    with TrackingProcess(tracking_uri) as tracker:
+        exp, configs = _resolve(name, set_, device)
+        try:
+            from harness.runner import run_experiment
+
+            outcome = run_experiment(exp, configs, data_dir=data_dir, resume=resume, seeds=plan, tracker=tracker)
+        except KeyboardInterrupt:
+            typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} --resume`.",
+                       err=True)
+            raise typer.Exit(130) from None
     _print_table(outcome.summary, f"{exp.name} (parent run {outcome.parent_run_id})"
                  + (", mean ± std over seeds" if outcome.repeated else ""))
     for r in outcome.failed:
@@ -220,7 +226,8 @@ def bench(
         if "startup" in report:
             s = report["startup"]
             typer.echo(f"start-up to first training step: {s['first_run_seconds']:.2f} s (new MLflow store), "
-                       f"{s['median_later_seconds']:.2f} s (existing store); imports: "
+                       f"{s['median_later_seconds']:.2f} s (existing store); bare torch + optimizer "
+                       f"{s['floor_seconds']:.2f} s (harness/floor {s['harness/floor']:.2f}); imports: "
                        + ", ".join(f"{k} {v:.2f} s" for k, v in s["imports"].items()))
         typer.echo(pd.DataFrame(report["throughput"]).to_string(index=False))
         if "study" in report:

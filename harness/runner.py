@@ -17,21 +17,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
-from mlflow import MlflowClient
 from torch import nn
 
-from harness import checkpoint, reports, stats, tracking
-from harness.callbacks import ConsoleProgress, EarlyStopping
+from harness import checkpoint, tracking
+from harness.callbacks import ConsoleProgress, EarlyStopping, MlflowEpochLogger
 from harness.config import TrainConfig
 from harness.data import Data, load_data
 from harness.data.transforms import Preprocess
 from harness.errors import HarnessError
 from harness.experiment import Experiment
+from harness.process_clock import seconds_since_process_start
 from harness.seeds import Job, SeedPlan, plan_jobs
+from harness.tracking import Client
+from harness.tracking_process import TrackingProcess
 from harness.train import (
     Callback,
     FitState,
@@ -43,25 +44,16 @@ from harness.train import (
     param_count,
 )
 
+if TYPE_CHECKING:  # pandas, reports and stats are imported after training: not on the start-up path
+    import pandas as pd
+
 SUMMARY_COLUMNS = [
     "variant", "seed", "model", "dataset", "status", "best_epoch", "best_val_acc", "test_acc", "test_loss",
     "epochs_run", "train_seconds", "images_per_second", "param_count", "run_id",
 ]
 
 
-_IMPORTED_AT = time.time()
 _startup_logged = False
-
-
-def seconds_since_process_start() -> float:
-    """Wall time since this process started (Linux: from /proc; elsewhere: since this module
-    was imported, which misses the interpreter's own start-up)."""
-    try:
-        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError, AttributeError):
-        return time.time() - _IMPORTED_AT
 
 
 def checkpoint_root() -> Path:
@@ -125,8 +117,10 @@ def summarize(state: FitState) -> dict[str, float]:
     return out
 
 
-def finish_variant(client: MlflowClient, run_id: str, t: Trainer, state: FitState, ckpt_dir: Path, label: str) -> dict[str, float]:
+def finish_variant(client: Client, run_id: str, t: Trainer, state: FitState, ckpt_dir: Path, label: str) -> dict[str, float]:
     """Test the best epoch's weights and log final metrics, reports, checkpoint and model."""
+    from harness import reports
+
     best = checkpoint.load(ckpt_dir / checkpoint.BEST)
     t.model.load_state_dict(best["model"])
     test = evaluate(t, t.data.test)
@@ -145,12 +139,12 @@ def finish_variant(client: MlflowClient, run_id: str, t: Trainer, state: FitStat
     if state.val_confusions:
         # (epochs, true, predicted) counts, so later commands can compare epochs and runs.
         tracking.log_array(client, run_id, torch.stack(state.val_confusions).numpy(), "val_confusion/per_epoch.npy")
-        client.log_dict(run_id, {"classes": list(classes)}, "val_confusion/classes.json")
+        tracking.log_dict(client, run_id, {"classes": list(classes)}, "val_confusion/classes.json")
     tracking.log_file(client, run_id, ckpt_dir / checkpoint.BEST, "checkpoint")
 
     images, _ = next(iter(t.data.test.batches(2, False, None)))
     example = (images.float() / 255).cpu().numpy()
-    tracking.log_model(run_id, export_model(t), example)
+    tracking.log_model(client, run_id, export_model(t), example)
     return metrics
 
 
@@ -167,7 +161,7 @@ def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, variant: str) ->
 
 
 def train_variant(
-    client: MlflowClient, run_id: str, variant: str, config: TrainConfig, data: Data,
+    client: Client, run_id: str, variant: str, config: TrainConfig, data: Data,
     extra_callbacks: list[Callback] | None = None, resume: bool = False,
 ) -> dict[str, float]:
     """Train one variant into MLflow run `run_id` (continuing its checkpoint if `resume`)."""
@@ -181,7 +175,7 @@ def train_variant(
         state = checkpoint.restore(t, ckpt)
         print(f"{variant}: resuming after epoch {state.epoch} from {last}", flush=True)
     progress = ConsoleProgress(variant)
-    logger = tracking.MlflowEpochLogger(client, run_id)
+    logger = MlflowEpochLogger(client, run_id)
     callbacks: list[Callback] = [checkpoint.Checkpointer(ckpt_dir), logger, progress]
     if config.early_stopping_patience:
         callbacks.append(EarlyStopping(config.early_stopping_patience))
@@ -190,6 +184,7 @@ def train_variant(
     if not _startup_logged:  # only the process's first variant: later ones follow other training
         _startup_logged = True
         tracking.log_metrics(client, run_id, {"startup_seconds": seconds_since_process_start()})
+    tracking.prepare_model_logging(client)
     try:
         state = fit(t, callbacks, state)
     finally:
@@ -219,11 +214,21 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def run_experiment(
     exp: Experiment, configs: dict[str, TrainConfig], tracking_uri: str | None = None,
     data_dir: Path | None = None, resume: bool = False, seeds: SeedPlan | None = None,
+    tracker: TrackingProcess | None = None,
 ) -> RunOutcome:
     """Train every variant (once per seed of `seeds`) under one parent run and return (and log)
-    the comparison table. A resumed run follows the seed plan its parent recorded."""
-    plan = seeds or SeedPlan()
-    client = tracking.connect(tracking_uri)
+    the comparison table. A resumed run follows the seed plan its parent recorded.
+
+    MLflow runs in a child process: `tracker` if given (the CLI starts it before importing
+    PyTorch, so the two imports overlap; it is closed here), else one on `tracking_uri`."""
+    with tracker or TrackingProcess(tracking_uri) as client:
+        return _run_experiment(client, exp, configs, data_dir, resume, seeds or SeedPlan())
+
+
+def _run_experiment(
+    client: TrackingProcess, exp: Experiment, configs: dict[str, TrainConfig], data_dir: Path | None,
+    resume: bool, plan: SeedPlan,
+) -> RunOutcome:
     experiment_id = tracking.ensure_experiment(client, exp.name, exp.description)
     device = next(iter(configs.values())).device
     env_tags = tracking.environment_tags(device, exp.source_file)
@@ -264,6 +269,8 @@ def run_experiment(
             raise
     outcome = RunOutcome(parent_id, results, comparison_table(results), plan.repeated)
     tracking.log_text(client, parent_id, outcome.table.to_csv(index=False), "comparison.csv")
+    from harness import reports
+
     tracking.log_text(client, parent_id, reports.markdown_table(outcome.summary), "comparison.md")
     ok = all(r.status == "FINISHED" for r in results)
     tracking.end_run(client, parent_id, "FINISHED" if ok else "FAILED",
@@ -285,7 +292,7 @@ def _check_same_seeds(parent_id: str, existing: dict[tuple[str, int | None], Any
 
 
 def run_variant(
-    client: MlflowClient, experiment_id: str, parent_id: str, variant: str, config: TrainConfig,
+    client: Client, experiment_id: str, parent_id: str, variant: str, config: TrainConfig,
     env_tags: dict[str, str], source_file: str | None, data_dir: Path | None, previous: Any = None,
     label: str | None = None,
 ) -> VariantResult:
@@ -332,6 +339,8 @@ def comparison_table(results: list[VariantResult]) -> pd.DataFrame:
             value = r.metrics.get("median_images_per_second" if key == "images_per_second" else key)
             row[key] = int(value) if key in ("best_epoch", "epochs_run", "param_count") and value is not None else value
         rows.append(row)
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     return frame.sort_values("test_acc", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
 
@@ -339,6 +348,8 @@ def comparison_table(results: list[VariantResult]) -> pd.DataFrame:
 def seed_summary_table(table: pd.DataFrame) -> pd.DataFrame:
     """A `comparison_table` of repeated runs as one row per variant: `n` finished seeds and
     "mean ± std" cells, best mean test accuracy first (see `harness compare` for tests)."""
+    from harness import stats
+
     summary = stats.sort_by(stats.seed_summary(table, REPEAT_STAT_COLUMNS), "test_acc_mean", "test_acc")
     out = summary[["variant", "n", "seeds", "model", "dataset", "status", "param_count", "run_ids"]].copy()
     for col in REPEAT_STAT_COLUMNS:

@@ -1,29 +1,36 @@
 """The one owner of MLflow: tracking URI, experiments, runs, params, metrics and artifacts.
 
 Everything goes through an explicit run id (MlflowClient), never a process-global "active
-run", so parallel trials and resumed runs cannot log into each other.
+run", so parallel trials and resumed runs cannot log into each other. MLflow is imported inside
+the functions, not here: `harness run` calls the `@forwarded` ones with a `TrackingProcess`,
+which runs them in a child process, so its own process never pays for MLflow's import.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import platform
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import mlflow
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, RunTag
+from typing import TYPE_CHECKING, Any, Union
 
 import harness
 from harness.config import TrainConfig, flatten
 from harness.errors import HarnessError, first_line, retry
-from harness.train import Callback, FitState, Trainer
+from harness.tracking_process import TrackingProcess, forwarded
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+# What the `@forwarded` functions take: a client here, or the process that holds one.
+Client = Union["MlflowClient", TrackingProcess]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's embedded default; artifacts go to ./mlruns
 PARENT_RUN = "mlflow.parentRunId"
@@ -42,6 +49,8 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 def connect(uri: str | None = None) -> MlflowClient:
     """A client on the resolved tracking URI (also made the process default for mlflow.* calls)."""
+    import mlflow
+
     resolved = resolve_tracking_uri(uri)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on stderr
     mlflow.set_tracking_uri(resolved)
@@ -74,15 +83,20 @@ def check_reachable(uri: str) -> None:
 
 
 def _checked_client(uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
     client = MlflowClient(tracking_uri=uri)  # a database store creates its schema here
     client.search_experiments(max_results=1)  # fails now, not mid-run, if the store is unusable
     return client
 
 
-def ensure_experiment(client: MlflowClient, name: str, description: str = "") -> str:
+@forwarded
+def ensure_experiment(client: Client, name: str, description: str = "") -> str:
     """Id of MLflow experiment `name`, created (with `description` as its note) if missing.
 
     """
+    import mlflow
+
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -95,7 +109,8 @@ def ensure_experiment(client: MlflowClient, name: str, description: str = "") ->
         return exp.experiment_id
 
 
-def start_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
+@forwarded
+def start_run(client: Client, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
     """Create a run (nested under `parent_id` if given); returns its id."""
     all_tags = dict(tags)
     if parent_id:
@@ -103,12 +118,14 @@ def start_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[st
     return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
 
 
-def reopen_run(client: MlflowClient, run_id: str) -> None:
+@forwarded
+def reopen_run(client: Client, run_id: str) -> None:
     """Mark an interrupted run RUNNING again (resume logs into the same run)."""
     client.update_run(run_id, status="RUNNING")
 
 
-def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
+@forwarded
+def end_run(client: Client, run_id: str, status: str, reason: str | None = None) -> None:
     """Terminate a run as FINISHED, FAILED or KILLED, recording `reason` as a tag."""
     if reason:
         client.set_tag(run_id, FAILURE_TAG, reason[:5000])
@@ -119,20 +136,42 @@ def _short(value: str) -> str:
     return value if len(value) <= _PARAM_LIMIT else value[: _PARAM_LIMIT - 3] + "..."
 
 
-def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+@forwarded
+def log_params(client: Client, run_id: str, params: dict[str, str]) -> None:
     """Log params in one batch, shortening values beyond MLflow's length limit."""
+    from mlflow.entities import Param
+
     items = [Param(k, _short(str(v))) for k, v in params.items()]
     for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
         client.log_batch(run_id, params=items[start : start + 100])
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+@forwarded
+def log_metrics(client: Client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     """Log several metrics at one step in a single request."""
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    log_epochs(client, run_id, [(step, metrics, now_ms())])
 
 
-def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+def now_ms() -> int:
+    """The current time as MLflow stores it (ms since the epoch)."""
+    return int(time.time() * 1000)
+
+
+@forwarded
+def log_epochs(client: Client, run_id: str, records: list[tuple[int, dict[str, float], int]]) -> None:
+    """Log (step, metrics, timestamp in ms) records in as few requests as MLflow allows."""
+    from mlflow.entities import Metric
+
+    metrics = [Metric(k, float(v), ms, step) for step, record, ms in records for k, v in record.items()]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+@forwarded
+def set_tags(client: Client, run_id: str, tags: dict[str, str]) -> None:
+    """Set several tags in one request."""
+    from mlflow.entities import RunTag
+
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
@@ -154,7 +193,7 @@ def environment_tags(device: str, source_file: str | None) -> dict[str, str]:
     # The torchvision version from its metadata: `import torchvision` costs a second of start-up.
     tags = {
         "harness.version": harness.__version__,
-        "torch.version": torch.__version__,
+        "torch.version": str(torch.__version__),  # a str subclass whose unpickling would import torch
         "torchvision.version": version("torchvision"),
         "python.version": platform.python_version(),
         "device": device,
@@ -167,7 +206,8 @@ def environment_tags(device: str, source_file: str | None) -> dict[str, str]:
     return tags
 
 
-def log_config(client: MlflowClient, run_id: str, config: TrainConfig, source_file: str | None) -> None:
+@forwarded
+def log_config(client: Client, run_id: str, config: TrainConfig, source_file: str | None) -> None:
     """Every config field as a param, the full config as JSON, and the experiment's source file."""
     log_params(client, run_id, flatten(config))
     client.log_dict(run_id, config.to_dict(), "config.json")
@@ -175,35 +215,78 @@ def log_config(client: MlflowClient, run_id: str, config: TrainConfig, source_fi
         client.log_artifact(run_id, source_file, "source")
 
 
-def log_figure(client: MlflowClient, run_id: str, figure: Any, artifact_file: str) -> None:
-    """Save a matplotlib figure as an artifact and free it."""
+def log_figure(client: Client, run_id: str, figure: Any, artifact_file: str) -> None:
+    """Save a matplotlib figure as a PNG artifact and free it (rendered here: figures stay in
+    the process that drew them)."""
     import matplotlib.pyplot as plt
 
-    client.log_figure(run_id, figure, artifact_file)
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
     plt.close(figure)
+    log_bytes(client, run_id, png.getvalue(), artifact_file)
 
 
-def log_text(client: MlflowClient, run_id: str, text: str, artifact_file: str) -> None:
-    client.log_text(run_id, text, artifact_file)
-
-
-def log_file(client: MlflowClient, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-    client.log_artifact(run_id, str(path), artifact_path)
-
-
-def log_array(client: MlflowClient, run_id: str, array: Any, artifact_file: str) -> None:
-    """Save a NumPy array (`.npy`) as an artifact."""
-    import numpy as np
-
+@forwarded
+def log_bytes(client: Client, run_id: str, data: bytes, artifact_file: str) -> None:
+    """Save `data` as the artifact `artifact_file` (a path inside the run's artifacts)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(artifact_file).name
-        np.save(path, array)
+        path.write_bytes(data)
         parent = str(Path(artifact_file).parent)
         client.log_artifact(run_id, str(path), None if parent == "." else parent)
 
 
-def log_model(run_id: str, model: Any, input_example: Any) -> str:
+@forwarded
+def log_text(client: Client, run_id: str, text: str, artifact_file: str) -> None:
+    """Save `text` as the artifact `artifact_file`."""
+    client.log_text(run_id, text, artifact_file)
+
+
+@forwarded
+def log_dict(client: Client, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
+    """Save `data` as a JSON (or YAML, by extension) artifact."""
+    client.log_dict(run_id, data, artifact_file)
+
+
+@forwarded
+def log_file(client: Client, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """Copy the local file `path` into the run's artifacts (under `artifact_path`)."""
+    client.log_artifact(run_id, str(path), artifact_path)
+
+
+def log_array(client: Client, run_id: str, array: Any, artifact_file: str) -> None:
+    """Save a NumPy array (`.npy`) as an artifact."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    log_bytes(client, run_id, buffer.getvalue(), artifact_file)
+
+
+_model_logging_prepared = False
+
+
+@forwarded
+def prepare_model_logging(client: Client) -> None:
+    """Import what `log_model` needs (PyTorch and MLflow's flavour for it: 1.5-2 s in the
+    tracking process) in a background thread. The runner calls this as training starts, so the
+    import overlaps training instead of following it; measured on quickstart, 1.5-2 s less wall
+    time than importing at the first `log_model`."""
+    global _model_logging_prepared
+    if not _model_logging_prepared:
+        _model_logging_prepared = True
+        threading.Thread(target=_import_model_flavor, daemon=True).start()
+
+
+def _import_model_flavor() -> None:
+    import mlflow.pytorch  # noqa: F401 - imports torch
+    import torchvision  # noqa: F401 - its version goes into the model's requirements
+
+
+@forwarded
+def log_model(client: Client, run_id: str, model: Any, input_example: Any) -> str:
     """`mlflow.pytorch.log_model` into run `run_id` with a signature and input example."""
+    import mlflow
     import mlflow.pytorch
     import torch
     import torchvision
@@ -221,52 +304,11 @@ def log_model(run_id: str, model: Any, input_example: Any) -> str:
     return info.model_uri
 
 
-class MlflowEpochLogger(Callback):
-    """Logs each epoch's metrics (step = epoch number), batching epochs that end within
-    `flush_seconds` of the last write into one request: on short epochs (LeNet: ~0.5 s) a write
-    per epoch would cost several percent. Whoever runs `fit` calls `flush()` afterwards, in a
-    `finally` (the runner and `harness tune` do), so a failed or interrupted run keeps its curves;
-    after a hard kill, a resumed run back-fills any epoch its checkpoint has but MLflow lacks."""
-
-    def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float = 5.0) -> None:
-        self.client, self.run_id, self.flush_seconds = client, run_id, flush_seconds
-        self._pending: list[Metric] = []
-        self._last_write = time.monotonic()
-        self._backfilled = False
-
-    def flush(self) -> None:
-        """Write every buffered epoch now."""
-        if self._pending:
-            self.client.log_batch(self.run_id, metrics=self._pending)
-            self._pending = []
-        self._last_write = time.monotonic()
-
-    def on_fit_start(self, t: Trainer, state: FitState) -> None:
-        # A resumed run may have been killed between its checkpoint and its metric write:
-        # log any epoch the checkpoint has but MLflow lacks.
-        if self._backfilled:  # only the logger's first fit: later ones continue what it logged
-            return
-        self._backfilled = True
-        if not state.history:
-            return
-        logged = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
-        for epoch, record in enumerate(state.history, start=1):
-            if epoch not in logged:
-                log_metrics(self.client, self.run_id, record, step=epoch)
-
-    def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
-        now = int(time.time() * 1000)
-        self._pending += [Metric(k, float(v), now, state.epoch) for k, v in record.items()]
-        # log_batch takes at most 1000 metrics per request.
-        if time.monotonic() - self._last_write >= self.flush_seconds or len(self._pending) > 900:
-            self.flush()
-
-
-
 # ----------------------------------------------------------------- reading runs back
 
 
-def latest_parent_run(client: MlflowClient, experiment_id: str, unfinished_only: bool = False,
+@forwarded
+def latest_parent_run(client: Client, experiment_id: str, unfinished_only: bool = False,
                       kind: str = "run") -> Run | None:
     """The newest parent run of the experiment (`kind` "run" for `harness run`, "study" for
     `harness tune`), optionally only unfinished ones."""
@@ -277,7 +319,8 @@ def latest_parent_run(client: MlflowClient, experiment_id: str, unfinished_only:
     return runs[0] if runs else None
 
 
-def children(client: MlflowClient, experiment_id: str, parent_id: str) -> list[Run]:
+@forwarded
+def children(client: Client, experiment_id: str, parent_id: str) -> list[Run]:
     """Every child run of `parent_id` (all seeds of all variants, or all trials), oldest first."""
     return client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_RUN}` = '{parent_id}'",
                               order_by=["attributes.start_time ASC"], max_results=5000)
@@ -292,26 +335,32 @@ def run_seed(run: Run) -> int | None:
         return None
 
 
-def find_experiment(client: MlflowClient, name: str) -> str | None:
+@forwarded
+def find_experiment(client: Client, name: str) -> str | None:
     """Id of MLflow experiment `name`, or None if it does not exist (nothing is created)."""
     exp = client.get_experiment_by_name(name)
     return exp.experiment_id if exp is not None else None
 
 
-def experiment_names(client: MlflowClient) -> list[str]:
+@forwarded
+def experiment_names(client: Client) -> list[str]:
     """Names of the experiments in the store (for "did you mean" hints)."""
     return [e.name for e in client.search_experiments(max_results=1000)]
 
 
-def find_run(client: MlflowClient, run_id: str) -> Run | None:
+@forwarded
+def find_run(client: Client, run_id: str) -> Run | None:
     """Run `run_id`, or None if the store has no such run."""
+    import mlflow
+
     try:
         return client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
         return None
 
 
-def parent_runs(client: MlflowClient, experiment_id: str, limit: int) -> list[Run]:
+@forwarded
+def parent_runs(client: Client, experiment_id: str, limit: int) -> list[Run]:
     """The newest `limit` parent runs (`harness run` and `harness tune`) of the experiment, newest first."""
     runs = [r for kind in ("run", "study") for r in client.search_runs(
         [experiment_id], filter_string=f"tags.`{KIND_TAG}` = '{kind}'",
@@ -319,12 +368,14 @@ def parent_runs(client: MlflowClient, experiment_id: str, limit: int) -> list[Ru
     return sorted(runs, key=lambda r: r.info.start_time, reverse=True)[:limit]
 
 
-def metric_history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+@forwarded
+def metric_history(client: Client, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) pairs of a metric, by step; per-epoch metrics use step = epoch."""
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-def download_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path | None:
+@forwarded
+def download_artifact(client: Client, run_id: str, path: str, dst: Path) -> Path | None:
     """Download artifact `path` of a run into folder `dst`; None if the run has no such artifact."""
     parent = str(Path(path).parent)
     listed = {a.path for a in client.list_artifacts(run_id, None if parent == "." else parent)}

@@ -22,7 +22,7 @@ import torch
 from mlflow import MlflowClient
 
 from harness import reports, tracking
-from harness.callbacks import ConsoleProgress
+from harness.callbacks import ConsoleProgress, MlflowEpochLogger
 from harness.config import TrainConfig
 from harness.data import load_data
 from harness.errors import HarnessError, first_line, retry
@@ -148,7 +148,7 @@ class Objective:
         )
         trial.set_user_attr(TRIAL_RUN_ATTR, run_id)
         tracking.log_config(self.client, run_id, config, self.exp.source_file)
-        logger = tracking.MlflowEpochLogger(self.client, run_id)
+        logger = MlflowEpochLogger(self.client, run_id)
         state = FitState()
         try:
             t = build_trainer(config, load_data(config, self.data_dir))

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness import tracking
+from harness.callbacks import MlflowEpochLogger
 from harness.train import FitState
 
 
 def test_epoch_logger_batches_writes_until_flushed(tmp_path: Path) -> None:
     client = tracking.connect(f"sqlite:///{tmp_path}/mlflow.db")
     run_id = tracking.start_run(client, tracking.ensure_experiment(client, "t"), "r", {})
-    logger = tracking.MlflowEpochLogger(client, run_id, flush_seconds=3600)
+    logger = MlflowEpochLogger(client, run_id, flush_seconds=3600)
     state = FitState()
     for epoch in (1, 2, 3):
         state.epoch = epoch
@@ -25,7 +26,7 @@ def test_epoch_logger_batches_writes_until_flushed(tmp_path: Path) -> None:
 def test_epoch_logger_writes_every_epoch_when_epochs_are_long(tmp_path: Path) -> None:
     client = tracking.connect(f"sqlite:///{tmp_path}/mlflow.db")
     run_id = tracking.start_run(client, tracking.ensure_experiment(client, "t"), "r", {})
-    logger = tracking.MlflowEpochLogger(client, run_id, flush_seconds=0)
+    logger = MlflowEpochLogger(client, run_id, flush_seconds=0)
     state = FitState(epoch=1)
     logger.on_epoch_end(None, state, {"train_loss": 0.7})  # type: ignore[arg-type]
     assert [m.value for m in client.get_metric_history(run_id, "train_loss")] == [0.7]

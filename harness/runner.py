@@ -184,7 +184,6 @@ def train_variant(
     if not _startup_logged:  # only the process's first variant: later ones follow other training
         _startup_logged = True
         tracking.log_metrics(client, run_id, {"startup_seconds": seconds_since_process_start()})
-    tracking.prepare_model_logging(client)
     try:
         state = fit(t, callbacks, state)
     finally:

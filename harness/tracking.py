@@ -15,7 +15,6 @@ import platform
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -261,26 +260,6 @@ def log_array(client: Client, run_id: str, array: Any, artifact_file: str) -> No
     buffer = io.BytesIO()
     np.save(buffer, array)
     log_bytes(client, run_id, buffer.getvalue(), artifact_file)
-
-
-_model_logging_prepared = False
-
-
-@forwarded
-def prepare_model_logging(client: Client) -> None:
-    """Import what `log_model` needs (PyTorch and MLflow's flavour for it: 1.5-2 s in the
-    tracking process) in a background thread. The runner calls this as training starts, so the
-    import overlaps training instead of following it; measured on quickstart, 1.5-2 s less wall
-    time than importing at the first `log_model`."""
-    global _model_logging_prepared
-    if not _model_logging_prepared:
-        _model_logging_prepared = True
-        threading.Thread(target=_import_model_flavor, daemon=True).start()
-
-
-def _import_model_flavor() -> None:
-    import mlflow.pytorch  # noqa: F401 - imports torch
-    import torchvision  # noqa: F401 - its version goes into the model's requirements
 
 
 @forwarded

@@ -105,7 +105,10 @@ def run(
     with TrackingProcess(tracking_uri) as tracker:
         exp, configs = _resolve(name, set_, device)
         try:
+            from harness.optim import prepare_optimizers
             from harness.runner import run_experiment
+
+            prepare_optimizers()  # overlaps the MLflow process's start-up; the first call below waits for it
 
             outcome = run_experiment(exp, configs, data_dir=data_dir, resume=resume, seeds=plan, tracker=tracker)
         except KeyboardInterrupt:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -46,6 +47,15 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def redact(uri: str) -> str:
+    """`uri` with any password replaced by *** (for messages printed to the terminal)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def connect(uri: str | None = None) -> MlflowClient:
     """A client on the resolved tracking URI (also made the process default for mlflow.* calls)."""
     import mlflow
@@ -57,8 +67,10 @@ def connect(uri: str | None = None) -> MlflowClient:
         check_reachable(resolved)
         return retry(lambda: _checked_client(resolved))
     except Exception as exc:  # noqa: BLE001 - bad URI, server down, missing driver
+        password = urllib.parse.urlsplit(resolved).password
+        reason = first_line(exc).replace(password, "***") if password else first_line(exc)
         raise HarnessError(
-            f"Cannot use MLflow tracking store '{resolved}' ({first_line(exc)}); "
+            f"Cannot use MLflow tracking store '{redact(resolved)}' ({reason}); "
             "check --tracking-uri / MLFLOW_TRACKING_URI and that the server is reachable."
         ) from None
 
@@ -184,10 +196,18 @@ def git_commit(folder: Path) -> str | None:
 
 
 def environment_tags(device: str, source_file: str | None) -> dict[str, str]:
-    """Versions, host, device and git commit: what reproduces the run's environment."""
+    """Versions, host, device and git commit: what reproduces the run's environment. `device`
+    is recorded as resolved ("auto" becomes the cuda / mps / cpu it picks here)."""
     from importlib.metadata import version
 
     import torch
+
+    from harness.device import resolve_device
+
+    try:
+        used = str(resolve_device(device))
+    except (RuntimeError, ValueError):  # not a device torch knows: training will say so
+        used = device
 
     # The torchvision version from its metadata: `import torchvision` costs a second of start-up.
     tags = {
@@ -195,7 +215,7 @@ def environment_tags(device: str, source_file: str | None) -> dict[str, str]:
         "torch.version": str(torch.__version__),  # a str subclass whose unpickling would import torch
         "torchvision.version": version("torchvision"),
         "python.version": platform.python_version(),
-        "device": device,
+        "device": used,
         "host": socket.gethostname(),
     }
     commit = git_commit(Path(source_file).parent if source_file else Path.cwd())

@@ -67,6 +67,10 @@ def test_quickstart_records_everything(workdir: Path) -> None:
     assert run.data.params["model"] == "lenet_relu" and run.data.params["epochs"] == "3"
     for tag in ("torch.version", "torchvision.version", "harness.version", "device", "host"):
         assert tag in run.data.tags
+    from harness.device import resolve_device
+
+    assert run.data.tags["device"] == str(resolve_device("auto"))  # the device used, not "auto"
+    assert run.data.params["device"] == "auto"  # the config as written
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == [1, 2, 3], key

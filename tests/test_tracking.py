@@ -1,11 +1,14 @@
-"""Epoch metrics are batched into few MLflow writes but never lost."""
+"""Epoch metrics are batched into few MLflow writes but never lost; store errors hide passwords."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from harness import tracking
 from harness.callbacks import MlflowEpochLogger
+from harness.errors import HarnessError
 from harness.train import FitState
 
 
@@ -30,3 +33,11 @@ def test_epoch_logger_writes_every_epoch_when_epochs_are_long(tmp_path: Path) ->
     state = FitState(epoch=1)
     logger.on_epoch_end(None, state, {"train_loss": 0.7})  # type: ignore[arg-type]
     assert [m.value for m in client.get_metric_history(run_id, "train_loss")] == [0.7]
+
+
+def test_unusable_store_error_hides_the_password() -> None:
+    with pytest.raises(HarnessError) as info:
+        tracking.connect("postgresql://me:s3cret@127.0.0.1:9/none")
+    message = str(info.value)
+    assert "Cannot use MLflow tracking store 'postgresql://me:***@127.0.0.1:9/none'" in message
+    assert "s3cret" not in message

@@ -27,6 +27,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from harness.errors import HarnessError
@@ -48,8 +49,12 @@ class TrackingProcess:
         # when this process closes its stdin.
         group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform == "win32"
                  else {"start_new_session": True})
+        # Where this harness was imported from goes last on the child's path: an installed
+        # harness is found as usual, one imported from a checkout by path is found too.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        bootstrap = f"import sys; sys.path.append({package_root!r}); from harness.tracking_process import main; main()"
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.tracking_process", uri or ""],
+            [sys.executable, "-c", bootstrap, uri or ""],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, **group,
         )
 

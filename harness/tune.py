@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from mlflow import MlflowClient
 from harness import reports, tracking
 from harness.callbacks import ConsoleProgress, MlflowEpochLogger
 from harness.config import TrainConfig
-from harness.data import load_data
+from harness.data import Data, data_key, load_data
 from harness.errors import HarnessError, first_line, retry
 from harness.experiment import Experiment
 from harness.registry import Registry
@@ -137,6 +138,17 @@ class Objective:
                  study_name: str, data_dir: Path | None, env_tags: dict[str, str]) -> None:
         self.client, self.experiment_id, self.parent_id = client, experiment_id, parent_id
         self.base, self.exp, self.study_name, self.data_dir, self.env_tags = base, exp, study_name, data_dir, env_tags
+        self._data: tuple[tuple[object, ...], Data] | None = None  # the last dataset loaded, by data_key
+        self._data_lock = threading.Lock()  # trials run in threads with --n-jobs
+
+    def data_for(self, config: TrainConfig) -> Data:
+        """The dataset for `config`: loaded once and reused while trials differ only in
+        training settings (decoding MNIST or CIFAR again every trial costs seconds)."""
+        key = data_key(config)
+        with self._data_lock:
+            if self._data is None or self._data[0] != key:
+                self._data = (key, load_data(config, self.data_dir))
+            return self._data[1]
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = self.base.override(**suggest(trial, self.exp.search_space))
@@ -151,7 +163,7 @@ class Objective:
         logger = MlflowEpochLogger(self.client, run_id)
         state = FitState()
         try:
-            t = build_trainer(config, load_data(config, self.data_dir))
+            t = build_trainer(config, self.data_for(config))
             try:
                 fit(t, [logger, OptunaPruning(trial), ConsoleProgress(f"trial-{trial.number}", force_plain=True)], state)
             finally:

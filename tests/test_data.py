@@ -347,3 +347,30 @@ def test_cifar10_missing_offline_explains_where_to_put_files(tmp_path: Path) -> 
     message = str(info.value)
     assert str(tmp_path) in message
     assert "cifar-10-python.tar.gz" in message
+
+
+class _RecordingConfig:
+    """A TrainConfig stand-in that records which fields a loader reads."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self._config, self.read = config, set()
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        self.read.add(name)
+        return getattr(self._config, name)
+
+
+def test_loaders_read_only_the_data_fields(flat_folder: Path, tmp_path: Path) -> None:
+    """`harness tune` reuses a dataset across trials with equal DATA_FIELDS; that is only safe if
+    no loader reads another field."""
+    from harness.data import DATA_FIELDS, DATASETS
+    from harness.data.mnist_sample import SAMPLE_DIR, write_mnist_raw
+
+    cases = [(TrainConfig(dataset=name, train_limit=64), None) for name in ("digits", "synthetic", "synthetic_rgb")]
+    cases.append((_folder_config(flat_folder), None))
+    if (SAMPLE_DIR / "t10k-images-idx3-ubyte.gz").is_file():  # the real sample, when this checkout has it
+        cases.append((TrainConfig(dataset="mnist"), write_mnist_raw(tmp_path / "mnist", train=500)))
+    for config, data_dir in cases:
+        recorder = _RecordingConfig(config)
+        DATASETS.get(config.dataset)(recorder, data_dir or tmp_path)  # type: ignore[arg-type]
+        assert recorder.read <= set(DATA_FIELDS), (config.dataset, recorder.read - set(DATA_FIELDS))

@@ -25,9 +25,16 @@ def trial_runs(client: MlflowClient, experiment: str) -> list:
     return client.search_runs([exp.experiment_id], filter_string="tags.`harness.kind` = 'trial'", max_results=1000)
 
 
-def test_small_study_is_recorded_in_optuna_and_mlflow(workdir: Path) -> None:
+def test_small_study_is_recorded_in_optuna_and_mlflow(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.tune
+
+    loads: list[str] = []
+    real_load = harness.tune.load_data
+    monkeypatch.setattr(harness.tune, "load_data", lambda config, data_dir=None: loads.append(config.dataset)
+                        or real_load(config, data_dir))
     result = CliRunner().invoke(app, ["tune", "quickstart", "--trials", "6", "--pruner", "median", *SMALL])
     assert result.exit_code == 0, result.output
+    assert loads == ["digits"]  # trials differ in training settings only: the data is loaded once
     assert "best trial" in result.output
     study = optuna.load_study(study_name="quickstart-lenet_relu", storage=f"sqlite:///{workdir}/optuna.db")
     states = [t.state for t in study.trials]

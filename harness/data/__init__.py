@@ -42,6 +42,17 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("HARNESS_DATA_DIR", "data"))
 
 
+# The config fields dataset loaders read: configs equal on these load equal data (a test checks
+# that every loader it can run offline reads nothing else), so `harness tune` loads once per study.
+DATA_FIELDS = ("dataset", "data_path", "seed", "val_fraction", "test_fraction", "train_limit", "image_size",
+               "device", "num_workers")
+
+
+def data_key(config: TrainConfig) -> tuple[object, ...]:
+    """What `load_data` depends on in `config` (see DATA_FIELDS)."""
+    return tuple(getattr(config, name) for name in DATA_FIELDS)
+
+
 def load_data(config: TrainConfig, data_dir: Path | None = None) -> Data:
     """Load the splits of `config.dataset` (validation carved from train, seeded)."""
     return DATASETS.get(config.dataset)(config, Path(data_dir) if data_dir else default_data_dir())

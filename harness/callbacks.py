@@ -122,7 +122,8 @@ class MlflowEpochLogger(Callback):
         if not state.history:
             return
         logged = {step for step, _ in tracking.metric_history(self.client, self.run_id, "train_loss")}
-        missing = [(epoch, record, tracking.now_ms()) for epoch, record in enumerate(state.history, start=1) if epoch not in logged]
+        missing = [(epoch, record, tracking.now_ms())
+                   for epoch, record in enumerate(state.history, start=1) if epoch not in logged]
         if missing:
             tracking.log_epochs(self.client, self.run_id, missing)
 

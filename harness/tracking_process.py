@@ -43,7 +43,6 @@ class TrackingProcess:
     call `close()`; if this process dies, the child sees its stdin close and exits."""
 
     def __init__(self, uri: str | None = None) -> None:
-        self.uri = uri
         # Ctrl-C in a terminal signals the whole process group; the child must outlive it to
         # mark the runs KILLED, so it gets its own group and ignores SIGINT/SIGTERM. It ends
         # when this process closes its stdin.

@@ -1,6 +1,7 @@
 """Callbacks for the train loop: early stopping, console progress and MLflow epoch metrics.
 
-(Checkpoints live in `harness.checkpoint`; everything else about MLflow in `harness.tracking`.)
+(Checkpoints live in `harness.checkpoint`; MLflow itself in `harness.tracking`, whose `Tracker`
+the epoch logger writes through.)
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from harness import tracking
+from harness.tracking import Tracker, now_ms
 from harness.train import Callback, FitState, Trainer, monitored
 
 
@@ -81,53 +82,38 @@ class ConsoleProgress(Callback):
         else:
             print(f"{self.label} epoch {self._epoch}/{self._epochs}  {format_record(record)}", flush=True)
 
-    def on_fit_end(self, t: Trainer, state: FitState) -> None:
-        self.close()
-        if state.stop_reason:
-            print(f"{self.label}: {state.stop_reason}", flush=True)
-
-    def close(self) -> None:
-        """Stop the live display (also on errors, so the terminal is left clean)."""
+    def on_fit_end(self, t: Trainer, state: FitState, error: BaseException | None) -> None:
+        # Also after an error: the live display is stopped so the terminal is left clean.
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        if state.stop_reason and error is None:
+            print(f"{self.label}: {state.stop_reason}", flush=True)
 
 
 class MlflowEpochLogger(Callback):
     """Logs each epoch's metrics (step = epoch number), batching epochs that end within
     `flush_seconds` of the last write into one request: on short epochs (LeNet: ~0.5 s) a write
-    per epoch would cost several percent. Whoever runs `fit` calls `flush()` afterwards, in a
-    `finally` (the runner and `harness tune` do), so a failed or interrupted run keeps its curves;
-    after a hard kill, a resumed run back-fills any epoch its checkpoint has but MLflow lacks."""
+    per epoch would cost several percent. The buffer is flushed when `fit` ends, however it
+    ends, so a failed or interrupted run keeps its curves; after a hard kill, the resumed run
+    back-fills what MLflow lacks (`harness.lifecycle`)."""
 
-    def __init__(self, client: tracking.Client, run_id: str, flush_seconds: float = 5.0) -> None:
-        self.client, self.run_id, self.flush_seconds = client, run_id, flush_seconds
+    def __init__(self, tracker: Tracker, run_id: str, flush_seconds: float = 5.0) -> None:
+        self.tracker, self.run_id, self.flush_seconds = tracker, run_id, flush_seconds
         self._pending: list[tuple[int, dict[str, float], int]] = []
         self._last_write = time.monotonic()
-        self._backfilled = False
 
     def flush(self) -> None:
         """Write every buffered epoch now."""
         if self._pending:
-            tracking.log_epochs(self.client, self.run_id, self._pending)
+            self.tracker.log_epochs(self.run_id, self._pending)
             self._pending = []
         self._last_write = time.monotonic()
 
-    def on_fit_start(self, t: Trainer, state: FitState) -> None:
-        # A resumed run may have been killed between its checkpoint and its metric write:
-        # log any epoch the checkpoint has but MLflow lacks.
-        if self._backfilled:  # only the logger's first fit: later ones continue what it logged
-            return
-        self._backfilled = True
-        if not state.history:
-            return
-        logged = {step for step, _ in tracking.metric_history(self.client, self.run_id, "train_loss")}
-        missing = [(epoch, record, tracking.now_ms())
-                   for epoch, record in enumerate(state.history, start=1) if epoch not in logged]
-        if missing:
-            tracking.log_epochs(self.client, self.run_id, missing)
-
     def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
-        self._pending.append((state.epoch, dict(record), tracking.now_ms()))
+        self._pending.append((state.epoch, dict(record), now_ms()))
         if time.monotonic() - self._last_write >= self.flush_seconds:
             self.flush()
+
+    def on_fit_end(self, t: Trainer, state: FitState, error: BaseException | None) -> None:
+        self.flush()

@@ -97,36 +97,42 @@ def run(
 ) -> None:
     """Train every variant of an experiment and record it in MLflow (one parent run, a child per variant and seed)."""
     from harness.seeds import SeedPlan
-    from harness.tracking_process import TrackingProcess
 
     plan = SeedPlan.parse(repeat, seeds)  # bad values fail before any data is touched
-    # MLflow starts in its own process before PyTorch is imported here (validating the
-    # config imports it): the two imports overlap.
-    with TrackingProcess(tracking_uri) as tracker:
-        exp, configs = _resolve(name, set_, device)
-        try:
-            from harness.optim import prepare_optimizers
-            from harness.runner import run_experiment
+    exp, configs = _resolve(name, set_, device)
+    from harness.runner import run_experiment
+    from harness.tracking import Tracker
 
-            prepare_optimizers()  # overlaps the MLflow process's start-up; the first call below waits for it
-
-            outcome = run_experiment(exp, configs, data_dir=data_dir, resume=resume, seeds=plan, tracker=tracker)
-        except KeyboardInterrupt:
-            typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} --resume`.",
-                       err=True)
-            raise typer.Exit(130) from None
-    _print_table(outcome.summary, f"{exp.name} (parent run {outcome.parent_run_id})"
-                 + (", mean ± std over seeds" if outcome.repeated else ""))
+    tracker = Tracker.open(tracking_uri)
+    try:
+        outcome = run_experiment(tracker, exp, configs, data_dir=data_dir, resume=resume, seeds=plan)
+    except KeyboardInterrupt:
+        typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} --resume`.",
+                   err=True)
+        raise typer.Exit(130) from None
+    _print_comparison(tracker, exp.name, outcome.parent_run_id)
     for r in outcome.failed:
         typer.echo(f"error: variant '{r.label or r.variant}' {r.status}: {r.reason}", err=True)
     if outcome.failed:
         raise typer.Exit(1)
 
 
-# Columns that fit a terminal; the full table (with run ids) is the parent run's comparison.csv.
-_TERMINAL_COLUMNS = {"variant": "variant", "n": "n", "status": "status", "best_epoch": "best ep", "best_val_acc": "val acc",
-                     "test_acc": "test acc", "test_loss": "test loss", "train_seconds": "train s",
-                     "images_per_second": "img/s", "param_count": "params"}
+def _print_comparison(tracker, experiment: str, parent_run_id: str, only: list[str] | None = None) -> None:  # noqa: ANN001
+    """`harness compare`'s table of a parent run (of the child runs `only`, if given), printed as
+    `harness compare` prints it."""
+    from harness.compare import CompareOutcome, load_comparison
+
+    _print_tables(CompareOutcome(load_comparison(tracker, experiment, run_id=parent_run_id, only=only)))
+
+
+def _print_tables(outcome) -> None:  # noqa: ANN001
+    from rich.console import Console
+
+    from harness.compare import rich_tables
+
+    console = Console(width=200 if not sys.stdout.isatty() else None)
+    for table in rich_tables(outcome):
+        console.print(table)
 
 
 StorageOption = Annotated[
@@ -159,22 +165,22 @@ def tune(
 ) -> None:
     """Search the experiment's search space with Optuna; every trial is a nested MLflow run."""
     exp, configs = _resolve(name, set_, device)
+    from harness.tracking import Tracker
     from harness.tune import TuneOptions, best_summary, pick_variant
     from harness.tune import tune as run_study
 
     chosen = pick_variant(exp, variant)
     options = TuneOptions(trials=trials, timeout=timeout, study_name=study_name, storage=storage, sampler=sampler,
                           pruner=pruner, n_jobs=n_jobs, seed=seed, retrain_best=retrain_best, heartbeat_seconds=heartbeat)
+    tracker = Tracker.open(tracking_uri)
     try:
-        outcome = run_study(exp, chosen, configs[chosen], options, tracking_uri=tracking_uri, data_dir=data_dir)
+        outcome = run_study(tracker, exp, chosen, configs[chosen], options, data_dir=data_dir)
     except KeyboardInterrupt:
         typer.echo("Interrupted: re-run the same command to continue the study.", err=True)
         raise typer.Exit(130) from None
     typer.echo(best_summary(outcome.study) + f" (MLflow parent run {outcome.parent_run_id})")
     if outcome.retrained is not None:
-        from harness.runner import comparison_table
-
-        _print_table(comparison_table([outcome.retrained]), "retrained best config (train + validation), scored once on test")
+        _print_comparison(tracker, exp.name, outcome.parent_run_id, only=[outcome.retrained.run_id])
         if outcome.retrained.status != "FINISHED":
             typer.echo(f"error: retrain-best {outcome.retrained.status}: {outcome.retrained.reason}", err=True)
             raise typer.Exit(1)
@@ -229,7 +235,7 @@ def bench(
         if "startup" in report:
             s = report["startup"]
             typer.echo(f"start-up to first training step: {s['first_run_seconds']:.2f} s (new MLflow store), "
-                       f"{s['median_later_seconds']:.2f} s (existing store); bare torch + optimizer "
+                       f"{s['median_later_seconds']:.2f} s (existing store); bare torch + optimizer + mlflow "
                        f"{s['floor_seconds']:.2f} s (harness/floor {s['harness/floor']:.2f}); imports: "
                        + ", ".join(f"{k} {v:.2f} s" for k, v in s["imports"].items()))
         typer.echo(pd.DataFrame(report["throughput"]).to_string(index=False))
@@ -252,16 +258,14 @@ def compare(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Compare the variants of a run (mean ± std with --repeat) from MLflow: table, curves, confusion matrices."""
-    from harness.compare import compare_experiment, render, rich_tables
+    from harness.compare import check_format, compare_experiment, render
+    from harness.tracking import Tracker
 
-    outcome = compare_experiment(name, run_id=run, study=study, metric=metric, fmt=fmt, out=out,
-                                 confusion=confusion, tracking_uri=tracking_uri)
+    check_format(fmt)
+    outcome = compare_experiment(Tracker.open(tracking_uri), name, run_id=run, study=study, metric=metric, fmt=fmt,
+                                 out=out, confusion=confusion)
     if fmt == "table":
-        from rich.console import Console
-
-        console = Console(width=200 if not sys.stdout.isatty() else None)
-        for table in rich_tables(outcome):
-            console.print(table)
+        _print_tables(outcome)
     else:
         typer.echo(render(outcome, fmt), nl=False)
     for note in outcome.notes:
@@ -279,10 +283,11 @@ def runs(
     """List an experiment's recent runs: status, duration, failure reason, and how to continue unfinished ones."""
     from rich.console import Console
 
-    from harness import reports, tracking
+    from harness import reports
     from harness.history import recent_runs, runs_note
+    from harness.tracking import Tracker
 
-    frame = recent_runs(tracking.connect(tracking_uri), name, limit)
+    frame = recent_runs(Tracker.open(tracking_uri), name, limit)
     Console(width=220 if not sys.stdout.isatty() else None).print(reports.rich_table(frame, f"{name}: recent runs",
                                                                                      runs_note(name)))
 
@@ -304,27 +309,6 @@ def ui(
         serve(tracking_uri, host=host, port=port, echo=typer.echo)  # Ctrl-C once serving: a clean stop, exit 0
     except KeyboardInterrupt:  # Ctrl-C before the server was started
         raise typer.Exit(130) from None
-
-
-def _print_table(frame, title: str) -> None:  # noqa: ANN001
-    from rich.console import Console
-    from rich.table import Table
-
-    frame = frame[[c for c in _TERMINAL_COLUMNS if c in frame]]
-    table = Table(title=title)
-    for col in frame.columns:
-        table.add_column(_TERMINAL_COLUMNS[col], no_wrap=True)
-    for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(v) for v in row))
-    Console(width=160 if not sys.stdout.isatty() else None).print(table)
-
-
-def _cell(value: object) -> str:
-    if value is None or value != value:  # missing (None or NaN)
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}" if value < 10 else f"{value:,.0f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def main() -> None:

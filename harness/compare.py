@@ -16,14 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.entities import Run
 
 from harness import reports, stats, tracking
 from harness.errors import HarnessError
-from harness.registry import closest_name, unknown_name_message
+from harness.registry import unknown_name_message
+from harness.tracking import Tracker, no_runs_message
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 FORMATS = ("table", "csv", "markdown", "json")
 DEFAULT_METRIC = "best_val_acc"  # selection metric: the test set is for the final report, not for ranking
@@ -68,7 +72,8 @@ class Comparison:
         n = len(self.table)
         what = ("trial" if self.kind == "study" else "variant") + ("" if n == 1 else "s")
         parent = "study run" if self.kind == "study" else "run"
-        return f"{self.experiment}: {n} {what} of {parent} {self.parent_run_id} ({self.parent_status})"
+        spread = ", mean ± std over seeds" if self.repeated else ""
+        return f"{self.experiment}: {n} {what} of {parent} {self.parent_run_id} ({self.parent_status}){spread}"
 
     @property
     def note(self) -> str:
@@ -98,23 +103,16 @@ class CompareOutcome:
 # ----------------------------------------------------------------- choosing the parent run
 
 
-def no_runs_message(client: MlflowClient, experiment: str) -> str:
-    """One sentence for an experiment with nothing recorded, with the closest recorded name."""
-    close = closest_name(experiment, tracking.experiment_names(client), cutoff=0.6)
-    hint = f" (did you mean '{close}'?)" if close else ""
-    return f"No runs of experiment '{experiment}' are recorded in this tracking store{hint}; run `harness run {experiment}` first."
-
-
-def select_parent(client: MlflowClient, experiment: str, run_id: str | None = None, study: bool = False) -> tuple[str, Run]:
+def select_parent(tracker: Tracker, experiment: str, run_id: str | None = None, study: bool = False) -> tuple[str, Run]:
     """(experiment id, parent run): `run_id` if given, else the latest `harness run` parent (the
     latest `harness tune` study parent with `study`)."""
     if run_id and study:
         raise HarnessError("Give either --run RUN_ID or --study (the latest study), not both.")
-    experiment_id = tracking.find_experiment(client, experiment)
+    experiment_id = tracker.find_experiment(experiment)
     if experiment_id is None:
-        raise HarnessError(no_runs_message(client, experiment))
+        raise HarnessError(no_runs_message(tracker, experiment))
     if run_id:
-        run = tracking.find_run(client, run_id)
+        run = tracker.find_run(run_id)
         if run is None or run.info.experiment_id != experiment_id:
             raise HarnessError(f"No run '{run_id}' in experiment '{experiment}'; `harness runs {experiment}` lists its runs.")
         parent_of = run.data.tags.get(tracking.PARENT_RUN)
@@ -124,7 +122,7 @@ def select_parent(client: MlflowClient, experiment: str, run_id: str | None = No
             raise HarnessError(f"Run {run_id} was not made by `harness run` or `harness tune`; "
                                f"`harness runs {experiment}` lists the runs that can be compared.")
         return experiment_id, run
-    parent = tracking.latest_parent_run(client, experiment_id, kind="study" if study else "run")
+    parent = tracker.latest_parent_run(experiment_id, kind="study" if study else "run")
     if parent is None:
         command = f"harness tune {experiment}" if study else f"harness run {experiment}"
         raise HarnessError(f"No `{command}` of experiment '{experiment}' is recorded yet; run `{command}` first.")
@@ -183,12 +181,13 @@ def runs_frame(children: list[Run], hyperparameters: list[str], extra_metric: st
     return frame
 
 
-def load_comparison(client: MlflowClient, experiment: str, run_id: str | None = None, study: bool = False,
-                    metric: str = DEFAULT_METRIC) -> Comparison:
-    """The comparison table of a parent run's children (see the module docstring)."""
-    experiment_id, parent = select_parent(client, experiment, run_id, study)
+def load_comparison(tracker: Tracker, experiment: str, run_id: str | None = None, study: bool = False,
+                    metric: str = DEFAULT_METRIC, only: list[str] | None = None) -> Comparison:
+    """The comparison table of a parent run's children (those with ids in `only`, if given; see
+    the module docstring). `harness run` prints and logs this same table for the run it made."""
+    experiment_id, parent = select_parent(tracker, experiment, run_id, study)
     parent_id = parent.info.run_id
-    children = tracking.children(client, experiment_id, parent_id)
+    children = [r for r in tracker.children(experiment_id, parent_id) if only is None or r.info.run_id in only]
     if not children:
         raise HarnessError(f"Run {parent_id} of '{experiment}' has no variant or trial runs yet; "
                            "wait for it to start training, or pick another with --run (see `harness runs`).")
@@ -196,11 +195,14 @@ def load_comparison(client: MlflowClient, experiment: str, run_id: str | None = 
     shown, varying = hyperparameter_columns([dict(r.data.params) for r in children])
     runs = runs_frame(children, shown, None if metric in (*RESULT_METRICS, "wall_seconds") else metric)
     available = {c for c in (*RESULT_METRICS, "wall_seconds") if runs[c].notna().any()} | logged
-    if metric not in available:
+    # The default metric is always accepted: a run whose variants all failed early has none yet,
+    # and its table (statuses, reasons) is still worth showing.
+    if metric not in available and metric != DEFAULT_METRIC:
         raise HarnessError(unknown_name_message("metric", metric, available))
     # Results nobody logged (a study's trials are never tested) are left out rather than shown empty.
     runs = runs.drop(columns=[c for c in (*RESULT_METRICS, "wall_seconds") if c != metric and runs[c].isna().all()])
-    kind = parent.data.tags.get(tracking.KIND_TAG, "run")
+    # A study's trials are compared as trials; its retrained best (or a run's variants) as variants.
+    kind = "study" if any(r.data.tags.get(tracking.KIND_TAG) == "trial" for r in children) else "run"
     recorded_plan = {"repeat", "seeds"} & set(parent.data.params)
     repeated = kind == "run" and (bool(recorded_plan) or bool(runs.groupby("variant").size().max() > 1))
     if repeated:
@@ -323,11 +325,11 @@ def _groups(c: Comparison) -> dict[str, pd.DataFrame]:
     return {name: c.runs[c.runs["variant"] == name] for name in names}
 
 
-def curves_frame(client: MlflowClient, c: Comparison) -> pd.DataFrame:
+def curves_frame(tracker: Tracker, c: Comparison) -> pd.DataFrame:
     """Long-form per-epoch history (label, run_id, metric, epoch, value) of the shown runs."""
     rows = [(label, run_id, metric, step, value)
             for label, runs in _groups(c).items() for run_id in runs["run_id"]
-            for metric in CURVE_METRICS for step, value in tracking.metric_history(client, run_id, metric)]
+            for metric in CURVE_METRICS for step, value in tracker.metric_history(run_id, metric)]
     return pd.DataFrame(rows, columns=["label", "run_id", "metric", "epoch", "value"])
 
 
@@ -335,13 +337,13 @@ def _label(name: str, runs: int) -> str:
     return f"{name} ({runs} seeds pooled)" if runs > 1 else name
 
 
-def load_test_confusions(client: MlflowClient, c: Comparison, tmp: Path) -> dict[str, pd.DataFrame]:
+def load_test_confusions(tracker: Tracker, c: Comparison, tmp: Path) -> dict[str, pd.DataFrame]:
     """Each shown variant's test confusion matrix (counts summed over its finished seeds)."""
     out: dict[str, pd.DataFrame] = {}
     for name, runs in _groups(c).items():
         frames = []
         for run_id in runs.loc[runs["status"] == "FINISHED", "run_id"]:
-            path = tracking.download_artifact(client, run_id, "confusion_matrix.csv", tmp / run_id)
+            path = tracker.download_artifact(run_id, "confusion_matrix.csv", tmp / run_id)
             if path is not None:
                 frames.append(pd.read_csv(path, index_col=0))
         if frames:
@@ -349,15 +351,15 @@ def load_test_confusions(client: MlflowClient, c: Comparison, tmp: Path) -> dict
     return out
 
 
-def load_epoch_confusions(client: MlflowClient, c: Comparison, tmp: Path) -> dict[str, tuple[list[np.ndarray], list[str]]]:
+def load_epoch_confusions(tracker: Tracker, c: Comparison, tmp: Path) -> dict[str, tuple[list[np.ndarray], list[str]]]:
     """Each shown variant's per-epoch validation confusion matrices (one (epochs, true, predicted)
     array per finished run) with its class names."""
     out: dict[str, tuple[list[np.ndarray], list[str]]] = {}
     for name, runs in _groups(c).items():
         arrays, classes = [], None
         for run_id in runs.loc[runs["status"] == "FINISHED", "run_id"]:
-            npy = tracking.download_artifact(client, run_id, "val_confusion/per_epoch.npy", tmp / run_id)
-            names = tracking.download_artifact(client, run_id, "val_confusion/classes.json", tmp / run_id)
+            npy = tracker.download_artifact(run_id, "val_confusion/per_epoch.npy", tmp / run_id)
+            names = tracker.download_artifact(run_id, "val_confusion/classes.json", tmp / run_id)
             if npy is not None and names is not None:
                 arrays.append(np.load(npy))
                 classes = json.loads(names.read_text())["classes"]
@@ -403,7 +405,17 @@ def confused_pairs(name: str, first: np.ndarray, last: np.ndarray, classes: list
     return sorted(rows, key=lambda r: (-r["last_count"], -r["first_count"]))
 
 
-def write_reports(client: MlflowClient, c: Comparison, out: Path, confusion: bool = False) -> CompareOutcome:
+def best_epochs(c: Comparison) -> dict[str, float]:
+    """Each shown variant's best epoch (the mean over its seeds with repeats), keyed by variant
+    as its curves are."""
+    column = "best_epoch_mean" if c.repeated else "best_epoch"
+    if column not in c.table:
+        return {}
+    epochs = c.table.set_index("variant")[column]
+    return {name: float(epochs[name]) for name in _groups(c) if pd.notna(epochs[name])}
+
+
+def write_reports(tracker: Tracker, c: Comparison, out: Path, confusion: bool = False) -> CompareOutcome:
     """Write the table (CSV) and figures to `out`, log them to the parent run under `compare/`,
     and with `confusion` the most-confused class pairs (first vs last epoch) and their figure."""
     outcome = CompareOutcome(c)
@@ -413,14 +425,15 @@ def write_reports(client: MlflowClient, c: Comparison, out: Path, confusion: boo
     outcome.files.append(table_csv)
     shown = f" (best {MAX_PANELS} of {len(c.table)} by {c.metric})" if len(c.table) > MAX_PANELS else ""
     spread = ", mean ± std over seeds" if c.repeated else ""
-    curves = curves_frame(client, c)
+    curves = curves_frame(tracker, c)
     if curves.empty:
         outcome.notes.append("No per-epoch metrics are logged yet, so no learning curves were drawn.")
     else:
-        figure = reports.overlay_curves_figure(curves, f"{c.experiment}: learning curves{spread}{shown}")
+        figure = reports.overlay_curves_figure(curves, f"{c.experiment}: learning curves{spread}{shown}",
+                                               best_epochs=best_epochs(c))
         outcome.files.append(reports.save_figure(figure, out / "learning_curves.png"))
     with tempfile.TemporaryDirectory() as tmp:
-        matrices = load_test_confusions(client, c, Path(tmp))
+        matrices = load_test_confusions(tracker, c, Path(tmp))
         if matrices:
             figure = reports.confusion_grid_figure(matrices, f"{c.experiment}: test confusion matrices{shown}")
             outcome.files.append(reports.save_figure(figure, out / "confusion_matrices.png"))
@@ -428,9 +441,9 @@ def write_reports(client: MlflowClient, c: Comparison, out: Path, confusion: boo
             outcome.notes.append("No finished run logged a test confusion matrix (tuning trials log none), "
                                  "so confusion_matrices.png was not drawn.")
         if confusion:
-            _confusion_over_epochs(outcome, load_epoch_confusions(client, c, Path(tmp)), out, shown)
+            _confusion_over_epochs(outcome, load_epoch_confusions(tracker, c, Path(tmp)), out, shown)
     for path in outcome.files:
-        tracking.log_file(client, c.parent_run_id, path, ARTIFACT_DIR)
+        tracker.log_file(c.parent_run_id, path, ARTIFACT_DIR)
     return outcome
 
 
@@ -456,11 +469,10 @@ def _confusion_over_epochs(outcome: CompareOutcome, per_variant: dict[str, tuple
     outcome.files += [pairs_csv, reports.save_figure(figure, out / "confusion_epochs.png")]
 
 
-def compare_experiment(experiment: str, run_id: str | None = None, study: bool = False, metric: str = DEFAULT_METRIC,
-                       fmt: str = "table", out: Path | None = None, confusion: bool = False,
-                       tracking_uri: str | None = None) -> CompareOutcome:
+def compare_experiment(tracker: Tracker, experiment: str, run_id: str | None = None, study: bool = False,
+                       metric: str = DEFAULT_METRIC, fmt: str = "table", out: Path | None = None,
+                       confusion: bool = False) -> CompareOutcome:
     """`harness compare`: load the comparison, write and log its table and figures."""
     check_format(fmt)
-    client = tracking.connect(tracking_uri)
-    comparison = load_comparison(client, experiment, run_id, study, metric)
-    return write_reports(client, comparison, out or Path("compare") / experiment, confusion)
+    comparison = load_comparison(tracker, experiment, run_id, study, metric)
+    return write_reports(tracker, comparison, out or Path("compare") / experiment, confusion)

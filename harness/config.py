@@ -2,6 +2,11 @@
 
 Overrides go through `dataclasses.replace`, so an overridden config is validated again.
 `flatten()` turns a config into MLflow params.
+
+Building a config checks values only (ranges, patterns, fields that need each other). Names
+(model, dataset, optimizer, scheduler, init) and what depends on the model are checked by
+`harness.validation.check_config`, which reads the registries: this module imports none of
+them, so it stays a leaf that every other module can import without PyTorch or cycles.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.registry import Registry, unknown_name_message
+from harness.registry import unknown_name_message
 
 EARLY_STOPPING_METRICS = ("val_loss", "val_acc")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -22,7 +27,10 @@ _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines one training run (a "variant" of an experiment)."""
+    """Everything that defines one training run (a "variant" of an experiment).
+
+    Building one checks its values; `harness.validation.check_config` checks its names.
+    """
 
     model: str = "lenet_relu"
     dataset: str = "digits"
@@ -61,7 +69,7 @@ class TrainConfig:
     num_workers: int = 2  # DataLoader workers for streamed (image folder) datasets
 
     def __post_init__(self) -> None:
-        _validate(self)
+        _check_values(self)
 
     def override(self, **changes: Any) -> TrainConfig:
         """A copy with `changes` applied (validated again)."""
@@ -90,24 +98,10 @@ def _require(ok: bool, message: str) -> None:
         raise HarnessError(message)
 
 
-def _validate(c: TrainConfig) -> None:
-    # Deferred imports: the registries pull in torch, which `harness --help` should not pay for.
-    from harness.data import DATASETS
-    from harness.models import MODELS, min_image_size
-    from harness.optim import INITS, OPTIMIZERS, SCHEDULERS
-
-    for kind, name, known in (
-        ("model", c.model, MODELS),
-        ("dataset", c.dataset, DATASETS),
-        ("optimizer", c.optimizer, OPTIMIZERS),
-        ("scheduler", c.scheduler, SCHEDULERS),
-        ("init", c.init, INITS),
-        ("early_stopping_metric", c.early_stopping_metric, EARLY_STOPPING_METRICS),
-    ):
-        # `in` first: listing every name would load the lazily registered torchvision models.
-        if name not in known:
-            names = known.names() if isinstance(known, Registry) else known
-            _require(False, unknown_name_message(kind, name, names))
+def _check_values(c: TrainConfig) -> None:
+    """Every check that needs no registry (names are checked by `harness.validation.check_config`)."""
+    if c.early_stopping_metric not in EARLY_STOPPING_METRICS:
+        raise HarnessError(unknown_name_message("early_stopping_metric", c.early_stopping_metric, EARLY_STOPPING_METRICS))
     _require(c.epochs >= 1, f"epochs must be at least 1 (got {c.epochs}).")
     _require(c.batch_size >= 1, f"batch_size must be at least 1 (got {c.batch_size}).")
     _require(c.eval_batch_size >= 1, f"eval_batch_size must be at least 1 (got {c.eval_batch_size}).")
@@ -134,19 +128,8 @@ def _validate(c: TrainConfig) -> None:
         bool(_DEVICE_PATTERN.match(c.device)),
         f"device must be auto, cpu, mps, cuda or cuda:N (got '{c.device}').",
     )
-    if c.image_size is not None:
-        smallest = min_image_size(c.model)
-        _require(
-            c.image_size >= smallest,
-            f"image_size {c.image_size} is too small for model '{c.model}'; use at least {smallest}.",
-        )
     if c.dataset == "image_folder":
         _require(bool(c.data_path), "dataset image_folder needs data_path (e.g. --set data_path=data/catdog).")
-    if c.pretrained or c.freeze_backbone:
-        _require(
-            c.model in MODELS and MODELS.get(c.model).supports_pretrained,
-            f"pretrained/freeze_backbone need a torchvision model (tv_*), not '{c.model}'.",
-        )
     _require(not c.freeze_backbone or c.pretrained, "freeze_backbone=true needs pretrained=true.")
 
 

@@ -18,6 +18,7 @@ from harness.config import Overrides, TrainConfig, field_names
 from harness.errors import HarnessError
 from harness.registry import unknown_name_message
 from harness.search_space import DEFAULT_SEARCH_SPACE, SearchSpace
+from harness.validation import check_config
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,14 @@ class Experiment:
                 )
 
     def resolve(self, overrides: Overrides | None = None) -> dict[str, TrainConfig]:
-        """Variants with `--set` overrides applied (common first, then per variant), validated."""
+        """Variants with `--set` overrides applied (common first, then per variant), values and
+        names checked (`check_config`)."""
         overrides = overrides or Overrides()
         unknown = set(overrides.per_variant) - set(self.variants)
         if unknown:
             raise HarnessError(unknown_name_message(f"variant of '{self.name}'", sorted(unknown)[0], self.variants))
         return {
-            name: dataclasses.replace(cfg, **{**overrides.common, **overrides.per_variant.get(name, {})})
+            name: check_config(dataclasses.replace(cfg, **{**overrides.common, **overrides.per_variant.get(name, {})}))
             for name, cfg in self.variants.items()
         }
 

@@ -10,14 +10,16 @@ still marked RUNNING is either training now or was killed without a chance to sa
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.entities import Run
 
 from harness import tracking
 from harness.errors import HarnessError
+from harness.tracking import Tracker, no_runs_message
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 UNFINISHED = ("FAILED", "KILLED", "RUNNING")
 TRIAL_KIND = "trial"
@@ -95,24 +97,22 @@ def _trials_row(trials: list[Run]) -> dict[str, Any]:
             "started": "", "duration": "", "failure reason": "", "to continue": ""}
 
 
-def recent_runs(client: MlflowClient, experiment: str, limit: int = 10) -> pd.DataFrame:
+def recent_runs(tracker: Tracker, experiment: str, limit: int = 10) -> pd.DataFrame:
     """The newest `limit` parent runs of `experiment`, newest first, each followed by its
     children (a study's trials summarised in one line), as display-ready rows."""
     if limit < 1:
         raise HarnessError(f"--limit must be at least 1 (got {limit}).")
-    experiment_id = tracking.find_experiment(client, experiment)
-    parents = tracking.parent_runs(client, experiment_id, limit) if experiment_id is not None else []
+    experiment_id = tracker.find_experiment(experiment)
+    parents = tracker.parent_runs(experiment_id, limit) if experiment_id is not None else []
     if not parents:
-        from harness.compare import no_runs_message
-
-        raise HarnessError(no_runs_message(client, experiment))
-    resumable = tracking.latest_parent_run(client, experiment_id, unfinished_only=True)
+        raise HarnessError(no_runs_message(tracker, experiment))
+    resumable = tracker.latest_parent_run(experiment_id, unfinished_only=True)
     resumable_id = resumable.info.run_id if resumable is not None else None
     now_ms = int(time.time() * 1000)
     rows = []
     for parent in parents:
         rows.append(_row(parent, parent.info.run_name, now_ms, continue_command(experiment, parent, resumable_id)))
-        children = tracking.children(client, experiment_id, parent.info.run_id)
+        children = tracker.children(experiment_id, parent.info.run_id)
         trials = [r for r in children if r.data.tags.get(tracking.KIND_TAG) == TRIAL_KIND]
         if trials:
             rows.append(_trials_row(trials))

@@ -1,29 +1,45 @@
-"""Optimizers, learning-rate schedules and weight initialisations, looked up by name."""
+"""Optimizers, learning-rate schedules and weight initialisations, looked up by name.
+
+Importing this module does not import PyTorch (config checks look names up here): every entry
+imports torch when it is called.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
-
-from harness.config import TrainConfig
 from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
+
+    from harness.config import TrainConfig
 
 OPTIMIZERS: Registry[Callable[[Iterable[nn.Parameter], TrainConfig], Optimizer]] = Registry("optimizer")
 SCHEDULERS: Registry[Callable[[Optimizer, TrainConfig, int], LRScheduler | None]] = Registry("scheduler")
 INITS: Registry[Callable[[nn.Module], None]] = Registry("init")
 
+
+def _torch() -> ModuleType:
+    """PyTorch, imported on first use rather than when this module is."""
+    import torch
+    import torch.optim.lr_scheduler  # noqa: F401 - `torch.optim.lr_scheduler` below
+
+    return torch
+
+
 # ------------------------------------------------------------------ optimizers
 
-OPTIMIZERS.add("sgd", lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay))
-OPTIMIZERS.add("adam", lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay))
-OPTIMIZERS.add("adamw", lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay))
-OPTIMIZERS.add("rmsprop", lambda p, c: torch.optim.RMSprop(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay))
-OPTIMIZERS.add("adagrad", lambda p, c: torch.optim.Adagrad(p, lr=c.lr, weight_decay=c.weight_decay))
-OPTIMIZERS.add("adadelta", lambda p, c: torch.optim.Adadelta(p, lr=c.lr, weight_decay=c.weight_decay))
+OPTIMIZERS.add("sgd", lambda p, c: _torch().optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay))
+OPTIMIZERS.add("adam", lambda p, c: _torch().optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay))
+OPTIMIZERS.add("adamw", lambda p, c: _torch().optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay))
+OPTIMIZERS.add("rmsprop", lambda p, c: _torch().optim.RMSprop(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay))
+OPTIMIZERS.add("adagrad", lambda p, c: _torch().optim.Adagrad(p, lr=c.lr, weight_decay=c.weight_decay))
+OPTIMIZERS.add("adadelta", lambda p, c: _torch().optim.Adadelta(p, lr=c.lr, weight_decay=c.weight_decay))
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> Optimizer:
@@ -32,26 +48,19 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> Optimizer:
     return OPTIMIZERS.get(config.optimizer)(params, config)
 
 
-def prepare_optimizers() -> None:
-    """Pay now for what the first torch.optim optimizer imports (torch._dynamo: 1-1.5 s on a
-    2-core CPU). `harness run` calls this while its MLflow process is still starting, so the
-    import overlaps that wait instead of following it."""
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-
-
 # ------------------------------------------------------------------ schedules (stepped once per epoch)
 
 # `epochs` is the number of epochs the main schedule spans (after warmup).
 SCHEDULERS.add("none", lambda opt, c, epochs: None)
-SCHEDULERS.add("step", lambda opt, c, epochs: torch.optim.lr_scheduler.StepLR(opt, step_size=c.step_size, gamma=c.gamma))
+SCHEDULERS.add("step", lambda opt, c, epochs: _torch().optim.lr_scheduler.StepLR(opt, step_size=c.step_size, gamma=c.gamma))
 SCHEDULERS.add(
     "multistep",
-    lambda opt, c, epochs: torch.optim.lr_scheduler.MultiStepLR(
+    lambda opt, c, epochs: _torch().optim.lr_scheduler.MultiStepLR(
         opt, milestones=[max(m - c.warmup_epochs, 1) for m in c.milestones], gamma=c.gamma
     ),
 )
-SCHEDULERS.add("cosine", lambda opt, c, epochs: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1)))
-SCHEDULERS.add("exponential", lambda opt, c, epochs: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=c.gamma))
+SCHEDULERS.add("cosine", lambda opt, c, epochs: _torch().optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1)))
+SCHEDULERS.add("exponential", lambda opt, c, epochs: _torch().optim.lr_scheduler.ExponentialLR(opt, gamma=c.gamma))
 
 
 def build_scheduler(optimizer: Optimizer, config: TrainConfig) -> LRScheduler:
@@ -59,32 +68,38 @@ def build_scheduler(optimizer: Optimizer, config: TrainConfig) -> LRScheduler:
 
     Always returns a scheduler (a constant one for `none`), so checkpoints have one shape.
     """
+    lr_scheduler = _torch().optim.lr_scheduler
     main = SCHEDULERS.get(config.scheduler)(optimizer, config, config.epochs - config.warmup_epochs)
     if main is None:
-        main = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     if config.warmup_epochs == 0:
         return main
     # Epoch e (0-based) of warmup trains at lr * (e + 1) / (warmup_epochs + 1).
-    warmup = torch.optim.lr_scheduler.LinearLR(
+    warmup = lr_scheduler.LinearLR(
         optimizer, start_factor=1.0 / (config.warmup_epochs + 1), end_factor=1.0, total_iters=config.warmup_epochs
     )
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[config.warmup_epochs])
+    return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[config.warmup_epochs])
 
 
 # ------------------------------------------------------------------ weight initialisation
 
 
-def _init_with(conv_linear: Callable[[torch.Tensor], object]) -> Callable[[nn.Module], None]:
+def _init_with(init_name: str, **kwargs: object) -> Callable[[nn.Module], None]:
+    """An init applying `torch.nn.init.<init_name>(weight, **kwargs)` to every trainable conv / linear
+    weight and zeroing its bias (named, not passed, so that torch is imported only when it runs)."""
+
     def apply(model: nn.Module) -> None:
+        torch_nn = _torch().nn
+        conv_linear = getattr(torch_nn.init, init_name)
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad:
-                conv_linear(m.weight)
+            if isinstance(m, (torch_nn.Conv2d, torch_nn.Linear)) and m.weight.requires_grad:
+                conv_linear(m.weight, **kwargs)
                 if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                    torch_nn.init.zeros_(m.bias)
 
     return apply
 
 
 INITS.add("default", lambda model: None)  # PyTorch's own per-layer defaults
-INITS.add("xavier", _init_with(nn.init.xavier_uniform_))
-INITS.add("kaiming", _init_with(lambda w: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")))
+INITS.add("xavier", _init_with("xavier_uniform_"))
+INITS.add("kaiming", _init_with("kaiming_normal_", mode="fan_out", nonlinearity="relu"))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from harness.errors import HarnessError
 
@@ -17,28 +18,86 @@ def closest_name(name: str, choices: Iterable[str], cutoff: float = 0.5) -> str 
     return close[0] if close else None
 
 
-def unknown_name_message(kind: str, name: str, choices: Iterable[str]) -> str:
-    """One sentence naming an unknown `name`, the closest match and all valid choices."""
+def unknown_name_message(kind: str, name: str, choices: Iterable[str], more: str | None = None) -> str:
+    """One sentence naming an unknown `name`, the closest match and all valid choices.
+
+    `more` describes further choices that are not listed (e.g. "tv_<name> for ..."); it ends the list.
+    """
     choices = sorted(choices)
     close = closest_name(name, choices)
     hint = f" Did you mean '{close}'?" if close else ""
-    return f"Unknown {kind} '{name}'.{hint} Choose one of: {', '.join(choices)}."
+    listed = ", ".join(choices) + (f", or {more}" if more else "")
+    return f"Unknown {kind} '{name}'.{hint} Choose one of: {listed}."
+
+
+class Deferred:
+    """A callable registry entry whose implementation lives in `module`, imported on the first call.
+
+    A registry can then name its entries (and answer `in`) without importing what they need
+    (PyTorch). The module binds the implementation with `bind`, typically through a decorator.
+    """
+
+    def __init__(self, kind: str, name: str, module: str) -> None:
+        self.kind, self.name, self.module = kind, name, module
+        self._impl: Callable[..., Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"Deferred({self.kind} '{self.name}' from {self.module})"
+
+    def bind(self, impl: Callable[..., Any]) -> None:
+        """Attach the implementation; only once, and only from the declared module (a programming error otherwise)."""
+        if self._impl is not None:
+            raise ValueError(f"{self.kind} '{self.name}' is already registered")
+        if getattr(impl, "__module__", None) != self.module:
+            raise ValueError(
+                f"{self.kind} '{self.name}' is declared to live in {self.module}, "
+                f"not {getattr(impl, '__module__', '?')}; declare a new name instead"
+            )
+        self._impl = impl
+
+    @property
+    def impl(self) -> Callable[..., Any]:
+        """The bound implementation, importing its module first if needed."""
+        if self._impl is None:
+            importlib.import_module(self.module)
+            if self._impl is None:
+                raise RuntimeError(f"{self.module} did not register {self.kind} '{self.name}'")
+        return self._impl
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.impl(*args, **kwargs)
 
 
 class Registry(Generic[T]):
     """Maps names to objects; refuses duplicates and explains misses."""
 
-    def __init__(self, kind: str, load_more: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        load_more: Callable[[], None] | None = None,
+        *,
+        more_prefix: str | None = None,
+        more_description: str | None = None,
+    ) -> None:
         """`load_more` registers further entries that are costly to import (torchvision's models);
-        it runs once, the first time a name is missing or all names are asked for."""
+        it runs once, the first time a name it could register is missing or all names are asked for.
+        With `more_prefix`, it only registers names with that prefix, so a miss on any other name
+        is answered without it; the miss message then ends with `more_description`."""
         self.kind = kind
         self._items: dict[str, T] = {}
         self._load_more = load_more
+        self._more_prefix = more_prefix
+        self._more_description = more_description
 
     def _complete(self) -> None:
         if self._load_more is not None:
             load, self._load_more = self._load_more, None
             load()
+
+    def _complete_for(self, name: object) -> None:
+        """Run `load_more` if it could register `name`."""
+        if self._more_prefix is None or (isinstance(name, str) and name.startswith(self._more_prefix)):
+            self._complete()
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: `@REGISTRY.register("name")` adds the decorated object under `name`."""
@@ -58,11 +117,13 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """The object registered under `name`, or a HarnessError suggesting the closest names."""
         if name not in self._items:
-            self._complete()
+            self._complete_for(name)
         try:
             return self._items[name]
         except KeyError:
-            raise HarnessError(unknown_name_message(self.kind, name, self._items)) from None
+            # Entries `load_more` would add are described, not listed, while it has not run.
+            more = self._more_description if self._load_more is not None else None
+            raise HarnessError(unknown_name_message(self.kind, name, self._items, more)) from None
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
@@ -71,7 +132,7 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         if name not in self._items:
-            self._complete()
+            self._complete_for(name)
         return name in self._items
 
     def __len__(self) -> int:

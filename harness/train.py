@@ -7,6 +7,7 @@ they never fork the loop.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from harness.data.transforms import BatchTransform, Preprocess
 from harness.device import resolve_device, seed_everything
 from harness.models import build_model
 from harness.optim import INITS, build_optimizer, build_scheduler
+from harness.validation import check_config
 
 # How often (in batches) running loss/accuracy are read back for progress and NaN checks;
 # reading them every step would force a device sync per step.
@@ -58,7 +60,9 @@ class Trainer:
 
 
 def build_trainer(config: TrainConfig, data: Data) -> Trainer:
-    """Seed, build the model (with its init), optimizer, schedule and batch transform."""
+    """Check `config`'s names against the registries, then seed and build the model (with its
+    init), optimizer, schedule and batch transform."""
+    check_config(config)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     data = on_device(data, device)
@@ -203,7 +207,11 @@ def evaluate(t: Trainer, split: Split, model: nn.Module | None = None) -> EvalRe
 
 @dataclass
 class FitState:
-    """What training has produced so far; all of it goes into every checkpoint."""
+    """What training has produced so far; all of it goes into every checkpoint.
+
+    "Best" has one meaning everywhere: the epoch chosen by the monitored metric
+    (`early_stopping_metric`, see `monitored`), whose weights are checkpointed and tested.
+    Every `best_*` number is read from that epoch's own record (`best_metrics`)."""
 
     epoch: int = 0  # completed epochs
     history: list[dict[str, float]] = field(default_factory=list)  # one record per epoch
@@ -215,6 +223,21 @@ class FitState:
     @property
     def epochs_since_best(self) -> int:
         return self.epoch - self.best_epoch
+
+    @property
+    def best_record(self) -> dict[str, float] | None:
+        """The best epoch's metrics (None before the first epoch)."""
+        return self.history[self.best_epoch - 1] if self.best_epoch else None
+
+    def best_metrics(self) -> dict[str, float]:
+        """`best_epoch` and the best epoch's own validation (else training) loss and accuracy as
+        `best_val_loss` / `best_val_acc` (or `best_train_*` without a validation split)."""
+        record = self.best_record
+        if record is None:
+            return {}
+        split = "val" if "val_loss" in record else "train"
+        return {"best_epoch": self.best_epoch, f"best_{split}_loss": record[f"{split}_loss"],
+                f"best_{split}_acc": record[f"{split}_acc"]}
 
     def to_dict(self) -> dict[str, object]:
         return {"epoch": self.epoch, "history": self.history, "val_confusions": self.val_confusions,
@@ -234,7 +257,8 @@ def monitored(config: TrainConfig, record: dict[str, float]) -> tuple[str, float
 
 
 class Callback:
-    """Hooks into `fit`; override what you need."""
+    """Hooks into `fit`; override what you need. `on_fit_end` is always called, also when
+    training stops with an exception (`error` is then that exception), so no caller cleans up by hand."""
 
     def on_fit_start(self, t: Trainer, state: FitState) -> None: ...
 
@@ -244,40 +268,57 @@ class Callback:
 
     def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None: ...
 
-    def on_fit_end(self, t: Trainer, state: FitState) -> None: ...
+    def on_fit_end(self, t: Trainer, state: FitState, error: BaseException | None) -> None: ...
+
+
+def fit_epoch(t: Trainer, state: FitState, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+    """Train and validate epoch `state.epoch + 1`, step the schedule, update `state` (history,
+    best epoch) and call the epoch callbacks; returns the epoch's record."""
+    epoch = state.epoch + 1
+    for cb in callbacks:
+        cb.on_epoch_start(t, state, epoch)
+    lr = t.optimizer.param_groups[0]["lr"]
+    start = time.perf_counter()
+    totals = train_one_epoch(t, callbacks)
+    train_seconds = time.perf_counter() - start
+    record = {"train_loss": totals.loss, "train_acc": totals.acc, "lr": lr}
+    if t.data.val is not None:
+        val = evaluate(t, t.data.val)
+        record.update(val_loss=val.loss, val_acc=val.acc)
+        state.val_confusions.append(val.confusion)
+    t.scheduler.step()
+    record.update(epoch_seconds=time.perf_counter() - start, images_per_second=totals.seen / train_seconds)
+    if not all(math.isfinite(v) for v in record.values()):
+        bad = ", ".join(f"{k}={v}" for k, v in record.items() if not math.isfinite(v))
+        raise NonFiniteLossError(f"non-finite metrics in epoch {epoch}: {bad}")
+    state.epoch = epoch
+    state.history.append(record)
+    _, score, higher = monitored(t.config, record)
+    if state.best_score is None or (score > state.best_score if higher else score < state.best_score):
+        state.best_epoch, state.best_score = epoch, score
+    for cb in callbacks:
+        cb.on_epoch_end(t, state, record)
+    return record
 
 
 def fit(t: Trainer, callbacks: Sequence[Callback] = (), state: FitState | None = None) -> FitState:
-    """Train from `state` (a fresh one, or one restored from a checkpoint) to `config.epochs`."""
+    """Train from `state` (a fresh one, or one restored from a checkpoint) to `config.epochs`,
+    or until a callback sets `state.stop_reason`. Every callback's `on_fit_end` runs however
+    training ends; after an exception, a failing `on_fit_end` does not hide the original error."""
     state = state or FitState()
-    for cb in callbacks:
-        cb.on_fit_start(t, state)
-    for epoch in range(state.epoch + 1, t.config.epochs + 1):
+    try:
         for cb in callbacks:
-            cb.on_epoch_start(t, state, epoch)
-        lr = t.optimizer.param_groups[0]["lr"]
-        start = time.perf_counter()
-        totals = train_one_epoch(t, callbacks)
-        train_seconds = time.perf_counter() - start
-        record = {"train_loss": totals.loss, "train_acc": totals.acc, "lr": lr}
-        if t.data.val is not None:
-            val = evaluate(t, t.data.val)
-            record.update(val_loss=val.loss, val_acc=val.acc)
-            state.val_confusions.append(val.confusion)
-        t.scheduler.step()
-        record.update(epoch_seconds=time.perf_counter() - start, images_per_second=totals.seen / train_seconds)
-        if not all(math.isfinite(v) for v in record.values()):
-            bad = ", ".join(f"{k}={v}" for k, v in record.items() if not math.isfinite(v))
-            raise NonFiniteLossError(f"non-finite metrics in epoch {epoch}: {bad}")
-        state.epoch = epoch
-        state.history.append(record)
-        _, score, higher = monitored(t.config, record)
-        if state.best_score is None or (score > state.best_score if higher else score < state.best_score):
-            state.best_epoch, state.best_score = epoch, score
+            cb.on_fit_start(t, state)
+        while state.epoch < t.config.epochs and not state.stop_reason:
+            fit_epoch(t, state, callbacks)
+    except BaseException as exc:
         for cb in callbacks:
-            cb.on_epoch_end(t, state, record)
-        if state.stop_reason:
-            break
+            try:
+                cb.on_fit_end(t, state, exc)
+            except Exception:  # noqa: BLE001 - the training error is the one to report
+                logging.getLogger(__name__).warning("on_fit_end of %s failed after %s", type(cb).__name__,
+                                                    type(exc).__name__, exc_info=True)
+        raise
     for cb in callbacks:
-        cb.on_fit_end(t, state)
+        cb.on_fit_end(t, state, None)
     return state

@@ -1,16 +1,18 @@
 """`harness tune`: Optuna studies over one variant, every trial a nested MLflow run.
 
-The objective is the trial's best validation accuracy (the test set is never used for
-selection). Each epoch is reported to Optuna and the pruner may stop the trial. Storage is any
-SQLAlchemy URL (default: sqlite `optuna.db` with a busy timeout) or `journal:PATH`; RDB storages
-run a heartbeat so a trial whose worker died is failed and retried with the same params.
+The objective is the trial's best validation accuracy, in the one meaning of "best" the
+harness has: the validation accuracy of the epoch chosen by `early_stopping_metric` (the
+lowest val_loss by default; see `FitState.best_metrics`). The test set is never used for
+selection. Each epoch is reported to Optuna and the pruner may stop the trial. Each trial's
+run goes through `harness.lifecycle`, like `harness run`'s variants. Storage is any SQLAlchemy
+URL (default: sqlite `optuna.db` with a busy timeout) or `journal:PATH`; RDB storages run a
+heartbeat so a trial whose worker died is failed and retried with the same params.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,25 +22,16 @@ from typing import Any
 import optuna
 import pandas as pd
 import torch
-from mlflow import MlflowClient
 
 from harness import reports, tracking
-from harness.callbacks import ConsoleProgress, MlflowEpochLogger
 from harness.config import TrainConfig
-from harness.data import Data, data_key, load_data
 from harness.errors import HarnessError, first_line, retry
 from harness.experiment import Experiment
+from harness.lifecycle import RunContext, VariantResult, open_run, train_variant
 from harness.registry import Registry
-from harness.runner import VariantResult, run_variant
 from harness.search_space import suggest
-from harness.train import (
-    Callback,
-    FitState,
-    NonFiniteLossError,
-    Trainer,
-    build_trainer,
-    fit,
-)
+from harness.tracking import Tracker
+from harness.train import Callback, FitState, Trainer
 
 # Heartbeats and the matplotlib plots are marked experimental; they are what we rely on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -46,6 +39,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 TRIAL_RUN_ATTR = "mlflow_run_id"
+OBJECTIVE_NAME = "val_acc"  # how optuna-dashboard and Optuna's plots label the objective
 
 SAMPLERS: Registry[Any] = Registry("sampler")
 SAMPLERS.add("tpe", lambda seed: optuna.samplers.TPESampler(seed=seed))
@@ -76,11 +70,12 @@ class TuneOptions:
     heartbeat_seconds: int = 10
 
 
-def open_storage(url: str | None, heartbeat_seconds: int = 10) -> optuna.storages.BaseStorage:
+def open_storage(url: str | None, heartbeat_seconds: int = 10, tracker: Tracker | None = None) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`: `journal:PATH` for a journal file, else a SQLAlchemy URL.
 
     RDB storages get a heartbeat: a trial whose worker stopped beating for 3 intervals is
-    marked FAIL by the next worker and re-queued with the same params.
+    marked FAIL by the next worker and re-queued with the same params; with a `tracker`, its
+    MLflow run is marked KILLED too.
     """
     url = url or DEFAULT_STORAGE
     if url.startswith("journal:"):
@@ -93,7 +88,7 @@ def open_storage(url: str | None, heartbeat_seconds: int = 10) -> optuna.storage
     try:
         return retry(lambda: optuna.storages.RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
-            heartbeat_stale_trial_callback=_retry_and_close_run,
+            heartbeat_stale_trial_callback=StaleTrialRetry(tracker),
         ))
     except Exception as exc:  # noqa: BLE001 - unreachable server, bad URL, missing driver
         raise HarnessError(
@@ -101,30 +96,38 @@ def open_storage(url: str | None, heartbeat_seconds: int = 10) -> optuna.storage
         ) from None
 
 
-_retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+class StaleTrialRetry:
+    """Heartbeat callback for a dead worker's trial: mark its MLflow run KILLED, then re-queue
+    its params (up to 3 retries)."""
 
+    def __init__(self, tracker: Tracker | None) -> None:
+        self.tracker = tracker
+        self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
 
-def _retry_and_close_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """A stale (dead worker's) trial: mark its MLflow run KILLED, then re-queue its params."""
-    run_id = trial.user_attrs.get(TRIAL_RUN_ATTR)
-    if run_id:
-        try:
-            tracking.end_run(MlflowClient(), run_id, "KILLED", "worker stopped (no heartbeat); trial retried")
-        except Exception:  # noqa: BLE001 - the retry matters more than the bookkeeping
-            pass
-    _retry(study, trial)
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = trial.user_attrs.get(TRIAL_RUN_ATTR)
+        if run_id and self.tracker is not None:
+            try:
+                self.tracker.set_tags(run_id, {tracking.TRIAL_STATE_TAG: optuna.trial.TrialState.FAIL.name})
+                self.tracker.end_run(run_id, "KILLED", "worker stopped (no heartbeat); trial retried")
+            except Exception:  # noqa: BLE001 - the retry matters more than the bookkeeping
+                pass
+        self._retry(study, trial)
 
 
 class OptunaPruning(Callback):
-    """Reports validation accuracy each epoch; raises TrialPruned when the pruner says so."""
+    """Reports validation accuracy each epoch; when the pruner says so, ends training (the
+    objective then raises `optuna.TrialPruned`)."""
 
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial = trial
+        self.pruned = False
 
     def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
         self.trial.report(record["val_acc"], state.epoch)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {state.epoch} (val_acc {record['val_acc']:.4f})")
+            self.pruned = True
+            state.stop_reason = f"pruned after epoch {state.epoch} (val_acc {record['val_acc']:.4f})"
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -132,67 +135,48 @@ def finished_trials(study: optuna.Study) -> int:
 
 
 class Objective:
-    """One trial: sample params, train with pruning, log into the trial's own MLflow run."""
+    """One trial: sample params, train with pruning into the trial's own MLflow run."""
 
-    def __init__(self, client: MlflowClient, experiment_id: str, parent_id: str, base: TrainConfig, exp: Experiment,
-                 study_name: str, data_dir: Path | None, env_tags: dict[str, str]) -> None:
-        self.client, self.experiment_id, self.parent_id = client, experiment_id, parent_id
-        self.base, self.exp, self.study_name, self.data_dir, self.env_tags = base, exp, study_name, data_dir, env_tags
-        self._data: tuple[tuple[object, ...], Data] | None = None  # the last dataset loaded, by data_key
-        self._data_lock = threading.Lock()  # trials run in threads with --n-jobs
-
-    def data_for(self, config: TrainConfig) -> Data:
-        """The dataset for `config`: loaded once and reused while trials differ only in
-        training settings, instead of decoding it again every trial (measured on the MNIST
-        sample: 2.4 s for the first load with torchvision's import, under 0.1 s for later ones)."""
-        key = data_key(config)
-        with self._data_lock:
-            if self._data is None or self._data[0] != key:
-                self._data = (key, load_data(config, self.data_dir))
-            return self._data[1]
+    def __init__(self, ctx: RunContext, base: TrainConfig, exp: Experiment, study_name: str) -> None:
+        self.ctx, self.base, self.exp, self.study_name = ctx, base, exp, study_name
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = self.base.override(**suggest(trial, self.exp.search_space))
-        run_id = tracking.start_run(
-            self.client, self.experiment_id, f"trial-{trial.number}",
-            {tracking.KIND_TAG: "trial", "optuna.study_name": self.study_name, "optuna.trial_number": str(trial.number),
-             **self.env_tags},
-            self.parent_id,
-        )
+        label = f"trial-{trial.number}"
+        tags = {tracking.KIND_TAG: "trial", "optuna.study_name": self.study_name, "optuna.trial_number": str(trial.number)}
+        run_id = open_run(self.ctx, label, config, tags)
         trial.set_user_attr(TRIAL_RUN_ATTR, run_id)
-        tracking.log_config(self.client, run_id, config, self.exp.source_file)
-        logger = MlflowEpochLogger(self.client, run_id)
-        state = FitState()
+        pruning = OptunaPruning(trial)
         try:
-            t = build_trainer(config, self.data_for(config))
-            try:
-                fit(t, [logger, OptunaPruning(trial), ConsoleProgress(f"trial-{trial.number}", force_plain=True)], state)
-            finally:
-                logger.flush()  # a pruned or failed trial keeps its curves
-        except optuna.TrialPruned as exc:
-            self._end(run_id, state, "pruned", "FINISHED", str(exc))
-            raise
-        except NonFiniteLossError as exc:
-            # A diverged trial says "this region is bad": prune it so the study learns from it.
-            self._end(run_id, state, "pruned", "FAILED", str(exc))
-            raise optuna.TrialPruned(str(exc)) from None
+            result = train_variant(self.ctx, run_id, label, config, label=label, callbacks=[pruning], test=False,
+                                   plain_progress=True)
         except KeyboardInterrupt:
-            self._end(run_id, state, "failed", "KILLED", "interrupted")
+            self._state(run_id, optuna.trial.TrialState.FAIL)
             raise
-        except Exception as exc:
-            self._end(run_id, state, "failed", "FAILED", f"{type(exc).__name__}: {exc}")
-            raise
-        value = max(h["val_acc"] for h in state.history)
-        self._end(run_id, state, "complete", "FINISHED", None)
-        return value
+        if result.status == "FINISHED" and not pruning.pruned:
+            self._state(run_id, optuna.trial.TrialState.COMPLETE)
+            return result.metrics["best_val_acc"]
+        if pruning.pruned or result.diverged:
+            # A diverged trial says "this region is bad": pruned, so the sampler learns from it.
+            self._state(run_id, optuna.trial.TrialState.PRUNED)
+            raise optuna.TrialPruned(result.stop_reason or result.reason)
+        self._state(run_id, optuna.trial.TrialState.FAIL)
+        raise TrialFailed(result.reason or "failed")
 
-    def _end(self, run_id: str, state: FitState, trial_state: str, status: str, reason: str | None) -> None:
-        metrics = {"epochs_run": len(state.history)}
-        if state.history:
-            metrics["best_val_acc"] = max(h["val_acc"] for h in state.history)
-        tracking.log_metrics(self.client, run_id, metrics, step=state.epoch)
-        tracking.set_tags(self.client, run_id, {tracking.TRIAL_STATE_TAG: trial_state})
-        tracking.end_run(self.client, run_id, status, reason)
+    def _state(self, run_id: str, state: optuna.trial.TrialState) -> None:
+        self.ctx.tracker.set_tags(run_id, {tracking.TRIAL_STATE_TAG: state.name})
+
+
+class TrialFailed(RuntimeError):
+    """A trial's training failed (the reason is on its MLflow run); Optuna records it as FAIL."""
+
+
+def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+    """One line per finished trial: number, state, the epoch it stopped at, params, value."""
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    epoch = f" at epoch {trial.last_step}" if trial.last_step is not None else ""
+    value = f": {OBJECTIVE_NAME} {trial.value:.4f}" if trial.value is not None else ""
+    return f"trial {trial.number} {trial.state.name}{epoch}{value} with {params}"
 
 
 def default_study_name(exp: Experiment, variant: str) -> str:
@@ -236,8 +220,8 @@ class TuneOutcome:
     retrained: VariantResult | None
 
 
-def tune(exp: Experiment, variant: str | None, base: TrainConfig, options: TuneOptions,
-         tracking_uri: str | None = None, data_dir: Path | None = None) -> TuneOutcome:
+def tune(tracker: Tracker, exp: Experiment, variant: str | None, base: TrainConfig, options: TuneOptions,
+         data_dir: Path | None = None) -> TuneOutcome:
     """Run (or continue) the study until it has `options.trials` finished trials."""
     variant = pick_variant(exp, variant)
     if base.val_fraction == 0:
@@ -247,41 +231,43 @@ def tune(exp: Experiment, variant: str | None, base: TrainConfig, options: TuneO
     if options.n_jobs < 1 or options.trials < 1:
         raise HarnessError("--trials and --n-jobs must be at least 1.")
     study_name = options.study_name or default_study_name(exp, variant)
-    client = tracking.connect(tracking_uri)
-    storage = open_storage(options.storage, options.heartbeat_seconds)
+    storage = open_storage(options.storage, options.heartbeat_seconds, tracker)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=study_name, storage=storage, pruner=pruner,
                                 direction="maximize", load_if_exists=True)
+    study.set_metric_names([OBJECTIVE_NAME])
     # Offset the seed by the trials already there: a resumed study must not replay the same samples.
     study.sampler = SAMPLERS.get(options.sampler)(options.seed + len(study.trials))
-    experiment_id = tracking.ensure_experiment(client, exp.name, exp.description)
+    experiment_id = tracker.ensure_experiment(exp.name, exp.description)
     env_tags = tracking.environment_tags(base.device, exp.source_file)
-    parent_id = tracking.start_run(client, experiment_id, f"study-{study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                   {tracking.KIND_TAG: "study", "optuna.study_name": study_name, **env_tags})
-    tracking.log_params(client, parent_id, {"variant": variant, "sampler": options.sampler, "pruner": options.pruner,
-                                            "trials": str(options.trials), "n_jobs": str(options.n_jobs)})
+    parent_id = tracker.start_run(experiment_id, f"study-{study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                  {tracking.KIND_TAG: "study", "optuna.study_name": study_name, **env_tags})
+    tracker.log_params(parent_id, {"variant": variant, "sampler": options.sampler, "pruner": options.pruner,
+                                   "trials": str(options.trials), "n_jobs": str(options.n_jobs)})
+    ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir)
     remaining = options.trials - finished_trials(study)
     # Split the cores between parallel trials instead of oversubscribing them.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.n_jobs))
     try:
         if remaining > 0:
             study.optimize(
-                Objective(client, experiment_id, parent_id, base, exp, study_name, data_dir, env_tags),
-                n_trials=remaining, timeout=options.timeout, n_jobs=options.n_jobs, catch=(Exception,),
-                callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=FINISHED_STATES)],
+                Objective(ctx, base, exp, study_name), n_trials=remaining, timeout=options.timeout,
+                n_jobs=options.n_jobs, catch=(Exception,),
+                callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=FINISHED_STATES),
+                           lambda s, trial: print(trial_line(s, trial), flush=True)],
             )
         else:
             print(f"Study '{study_name}' already has {finished_trials(study)} finished trials.", flush=True)
     except KeyboardInterrupt:
-        tracking.end_run(client, parent_id, "KILLED", "interrupted")
+        tracker.end_run(parent_id, "KILLED", "interrupted")
         raise
-    log_study(client, parent_id, study)
+    log_study(tracker, parent_id, study)
     retrained = None
     if options.retrain_best and _has_best(study):
         config = base.override(**study.best_params, val_fraction=0.0)  # train + validation
-        retrained = run_variant(client, experiment_id, parent_id, "retrain-best", config, env_tags,
-                                exp.source_file, data_dir)
-    tracking.end_run(client, parent_id, "FINISHED" if retrained is None or retrained.status == "FINISHED" else "FAILED")
+        tags = {tracking.KIND_TAG: "variant", tracking.VARIANT_TAG: "retrain-best", tracking.SEED_TAG: str(config.seed)}
+        retrained = train_variant(ctx, open_run(ctx, "retrain-best", config, tags), "retrain-best", config)
+    tracker.end_run(parent_id, "FINISHED" if retrained is None or retrained.status == "FINISHED" else "FAILED")
     return TuneOutcome(study, parent_id, retrained)
 
 
@@ -289,18 +275,18 @@ def _has_best(study: optuna.Study) -> bool:
     return any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
 
 
-def log_study(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
+def log_study(tracker: Tracker, run_id: str, study: optuna.Study) -> None:
     """Best params/value, the trials table and Optuna's plots on the study's parent run."""
     table = trials_table(study)
-    tracking.log_text(client, run_id, table.to_csv(index=False), "trials.csv")
-    tracking.log_text(client, run_id, reports.markdown_table(table), "trials.md")
+    tracker.log_text(run_id, table.to_csv(index=False), "trials.csv")
+    tracker.log_text(run_id, reports.markdown_table(table), "trials.md")
     counts = table["state"].value_counts().to_dict() if len(table) else {}
-    tracking.log_metrics(client, run_id, {f"trials_{k.lower()}": float(v) for k, v in counts.items()})
+    tracker.log_metrics(run_id, {f"trials_{k.lower()}": float(v) for k, v in counts.items()})
     if not _has_best(study):
         return
-    client.log_dict(run_id, study.best_params, "best_params.json")
-    tracking.log_metrics(client, run_id, {"best_value": study.best_value, "best_trial": float(study.best_trial.number)})
-    tracking.log_params(client, run_id, {f"best.{k}": str(v) for k, v in study.best_params.items()})
+    tracker.log_dict(run_id, study.best_params, "best_params.json")
+    tracker.log_metrics(run_id, {"best_value": study.best_value, "best_trial": float(study.best_trial.number)})
+    tracker.log_params(run_id, {f"best.{k}": str(v) for k, v in study.best_params.items()})
     from optuna.visualization import matplotlib as ov
 
     for name, plot in (("optimization_history", ov.plot_optimization_history),
@@ -309,11 +295,9 @@ def log_study(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
         try:
             ax = plot(study)
         except Exception as exc:  # noqa: BLE001 - e.g. importances need several complete trials
-            tracking.log_text(client, run_id, f"{name} not drawn: {exc}\n", f"plots/{name}.txt")
+            tracker.log_text(run_id, f"{name} not drawn: {exc}\n", f"plots/{name}.txt")
             continue
-        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-        fig.set_size_inches(10, 6)
-        tracking.log_figure(client, run_id, fig, f"plots/{name}.png")
+        tracker.log_figure(run_id, reports.optuna_figure(ax), f"plots/{name}.png")
 
 
 def best_summary(study: optuna.Study) -> str:

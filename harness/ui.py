@@ -176,7 +176,7 @@ def serve(tracking_uri: str | None = None, host: str = DEFAULT_HOST, port: int =
     # Open the store as `harness run` does: a dead database fails here in seconds with one
     # sentence (`mlflow server` retries for minutes), and a new sqlite file gets its schema and
     # default experiment with artifacts in ./mlruns, exactly as a first `harness run` would.
-    tracking.connect(uri)
+    tracking.Tracker.open(uri)
     log = tempfile.NamedTemporaryFile(prefix="harness-ui-", suffix=".log", delete=False)  # noqa: SIM115 - outlives this block
     log_path = Path(log.name)
     keep_log = False

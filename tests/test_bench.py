@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.bench import Case, run_case
+from harness.bench.throughput import Case, run_case
 from harness.config import TrainConfig
 from harness.data import load_data
 
@@ -21,7 +21,7 @@ def test_run_case_measures_every_contender() -> None:
 
 def test_study_comparison_spends_the_budget_and_reports_every_strategy() -> None:
     from harness.search_space import DEFAULT_SEARCH_SPACE
-    from harness.study_bench import compare_strategies
+    from harness.bench.study import compare_strategies
 
     base = TrainConfig(model="lenet_relu", dataset="synthetic", epochs=2, train_limit=256, seed=0)
     rows = compare_strategies(base, DEFAULT_SEARCH_SPACE, load_data(base), budget_epochs=6, seeds=(0,),
@@ -38,14 +38,18 @@ def test_study_comparison_spends_the_budget_and_reports_every_strategy() -> None
 
 
 def test_startup_is_measured_from_a_real_harness_run() -> None:
-    from harness.bench import measure_startup
+    from harness.bench.startup import measure_startup
 
     result = measure_startup(repeats=1, log=lambda _: None)
     assert 0 < result["first_run_seconds"] < 120
-    # The floor is a fresh interpreter importing torch and building an optimizer: never free.
+    # The floor is a fresh interpreter importing torch, building an optimizer and importing mlflow:
+    # never free.
     assert 0.1 < result["floor_seconds"] < 120
     assert result["harness/floor"] == result["median_later_seconds"] / result["floor_seconds"]
     assert {"import torch", "first optimizer (imports torch._dynamo)"} <= set(result["imports"])
+    # `harness run` imports MLflow in its own process, and so does the floor script it is compared with.
+    assert "import mlflow" in result["imports"] and result["imports"]["import mlflow"] > 0
+    assert "import mlflow" in result["floor_probe"]
 
 
 def test_bad_bench_options_are_one_line_and_exit_2() -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +21,7 @@ from harness.experiment import (
     load_experiment,
 )
 from harness.optim import OPTIMIZERS, build_optimizer, build_scheduler
+from harness.validation import check_config
 
 
 @pytest.fixture(autouse=True)
@@ -34,34 +38,85 @@ def test_defaults_are_valid() -> None:
     assert TrainConfig().model == "lenet_relu"
 
 
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"lr": 0.0},
-        {"lr": -0.1},
-        {"batch_size": 0},
-        {"val_fraction": 1.0},
-        {"val_fraction": -0.1},
-        {"epochs": 0},
-        {"momentum": 1.0},
-        {"gamma": 0.0},
-        {"test_fraction": 0.0},
-        {"train_limit": 0},
-        {"dropout": 1.0},
-        {"device": "gpu"},
-        {"nesterov": True, "momentum": 0.0},
-        {"dataset": "image_folder"},  # needs data_path
-        {"model": "lenet", "pretrained": True},  # pretrained needs a torchvision model
-        {"model": "tv_resnet18", "freeze_backbone": True},  # freeze needs pretrained
-    ],
-    ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()),
-)
+# Values TrainConfig rejects itself, when built.
+INVALID_VALUES = [
+    {"lr": 0.0},
+    {"lr": -0.1},
+    {"batch_size": 0},
+    {"val_fraction": 1.0},
+    {"val_fraction": -0.1},
+    {"epochs": 0},
+    {"momentum": 1.0},
+    {"gamma": 0.0},
+    {"test_fraction": 0.0},
+    {"train_limit": 0},
+    {"dropout": 1.0},
+    {"device": "gpu"},
+    {"nesterov": True, "momentum": 0.0},
+    {"early_stopping_metric": "val_f1"},
+    {"dataset": "image_folder"},  # needs data_path
+    {"model": "tv_resnet18", "freeze_backbone": True},  # freeze needs pretrained
+]
+# Combinations only `check_config` can reject: they depend on what the model supports.
+INVALID_FOR_MODEL = [
+    {"model": "lenet", "pretrained": True},  # pretrained needs a torchvision model
+    {"model": "lenet", "image_size": 8},  # below LeNet's minimum
+]
+
+
+def _ids(changes: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in changes.items())
+
+
+@pytest.mark.parametrize("changes", INVALID_VALUES + INVALID_FOR_MODEL, ids=_ids)
 def test_invalid_values_rejected(changes: dict) -> None:
-    """Out-of-range values raise HarnessError, both when built and when overridden."""
+    """Invalid values raise HarnessError, both when built and when overridden (then checked)."""
+    with pytest.raises(HarnessError):
+        check_config(TrainConfig(**changes))
+    with pytest.raises(HarnessError):
+        check_config(TrainConfig().override(**changes))
+
+
+@pytest.mark.parametrize("changes", INVALID_VALUES, ids=_ids)
+def test_invalid_values_rejected_when_built(changes: dict) -> None:
+    """Value checks need no registry: TrainConfig itself raises, without check_config."""
     with pytest.raises(HarnessError):
         TrainConfig(**changes)
     with pytest.raises(HarnessError):
         TrainConfig().override(**changes)
+
+
+@pytest.mark.parametrize("changes", INVALID_FOR_MODEL + [{"model": "resnet19"}, {"optimizer": "adamw2"}], ids=_ids)
+def test_registry_checks_wait_for_check_config(changes: dict) -> None:
+    """Names and model limits are not checked when built (config.py reads no registry), only by check_config."""
+    config = TrainConfig(**changes)
+    with pytest.raises(HarnessError):
+        check_config(config)
+
+
+def test_check_config_returns_the_config() -> None:
+    """A valid config comes back unchanged, so calls can be chained."""
+    config = TrainConfig(model="tv_resnet18", pretrained=True, freeze_backbone=True, image_size=32)
+    assert check_config(config) is config
+
+
+def test_config_module_is_a_leaf() -> None:
+    """harness/config.py imports nothing from harness but errors and registry (both torch-free):
+    no registry, so no PyTorch and no import cycle."""
+    import harness.config
+
+    tree = ast.parse(Path(harness.config.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative import in config.py"
+            imported.add(node.module or "")
+    own = {name for name in imported if name == "harness" or name.startswith("harness.")}
+    assert own == {"harness.errors", "harness.registry"}
+    others = {name.split(".")[0] for name in imported - own}
+    assert others <= set(sys.stdlib_module_names), others - set(sys.stdlib_module_names)
 
 
 @pytest.mark.parametrize("changes", [{"val_fraction": 0.0}, {"val_fraction": 0.99}, {"batch_size": 1}, {"lr": 1e-9}])
@@ -82,7 +137,7 @@ def test_boundary_values_accepted(changes: dict) -> None:
 def test_unknown_names_suggest_closest(field: str, bad: str, suggestion: str) -> None:
     """An unknown registry name: HarnessError with the bad name and the closest valid one."""
     with pytest.raises(HarnessError) as info:
-        TrainConfig(**{field: bad})
+        check_config(TrainConfig(**{field: bad}))
     message = str(info.value)
     assert f"'{bad}'" in message
     assert f"Did you mean '{suggestion}'?" in message
@@ -91,7 +146,7 @@ def test_unknown_names_suggest_closest(field: str, bad: str, suggestion: str) ->
 def test_unknown_name_without_close_match_lists_choices() -> None:
     """A name far from every choice gets no suggestion, but the valid choices are listed."""
     with pytest.raises(HarnessError) as info:
-        TrainConfig(optimizer="zzzzzz")
+        check_config(TrainConfig(optimizer="zzzzzz"))
     message = str(info.value)
     assert "zzzzzz" in message and "Did you mean" not in message
     assert all(name in message for name in OPTIMIZERS.names())
@@ -100,10 +155,10 @@ def test_unknown_name_without_close_match_lists_choices() -> None:
 def test_image_size_too_small_for_model() -> None:
     """image_size below the model's minimum is rejected with the minimum in the message."""
     with pytest.raises(HarnessError, match="at least 12"):
-        TrainConfig(model="lenet", image_size=8)
+        check_config(TrainConfig(model="lenet", image_size=8))
     with pytest.raises(HarnessError, match="at least 32"):
-        TrainConfig(model="tv_resnet18", image_size=28)
-    assert TrainConfig(model="lenet", image_size=12).image_size == 12
+        check_config(TrainConfig(model="tv_resnet18", image_size=28))
+    assert check_config(TrainConfig(model="lenet", image_size=12)).image_size == 12
 
 
 def test_config_is_frozen() -> None:
@@ -240,6 +295,18 @@ def test_resolve_revalidates() -> None:
     """An override producing an invalid config is rejected."""
     with pytest.raises(HarnessError):
         _two_variant_experiment().resolve(parse_overrides(["lr=-1"]))
+
+
+def test_resolve_checks_names() -> None:
+    """resolve() runs check_config on every variant: a misspelt model in an override is caught,
+    with the same message check_config gives."""
+    with pytest.raises(HarnessError) as info:
+        _two_variant_experiment().resolve(parse_overrides(["b.model=lenett"]))
+    assert str(info.value).startswith("Unknown model 'lenett'. Did you mean 'lenet'? Choose one of: ")
+    with pytest.raises(HarnessError, match="image_size 8 is too small for model 'lenet'; use at least 12."):
+        _two_variant_experiment().resolve(parse_overrides(["model=lenet", "image_size=8"]))
+    with pytest.raises(HarnessError, match=r"pretrained/freeze_backbone need a torchvision model \(tv_\*\), not 'lenet'."):
+        _two_variant_experiment().resolve(parse_overrides(["model=lenet", "pretrained=true"]))
 
 
 def test_resolve_unknown_variant() -> None:

@@ -349,6 +349,24 @@ def test_cifar10_missing_offline_explains_where_to_put_files(tmp_path: Path) -> 
     assert "cifar-10-python.tar.gz" in message
 
 
+def test_every_declared_dataset_has_a_loader() -> None:
+    """Each name declared in harness/data/__init__.py is bound by its module (imported on first use)."""
+    from harness.data import DATASETS
+
+    for name in DATASETS.names():
+        assert callable(DATASETS.get(name).impl), name
+
+
+def test_register_dataset_refuses_undeclared_or_second_loader() -> None:
+    """Loaders bind only to declared names, once."""
+    from harness.data import register_dataset
+
+    with pytest.raises(ValueError, match="not declared"):
+        register_dataset("digitz")(lambda config, data_dir: None)
+    with pytest.raises(ValueError):
+        register_dataset("digits")(lambda config, data_dir: None)
+
+
 class _RecordingConfig:
     """A TrainConfig stand-in that records which fields a loader reads."""
 
@@ -363,8 +381,8 @@ class _RecordingConfig:
 def test_loaders_read_only_the_data_fields(flat_folder: Path, tmp_path: Path) -> None:
     """`harness tune` reuses a dataset across trials with equal DATA_FIELDS; that is only safe if
     no loader reads another field."""
+    from harness.bench.mnist_sample import SAMPLE_DIR, write_mnist_raw
     from harness.data import DATA_FIELDS, DATASETS
-    from harness.data.mnist_sample import SAMPLE_DIR, write_mnist_raw
 
     cases = [(TrainConfig(dataset=name, train_limit=64), None) for name in ("digits", "synthetic", "synthetic_rgb")]
     cases.append((_folder_config(flat_folder), None))

@@ -9,9 +9,9 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from harness.bench.mnist_sample import SAMPLE_DIR as SAMPLE
+from harness.bench.mnist_sample import write_mnist_raw
 from harness.cli import app
-from harness.data.mnist_sample import SAMPLE_DIR as SAMPLE
-from harness.data.mnist_sample import write_mnist_raw
 
 
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"real MNIST sample not found at {SAMPLE}")

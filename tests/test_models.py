@@ -15,7 +15,7 @@ from harness.models import (
     register_model,
 )
 from harness.models.torchvision_models import _build as build_torchvision
-from harness.registry import Registry
+from harness.registry import Deferred, Registry
 
 # The harness's own architectures (torchvision's are registered as tv_*): new ones join automatically.
 OWN_MODELS = [name for name in model_names() if not name.startswith("tv_")]
@@ -203,8 +203,51 @@ def test_model_registry_duplicate_raises_value_error() -> None:
     """The model registry refuses a second 'lenet' and keeps the original."""
     original = MODELS.get("lenet")
     with pytest.raises(ValueError):
-        register_model("lenet", min_image_size=1)(lambda **_: nn.Identity())
+        register_model("lenet")(lambda **_: nn.Identity())
     assert MODELS.get("lenet") is original
+
+
+def test_register_model_refuses_undeclared_name() -> None:
+    """A builder for a name not declared in harness/models/__init__.py is refused (its sizes would be unknown)."""
+    with pytest.raises(ValueError, match="not declared"):
+        register_model("lenet7")(lambda **_: nn.Identity())
+    assert "lenet7" not in MODELS
+
+
+def test_deferred_binds_once_and_only_from_its_module() -> None:
+    """A Deferred entry takes one implementation, from the module it names, and imports that module on first call."""
+    entry = Deferred("model", "fake", __name__)
+    with pytest.raises(ValueError, match="declared to live in"):
+        entry.bind(len)  # builtins, not this module
+    entry.bind(_modules)
+    with pytest.raises(ValueError, match="already registered"):
+        entry.bind(_modules)
+    assert entry.impl is _modules
+    unbound = Deferred("model", "ghost", "harness.errors")  # imports fine but registers nothing
+    with pytest.raises(RuntimeError, match="did not register"):
+        unbound()
+
+
+def test_registry_prefix_defers_load_more() -> None:
+    """With more_prefix, only names with the prefix (or listing every name) run load_more; other misses
+    are answered at once and describe the entries not yet loaded."""
+    calls = []
+
+    def load_more() -> None:
+        calls.append(1)
+        registry.add("x_two", 2)
+
+    registry: Registry[int] = Registry("thing", load_more, more_prefix="x_", more_description="x_<name> for more")
+    registry.add("one", 1)
+    assert "onf" not in registry and calls == []
+    with pytest.raises(HarnessError) as info:
+        registry.get("onee")
+    assert str(info.value) == "Unknown thing 'onee'. Did you mean 'one'? Choose one of: one, or x_<name> for more."
+    assert calls == []
+    assert registry.get("x_two") == 2 and calls == [1]
+    with pytest.raises(HarnessError) as info:
+        registry.get("onee")
+    assert str(info.value) == "Unknown thing 'onee'. Did you mean 'one'? Choose one of: one, x_two."
 
 
 def test_unknown_model_suggests_closest() -> None:
@@ -214,6 +257,20 @@ def test_unknown_model_suggests_closest() -> None:
     assert "Did you mean 'lenet'?" in str(info.value)
     with pytest.raises(HarnessError):
         min_image_size("resnet19")
+
+
+def test_unknown_torchvision_model_suggests_closest() -> None:
+    """A typo in a tv_* name loads torchvision's list and suggests the closest tv_ model."""
+    with pytest.raises(HarnessError, match="Did you mean 'tv_resnet18'"):
+        min_image_size("tv_resnet19")
+
+
+def test_model_metadata() -> None:
+    """Sizes and pretrained support as declared (own models) or derived (tv_*); tests/test_cli_light.py
+    checks that own-model checks need no torch."""
+    assert (min_image_size("lenet"), min_image_size("alexnet"), min_image_size("resnet18")) == (12, 16, 8)
+    assert not MODELS.get("mobilenet").supports_pretrained
+    assert MODELS.get("tv_resnet18").supports_pretrained
 
 
 # A few light torchvision models whose architecture is not size-agnostic (the rest are covered by

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from uiserver import harness_ui
 
 from harness.cli import app
-from harness.tracking import connect
+from harness.tracking import Tracker
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_MS = 60_000  # the MLflow UI is a large React app; a busy 2-core machine renders it slowly
@@ -69,7 +69,7 @@ def test_mlflow_ui_shows_runs_metrics_and_confusion_matrix(workdir: Path) -> Non
                                    "(pip install -e '.[dev]'); no browser download is needed")
     chromium = _chromium()
     shots = _screenshots()
-    connect()  # the store's schema first, so the server and the run below do not both create it
+    Tracker.open()  # the store's schema first, so the server and the run below do not both create it
     # The server boots (10-20 s) while the run trains: it reads the store the run is writing.
     with harness_ui(workdir, wait=False) as server, sync_api.sync_playwright() as playwright:
         exp_id, run_id = _finished_run(workdir)

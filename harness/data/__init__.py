@@ -3,6 +3,9 @@
 A loader takes `(config, data_dir)` and returns a `Data`: train / validation / test splits
 that yield uint8 image batches (N, C, H, W) at `native_size`, plus what the on-device
 preprocessing needs (channel mean/std, whether horizontal flips make sense).
+
+Importing this package does not import PyTorch: dataset names are declared here, so config
+checks need no torch, and each loader's module is imported on its first `load_data`.
 """
 
 from __future__ import annotations
@@ -13,13 +16,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.registry import Registry
+from harness.registry import Deferred, Registry
 
 if TYPE_CHECKING:
     from harness.config import TrainConfig
     from harness.data.in_memory import Split
 
-DATASETS: Registry[Callable[["TrainConfig", Path], "Data"]] = Registry("dataset")
+Loader = Callable[["TrainConfig", Path], "Data"]
+
+# Every entry is a `Deferred` loader: calling it imports harness/data/<module>.py on first use.
+DATASETS: Registry[Loader] = Registry("dataset")
+_LOADERS: dict[str, Deferred] = {}  # the same entries, for `register_dataset` to bind
+
+
+def _declare(name: str, module: str) -> None:
+    """Declare dataset `name`, loaded by a function in harness/data/<module>.py."""
+    _LOADERS[name] = Deferred("dataset", name, f"harness.data.{module}")
+    DATASETS.add(name, _LOADERS[name])
+
+
+_declare("digits", "digits")
+_declare("image_folder", "image_folder")
+_declare("synthetic", "synthetic")
+_declare("synthetic_rgb", "synthetic")
+for _name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
+    _declare(_name, "torchvision_sets")
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Decorator binding a loader to dataset `name`, declared above with its module.
+
+    An undeclared name, a second loader, or one from another module is a ValueError.
+    """
+
+    def bind(load: Loader) -> Loader:
+        if name not in _LOADERS:
+            raise ValueError(f"dataset '{name}' is not declared; add it to harness/data/__init__.py with its module")
+        _LOADERS[name].bind(load)
+        return load
+
+    return bind
 
 
 @dataclass
@@ -56,7 +92,3 @@ def data_key(config: TrainConfig) -> tuple[object, ...]:
 def load_data(config: TrainConfig, data_dir: Path | None = None) -> Data:
     """Load the splits of `config.dataset` (validation carved from train, seeded)."""
     return DATASETS.get(config.dataset)(config, Path(data_dir) if data_dir else default_data_dir())
-
-
-# Registration happens on import; keep these at the bottom.
-from harness.data import digits, image_folder, synthetic, torchvision_sets  # noqa: E402,F401

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.config import TrainConfig
-from harness.data import DATASETS, Data
+from harness.data import Data, register_dataset
 from harness.data.in_memory import (
     TEST_SPLIT_SEED,
     InMemorySplit,
@@ -18,6 +18,9 @@ from harness.data.in_memory import (
     seeded_split,
     train_val,
 )
+
+if TYPE_CHECKING:
+    from harness.config import TrainConfig
 
 # Upscaled once at load so MNIST-sized models (LeNet's 5x5 convs) apply unchanged.
 DIGITS_SIZE = 28
@@ -37,7 +40,7 @@ def _read_digits() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1], table[:, -1].astype(np.int64)
 
 
-@DATASETS.register("digits")
+@register_dataset("digits")
 def load_digits(config: TrainConfig, data_dir: Path) -> Data:
     """Digits 0-9 as 1x28x28 uint8 images; the test split is a fixed `test_fraction` carve-out."""
     pixels, targets = _read_digits()

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from harness.config import TrainConfig
-from harness.data import DATASETS, Data
+from harness.data import Data, register_dataset
 from harness.data.in_memory import TEST_SPLIT_SEED, seeded_split
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.config import TrainConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_SIZE = 224
@@ -73,7 +76,7 @@ class StreamedSplit:
         yield from loader
 
 
-@DATASETS.register("image_folder")
+@register_dataset("image_folder")
 def load_image_folder(config: TrainConfig, data_path_unused: Path) -> Data:
     """Index the images under `config.data_path` and split them (validation seeded by `seed`)."""
     root = Path(config.data_path or "")

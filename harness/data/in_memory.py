@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 
-from harness.config import TrainConfig
+if TYPE_CHECKING:
+    from harness.config import TrainConfig
 
 # Test splits carved from data without an official test set use this fixed seed, so every
 # run (whatever its own seed) is scored on the same images.

@@ -7,13 +7,16 @@ pixel noise, so a CNN learns them in an epoch or two.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from harness.config import TrainConfig
-from harness.data import DATASETS, Data
+from harness.data import Data, register_dataset
 from harness.data.in_memory import InMemorySplit, channel_stats, train_val
+
+if TYPE_CHECKING:
+    from harness.config import TrainConfig
 
 _SEED = 1234  # the data never depends on the run's seed
 _TRAIN, _TEST, _CLASSES = 10_000, 2_000, 10
@@ -38,7 +41,7 @@ def _register(name: str, channels: int, size: int, hflip: bool) -> None:
         mean, std = channel_stats(train.images)
         return Data(train, val, test, [f"class_{i}" for i in range(_CLASSES)], channels, size, mean, std, hflip)
 
-    DATASETS.add(name, load)
+    register_dataset(name)(load)
 
 
 _register("synthetic", channels=1, size=28, hflip=False)

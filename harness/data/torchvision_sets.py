@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from harness.config import TrainConfig
-from harness.data import DATASETS, Data
+from harness.data import Data, register_dataset
 from harness.data.in_memory import InMemorySplit, channel_stats, train_val
 from harness.errors import HarnessError, first_line
+
+if TYPE_CHECKING:
+    from harness.config import TrainConfig
 
 
 def _files_expected(cls: type, root: Path) -> tuple[Path, list[str]]:
@@ -56,7 +59,7 @@ def _register(name: str, class_name: str, hflip: bool) -> None:
         mean, std = channel_stats(train.images)
         return Data(train, val, test, list(train_ds.classes), full.images.shape[1], full.images.shape[-1], mean, std, hflip)
 
-    DATASETS.add(name, load)
+    register_dataset(name)(load)
 
 
 _register("mnist", "MNIST", hflip=False)  # mirrored digits are different symbols

@@ -2,18 +2,23 @@
 
 A builder takes `(in_channels, num_classes, image_size, dropout, pretrained)` and returns an
 `nn.Module` mapping (N, in_channels, image_size, image_size) to (N, num_classes) logits.
-Importing this package registers the classic CNNs and every torchvision classification
-model (as `tv_<name>`).
+
+Importing this package does not import PyTorch: the classic CNNs are declared here (name,
+smallest input, pretrained support), so config checks need no torch, and their builders are
+imported on the first `build_model`. Every torchvision classification model is reachable as
+`tv_<name>`, registered the first time a `tv_*` name is looked up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+from harness.registry import Deferred, Registry
 
-from harness.registry import Registry
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -26,27 +31,56 @@ class ModelSpec:
 
 
 def _load_torchvision_models() -> None:
-    # Importing torchvision.models takes about a second; only `tv_*` names need it.
+    # Importing torchvision.models (and so torch) takes seconds; only `tv_*` names need it, so only
+    # a `tv_*` name, or asking for every name, pays for it.
     from harness.models import torchvision_models  # noqa: F401
 
 
-MODELS: Registry[ModelSpec] = Registry("model", _load_torchvision_models)
+MODELS: Registry[ModelSpec] = Registry(
+    "model", _load_torchvision_models,
+    more_prefix="tv_", more_description="tv_<name> for any torchvision classification model (e.g. tv_resnet18)",
+)
+
+# The harness's own builders, by name: bound by `register_model` in their modules.
+_OWN_BUILDERS: dict[str, Deferred] = {}
 
 
-def register_model(
-    name: str, *, min_image_size: int, supports_pretrained: bool = False
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a builder under `name`."""
+def _declare(name: str, module: str, *, min_image_size: int, supports_pretrained: bool = False) -> None:
+    """Declare own model `name`, built by a function in harness/models/<module>.py."""
+    build = Deferred("model", name, f"harness.models.{module}")
+    MODELS.add(name, ModelSpec(build, min_image_size, supports_pretrained))
+    _OWN_BUILDERS[name] = build
 
-    def add(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS.add(name, ModelSpec(build, min_image_size, supports_pretrained))
+
+# 12 px is the smallest side that leaves LeNet's second conv a 5x5 window: 12 -> 6 -> 2 -> 1.
+_declare("lenet", "lenet", min_image_size=12)
+_declare("lenet_relu", "lenet", min_image_size=12)
+_declare("alexnet", "alexnet", min_image_size=16)  # expects roughly 224 px but runs from 16 px up
+_declare("googlenet", "googlenet", min_image_size=8)
+_declare("resnet18", "resnet", min_image_size=8)
+_declare("mobilenet", "mobilenet", min_image_size=8)
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator binding a builder to own model `name`, declared above with its module and sizes.
+
+    An undeclared name, a second builder, or one from another module is a ValueError.
+    """
+
+    def bind(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name not in _OWN_BUILDERS:
+            raise ValueError(
+                f"model '{name}' is not declared; add it to harness/models/__init__.py with its module and "
+                "min_image_size (declared there so that config checks need no torch)"
+            )
+        _OWN_BUILDERS[name].bind(build)
         return build
 
-    return add
+    return bind
 
 
 def model_names() -> list[str]:
-    """All registered model names."""
+    """All registered model names (imports torchvision for the `tv_*` ones)."""
     return MODELS.names()
 
 
@@ -75,7 +109,3 @@ def build_model(
         pretrained=pretrained,
         freeze_backbone=freeze_backbone,
     )
-
-
-# Registration happens on import; keep these at the bottom.
-from harness.models import alexnet, googlenet, lenet, mobilenet, resnet  # noqa: E402,F401

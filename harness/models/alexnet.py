@@ -49,7 +49,7 @@ class AlexNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("alexnet", min_image_size=16)
+@register_model("alexnet")
 def alexnet(in_channels: int, num_classes: int, dropout: float | None = None, **_: object) -> nn.Module:
     """Classic AlexNet; expects roughly 224 px inputs but runs from 16 px up."""
     return AlexNet(in_channels, num_classes, 0.5 if dropout is None else dropout)

@@ -47,14 +47,14 @@ class LeNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-# 12 px is the smallest side that leaves the second conv a 5x5 window: 12 -> 6 -> 2 -> 1.
-@register_model("lenet", min_image_size=12)
+# Names and smallest input size (12 px) are declared in harness/models/__init__.py.
+@register_model("lenet")
 def lenet(in_channels: int, num_classes: int, **_: object) -> nn.Module:
     """The original sigmoid LeNet."""
     return LeNet(in_channels, num_classes, nn.Sigmoid)
 
 
-@register_model("lenet_relu", min_image_size=12)
+@register_model("lenet_relu")
 def lenet_relu(in_channels: int, num_classes: int, **_: object) -> nn.Module:
     """LeNet with ReLU activations: trains much faster with plain SGD."""
     return LeNet(in_channels, num_classes, nn.ReLU)

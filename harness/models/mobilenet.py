@@ -41,7 +41,7 @@ class MobileNetV1(nn.Module):
         return self.head(self.features(x))
 
 
-@register_model("mobilenet", min_image_size=8)
+@register_model("mobilenet")
 def mobilenet(in_channels: int, num_classes: int, image_size: int, dropout: float | None = None, **_: object) -> nn.Module:
     """MobileNet v1, width multiplier 1."""
     return MobileNetV1(in_channels, num_classes, image_size, 0.0 if dropout is None else dropout)

@@ -57,7 +57,7 @@ class ResNet18(nn.Module):
         return self.head(self.layers(self.stem(x)))
 
 
-@register_model("resnet18", min_image_size=8)
+@register_model("resnet18")
 def resnet18(in_channels: int, num_classes: int, image_size: int, **_: object) -> nn.Module:
     """ResNet-18 with 1x1 projection shortcuts."""
     return ResNet18(in_channels, num_classes, image_size)

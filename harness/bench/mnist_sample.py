@@ -1,5 +1,6 @@
-"""The official MNIST test set shipped in ../shared/data/mnist-t10k, written out in torchvision's
-raw layout so `dataset=mnist` reads it offline (tests and `harness bench` use it)."""
+"""Benchmark and test data: the official MNIST test set shipped in ../shared/data/mnist-t10k,
+written out in torchvision's raw layout so `dataset=mnist` reads it offline (`harness bench`
+and the tests use it; the product's dataset registry does not)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,9 @@ def write_mnist_raw(root: Path, train: int = 8000, source: Path = SAMPLE_DIR) ->
         (raw_dir / f"train-{kind}-{suffix}-ubyte").write_bytes(idx_header_split(raw, 0, train))
         (raw_dir / f"t10k-{kind}-{suffix}-ubyte").write_bytes(idx_header_split(raw, train, total))
     return root
+
+
+def mnist_sample_dir(target: Path) -> Path | None:
+    """The real MNIST sample (8,000 training / 2,000 test images) written under `target` (the
+    data dir to pass to `load_data`), or None when the shared sample is not on this machine."""
+    return write_mnist_raw(target) if SAMPLE_DIR.is_dir() else None

@@ -1,5 +1,5 @@
-"""Study efficiency: for one fixed budget of training epochs, which sampler + pruner finds a
-good configuration sooner?
+"""Study efficiency (`harness bench`): for one fixed budget of training epochs, which sampler +
+pruner finds a good configuration sooner?
 
 Each strategy runs an in-memory Optuna study over the same search space, data and per-trial
 epochs, through the same `fit` loop and `OptunaPruning` callback as `harness tune` (MLflow is
@@ -15,6 +15,7 @@ import statistics
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -27,6 +28,14 @@ from harness.tune import PRUNERS, SAMPLERS, OptunaPruning
 
 DEFAULT_STRATEGIES: tuple[tuple[str, str], ...] = (("tpe", "median"), ("random", "none"), ("tpe", "none"),
                                                    ("random", "median"))
+
+
+def study_case(data_dir: Path | None, device: str) -> TrainConfig:
+    """The study-efficiency setting: ReLU LeNet, 3 epochs per trial, on the MNIST sample
+    (4,000 training and 1,000 validation images) or generated data of the same shape."""
+    dataset = "mnist" if data_dir is not None else "synthetic"
+    return TrainConfig(model="lenet_relu", dataset=dataset, epochs=3, optimizer="sgd", lr=0.05, momentum=0.9,
+                       seed=0, val_fraction=0.1, train_limit=4000, device=device)
 
 
 @dataclass
@@ -59,8 +68,9 @@ def run_study(base: TrainConfig, space: SearchSpace, data: Data, sampler: str, p
     def objective(trial: optuna.Trial) -> float:
         nonlocal spent
         state = FitState()
+        pruning = OptunaPruning(trial)
         try:
-            fit(build_trainer(base.override(**suggest(trial, space)), data), [OptunaPruning(trial)], state)
+            fit(build_trainer(base.override(**suggest(trial, space)), data), [pruning], state)
         except NonFiniteLossError as exc:  # as in `harness tune`: a diverged trial is pruned
             raise optuna.TrialPruned(str(exc)) from None
         finally:
@@ -68,6 +78,8 @@ def run_study(base: TrainConfig, space: SearchSpace, data: Data, sampler: str, p
             value = max((h["val_acc"] for h in state.history), default=0.0)
             trace.epochs.append(spent)
             trace.best.append(max(value, trace.best[-1] if trace.best else 0.0))
+        if pruning.pruned:  # the callback only stops training; the objective reports the pruning
+            raise optuna.TrialPruned(state.stop_reason)
         return value
 
     def stop_at_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -1,0 +1,65 @@
+"""`harness bench`: benchmarks kept beside the product, not inside it.
+
+- `throughput`: training images/s of the harness against a tutorial-style loop and the compute floor;
+- `startup`: `harness run`'s time to its first training step against a tracked PyTorch script's floor;
+- `study`: how fast each sampler + pruner finds a good configuration for a fixed epoch budget;
+- `mnist_sample`: the real MNIST sample the benchmarks (and tests) train on, offline.
+
+The product never imports this package (only the CLI's `bench` command, lazily); this package
+drives the product's own modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+
+__all__ = ["run_benchmark"]
+
+
+def run_benchmark(epochs: int = 4, device: str = "auto", cifar: bool = True, out: Path | None = None,
+                  log: Callable[[str], None] = print, startup: bool = True, study_budget: int = 0,
+                  study_seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
+    """Run every throughput case (and the start-up and study-efficiency measurements when asked),
+    and write everything as JSON to `out`. The report has `startup` (when measured), `throughput`
+    (one row per case) and `study` (when `study_budget` > 0)."""
+    if epochs < 2:
+        raise HarnessError(f"--epochs must be at least 2 (one warm-up epoch, then measured ones); got {epochs}.")
+    if study_budget < 0:
+        raise HarnessError(f"--study-budget must be 0 (skip the study comparison) or more; got {study_budget}.")
+    if study_budget and not study_seeds:
+        raise HarnessError("--study-seeds must be at least 1 when --study-budget is above 0.")
+    # Imported after the option checks: a mistyped option is answered without loading torch.
+    import torch
+
+    from harness.bench.mnist_sample import mnist_sample_dir
+    from harness.bench.startup import measure_startup
+    from harness.bench.throughput import default_cases, run_case
+    from harness.data import load_data
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    report: dict[str, Any] = {"epochs": epochs, "device": device, "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = mnist_sample_dir(Path(tmp) / "data")
+        if startup:
+            report["startup"] = measure_startup(log=log)
+        report["throughput"] = []
+        for case, case_dir in default_cases(data_dir, device, cifar):
+            data = load_data(case.config, case_dir)
+            report["throughput"].append(run_case(case, data, epochs, log))
+        if study_budget:
+            from harness.bench.study import compare_strategies, study_case
+            from harness.search_space import DEFAULT_SEARCH_SPACE
+
+            base = study_case(data_dir, device)
+            report["study"] = compare_strategies(base, DEFAULT_SEARCH_SPACE, load_data(base, data_dir), study_budget,
+                                                 seeds=study_seeds, log=log)
+    if out is not None:
+        out.write_text(json.dumps(report, indent=2))
+    return report

@@ -1,5 +1,5 @@
 """`python -m harness ...`: the same commands as the `harness` script (what `torchrun -m harness` runs)."""
 
-from harness.cli import main
+from harness.cli import console_main
 
-main()
+console_main()

@@ -50,6 +50,9 @@ def test_startup_is_measured_from_a_real_harness_run() -> None:
     # `harness run` imports MLflow in its own process, and so does the floor script it is compared with.
     assert "import mlflow" in result["imports"] and result["imports"]["import mlflow"] > 0
     assert "import mlflow" in result["floor_probe"]
+    # The tracked floor also opens the store and starts a run: it costs more than the bare floor.
+    assert result["tracked_floor_seconds"] > 0.1
+    assert result["harness/tracked_floor"] == result["median_later_seconds"] / result["tracked_floor_seconds"]
 
 
 def test_bad_bench_options_are_one_line_and_exit_2() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import mlflow.artifacts
 import mlflow.pytorch
+import mlflow.pyfunc
 import numpy as np
 import pytest
 import torch
@@ -99,6 +100,17 @@ def test_quickstart_records_everything(workdir: Path) -> None:
         logits = model(test.images.float() / 255)
     acc = (logits.argmax(1) == test.labels).sum().item() / len(test)
     assert acc == pytest.approx(run.data.metrics["test_acc"], abs=1e-9)
+    # Its requirements are its real ones: torch, never this package ("harness" on PyPI is another project).
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(f"runs:/{run.info.run_id}/model")).read_text().split()
+    assert [r for r in requirements if r.startswith("torch")] == [f"torch=={torch.__version__.split('+')[0]}"]
+    assert not any(r.lower().startswith("harness") for r in requirements), requirements
+    # The portable way to use it, with no harness and no torch tensors: pyfunc on a NumPy array.
+    predictions = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(test.images[:8].float().numpy() / 255)
+    assert np.asarray(predictions).shape == (8, len(config_classes(run)))
+
+
+def config_classes(run) -> list[str]:  # noqa: ANN001
+    return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/val_confusion/classes.json")["classes"]
 
 
 def test_same_seed_gives_identical_metrics(workdir: Path) -> None:

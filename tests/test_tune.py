@@ -41,6 +41,12 @@ def test_small_study_is_recorded_in_optuna_and_mlflow(workdir: Path, monkeypatch
     assert len(states) == 6
     assert optuna.trial.TrialState.PRUNED in states
     assert optuna.trial.TrialState.COMPLETE in states
+    assert study.metric_names == ["val_acc"]  # how optuna-dashboard and Optuna's plots label the objective
+    # One line per trial, pruned ones included: number, state, the epoch it stopped at, its value.
+    for trial in study.trials:
+        line = next(l for l in result.output.splitlines() if l.startswith(f"trial {trial.number} "))
+        assert f"trial {trial.number} {trial.state.name} at epoch {trial.last_step}" in line, line
+        assert "lr=" in line and (trial.state.name != "COMPLETE" or f"val_acc {trial.value:.4f}" in line), line
 
     client = MlflowClient()
     runs = trial_runs(client, "quickstart")

@@ -112,7 +112,9 @@ def run(
         typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} --resume`.",
                    err=True)
         raise typer.Exit(130) from None
-    _print_comparison(tracker, exp.name, outcome.parent_run_id)
+    from harness.compare import CompareOutcome
+
+    _print_tables(CompareOutcome(outcome.comparison))
     for r in outcome.failed:
         typer.echo(f"error: variant '{r.label or r.variant}' {r.status}: {r.reason}", err=True)
     if outcome.failed:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import tracking
 from harness.config import TrainConfig
@@ -23,14 +23,17 @@ from harness.lifecycle import RunContext, VariantResult, open_run, train_variant
 from harness.seeds import Job, SeedPlan, plan_jobs
 from harness.tracking import Tracker
 
+if TYPE_CHECKING:  # compare (pandas, scipy) is imported once training is over, not on the start-up path
+    from harness.compare import Comparison
+
 
 @dataclass
 class RunOutcome:
-    """The parent run and the results of all its variants."""
+    """The parent run, the results of all its variants and their comparison table."""
 
     parent_run_id: str
     results: list[VariantResult]
-    repeated: bool = False
+    comparison: Comparison
 
     @property
     def failed(self) -> list[VariantResult]:
@@ -60,7 +63,7 @@ def run_experiment(
     resume: bool = False, seeds: SeedPlan | None = None,
 ) -> RunOutcome:
     """Train every variant (once per seed of `seeds`) under one parent run, log the comparison
-    table on it and return the results. A resumed run follows the seed plan its parent recorded."""
+    table on it and return the results with that table. A resumed run follows the seed plan its parent recorded."""
     plan = seeds or SeedPlan()
     experiment_id = tracker.ensure_experiment(exp.name, exp.description)
     device = next(iter(configs.values())).device
@@ -106,11 +109,11 @@ def run_experiment(
         except KeyboardInterrupt:
             tracker.end_run(parent_id, "KILLED", "interrupted")
             raise
-    _log_comparison(tracker, exp.name, parent_id)
+    comparison = _log_comparison(tracker, exp.name, parent_id)
     ok = all(r.status == "FINISHED" for r in results)
     tracker.end_run(parent_id, "FINISHED" if ok else "FAILED",
                     None if ok else "; ".join(f"{r.label or r.variant}: {r.reason}" for r in results if r.reason))
-    return RunOutcome(parent_id, results, plan.repeated)
+    return RunOutcome(parent_id, results, comparison)
 
 
 def _run_job(ctx: RunContext, job: Job, previous: Any, startup: bool) -> VariantResult:
@@ -124,14 +127,16 @@ def _run_job(ctx: RunContext, job: Job, previous: Any, startup: bool) -> Variant
                          startup=startup)
 
 
-def _log_comparison(tracker: Tracker, experiment: str, parent_id: str) -> None:
-    """The parent's comparison table, exactly as `harness compare` builds it: CSV and markdown."""
+def _log_comparison(tracker: Tracker, experiment: str, parent_id: str) -> Comparison:
+    """The parent's comparison table, exactly as `harness compare` builds it, logged as CSV and
+    markdown; returned for the terminal."""
     from harness import reports
     from harness.compare import display_frame, load_comparison
 
     comparison = load_comparison(tracker, experiment, run_id=parent_id)
     tracker.log_text(parent_id, comparison.table.to_csv(index=False), "comparison.csv")
     tracker.log_text(parent_id, reports.markdown_table(display_frame(comparison)), "comparison.md")
+    return comparison
 
 
 def _check_same_seeds(parent_id: str, existing: dict[tuple[str, int | None], Any], jobs: list[Job]) -> None:

@@ -30,12 +30,13 @@ class _NoTorch:
 sys.meta_path.insert(0, _NoTorch())
 """
 
-# Runs the harness CLI with the arguments after `-c CODE`.
+# Runs the harness CLI with the arguments after `-c CODE`, as `python -m harness` does (which is
+# also what `torchrun -m harness` runs).
 _CLI = _NO_TORCH + """
-from harness.cli import main
+import runpy
 
 sys.argv = ["harness", *sys.argv[1:]]
-main()
+runpy.run_module("harness", run_name="__main__")
 """
 
 

@@ -1,6 +1,6 @@
-"""`harness list` and `harness show` work without PyTorch: they only read experiment files and
-check names, so they must not import it (it costs seconds). Each case runs the CLI in a
-subprocess where importing torch or torchvision fails."""
+"""`harness list` and `harness show` work without PyTorch and MLflow: they only read experiment
+files and check names, so they must not import either (each costs seconds). Each case runs the
+CLI in a subprocess where importing torch, torchvision or mlflow fails."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Makes torch, torchvision and their submodules unimportable, then runs the given Python code.
+# Makes torch, torchvision, mlflow and their submodules unimportable, then runs the given Python code.
 _NO_TORCH = """
 import sys
 
 
 class _NoTorch:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "torchvision"):
-            raise ImportError(f"{name} is blocked: this command must not need PyTorch")
+        if name.split(".")[0] in ("torch", "torchvision", "mlflow"):
+            raise ImportError(f"{name} is blocked: this command must not need PyTorch or MLflow")
         return None
 
 

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +25,7 @@ import harness
 from harness.config import TrainConfig, flatten
 from harness.errors import HarnessError, first_line, retry
 from harness.registry import closest_name
+from harness.uris import redact, redact_text
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -44,15 +44,6 @@ _PARAM_LIMIT = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """`uri`, else MLFLOW_TRACKING_URI, else the embedded sqlite store in the working folder."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def redact(uri: str) -> str:
-    """`uri` with any password replaced by *** (for messages printed to the terminal)."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_reachable(uri: str) -> None:
@@ -110,8 +101,7 @@ class Tracker:
             check_reachable(resolved)
             return cls(retry(lambda: _checked_client(resolved)), resolved)
         except Exception as exc:  # noqa: BLE001 - bad URI, server down, missing driver
-            password = urllib.parse.urlsplit(resolved).password
-            reason = first_line(exc).replace(password, "***") if password else first_line(exc)
+            reason = redact_text(first_line(exc), resolved)
             raise HarnessError(
                 f"Cannot use MLflow tracking store '{redact(resolved)}' ({reason}); "
                 "check --tracking-uri / MLFLOW_TRACKING_URI and that the server is reachable."

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.tracking import redact
+from harness.uris import redact
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000

@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from uiserver import harness_command, harness_ui
 
-from harness import tracking, ui
+from harness import ui, uris
 from harness.errors import HarnessError
 
 
@@ -40,8 +40,8 @@ def test_server_command_serves_the_store_and_mlruns_of_harness_run(tmp_path: Pat
 def test_addresses_and_redaction() -> None:
     assert ui.UiServer("x", "x", "0.0.0.0", 5000, []).url == "http://127.0.0.1:5000"
     assert ui.UiServer("x", "x", "::1", 5001, []).url == "http://[::1]:5001"
-    assert tracking.redact("postgresql://me:secret@db/mlflow") == "postgresql://me:***@db/mlflow"
-    assert tracking.redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    assert uris.redact("postgresql://me:secret@db/mlflow") == "postgresql://me:***@db/mlflow"
+    assert uris.redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
     assert ui.is_remote("https://mlflow.example.com") and not ui.is_remote("sqlite:///mlflow.db")
 
 

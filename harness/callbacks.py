@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from harness.tracking import Tracker, now_ms
+from harness.tracking import Tracker, TrackingError, now_ms
 from harness.train import Callback, FitState, Trainer, monitored
 
 
@@ -96,24 +96,48 @@ class MlflowEpochLogger(Callback):
     `flush_seconds` of the last write into one request: on short epochs (LeNet: ~0.5 s) a write
     per epoch would cost several percent. The buffer is flushed when `fit` ends, however it
     ends, so a failed or interrupted run keeps its curves; after a hard kill, the resumed run
-    back-fills what MLflow lacks (`harness.lifecycle`)."""
+    back-fills what MLflow lacks (`harness.lifecycle`).
 
-    def __init__(self, tracker: Tracker, run_id: str, flush_seconds: float = 5.0) -> None:
-        self.tracker, self.run_id, self.flush_seconds = tracker, run_id, flush_seconds
+    A tracking store that stops answering does not stop training: the epochs stay buffered, one
+    warning line says so, and writing is retried every `retry_seconds` (each try is bounded, see
+    `tracking.HTTP_LIMITS`); once the store answers again the buffer is sent. If it is still down
+    when training ends, `on_fit_end` raises the unreachable `TrackingError`."""
+
+    def __init__(self, tracker: Tracker, run_id: str, flush_seconds: float = 5.0, retry_seconds: float = 60.0) -> None:
+        self.tracker, self.run_id = tracker, run_id
+        self.flush_seconds, self.retry_seconds = flush_seconds, retry_seconds
         self._pending: list[tuple[int, dict[str, float], int]] = []
         self._last_write = time.monotonic()
+        self._down: TrackingError | None = None  # the store's last "does not answer", while it lasts
 
     def flush(self) -> None:
-        """Write every buffered epoch now."""
-        if self._pending:
-            self.tracker.log_epochs(self.run_id, self._pending)
-            self._pending = []
+        """Write every buffered epoch now (kept for later if the store does not answer)."""
         self._last_write = time.monotonic()
+        if not self._pending:
+            return
+        try:
+            self.tracker.log_epochs(self.run_id, self._pending)
+        except TrackingError as exc:
+            if not exc.unreachable:
+                raise
+            if self._down is None:
+                print(f"warning: {exc}; training goes on, {len(self._pending)} epoch(s) of metrics are kept and "
+                      f"sent when it answers again.", file=sys.stderr, flush=True)
+            self._down = exc
+            return
+        if self._down is not None:
+            print(f"{len(self._pending)} buffered epoch(s) of metrics sent: the tracking store answers again.",
+                  file=sys.stderr, flush=True)
+            self._down = None
+        self._pending = []
 
     def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
         self._pending.append((state.epoch, dict(record), now_ms()))
-        if time.monotonic() - self._last_write >= self.flush_seconds:
+        wait = self.retry_seconds if self._down is not None else self.flush_seconds
+        if time.monotonic() - self._last_write >= wait:
             self.flush()
 
     def on_fit_end(self, t: Trainer, state: FitState, error: BaseException | None) -> None:
         self.flush()
+        if self._down is not None and error is None:
+            raise self._down

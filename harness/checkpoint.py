@@ -13,15 +13,43 @@ from typing import Any
 import torch
 
 from harness.config import TrainConfig
+from harness.errors import HarnessError, first_line, os_error_reason
 from harness.train import Callback, FitState, Trainer
 
 LAST, BEST = "last.pt", "best.pt"
+# Where to point checkpoints instead, named in every message about a folder that cannot take them.
+FOLDER_HINT = "free some space, or put checkpoints on another disk with HARNESS_CHECKPOINT_DIR"
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """Write `obj` to `path` through a temporary file, so a crash mid-write keeps the previous
+    checkpoint; a failed write (disk full, read-only) removes the partial file and is one line."""
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        reason = _write_failure(exc, tmp)  # before the partial file is removed: it is what filled the disk
+        tmp.unlink(missing_ok=True)
+        if reason is None:
+            raise
+        raise HarnessError(f"Cannot write checkpoint {reason}; {FOLDER_HINT}, then continue with --resume.") from None
+    except BaseException:  # Ctrl-C mid-write: no partial file left behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_failure(exc: OSError | RuntimeError, tmp: Path) -> str | None:
+    """"<file>: <why>" for a write that failed for lack of room or rights; None for anything else.
+    torch.save reports a full disk as a RuntimeError about stream positions, not as an OSError,
+    so the free space of the file system is what tells."""
+    if isinstance(exc, OSError):
+        return os_error_reason(exc) if exc.filename else f"{tmp}: {os_error_reason(exc)}"
+    try:
+        stats = os.statvfs(tmp.parent)
+    except OSError:
+        return None
+    return f"{tmp}: no space left on the device" if stats.f_bavail * stats.f_frsize < 64 * 1024 else None
 
 
 def training_state(t: Trainer, state: FitState) -> dict[str, Any]:
@@ -56,8 +84,18 @@ def model_state(t: Trainer, epoch: int) -> dict[str, Any]:
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint with `weights_only=True` (no arbitrary code runs on load)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a checkpoint with `weights_only=True` (no arbitrary code runs on load); a damaged
+    file (empty, truncated, not a checkpoint) is one line naming it."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, zip errors: all mean damaged
+        raise HarnessError(f"Checkpoint {path} is damaged ({type(exc).__name__}: {first_line(exc, 120)}); "
+                           "restore it, or delete its run's folder and start over without --resume.") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise HarnessError(f"Checkpoint {path} is not a harness checkpoint (no model weights in it).")
+    return ckpt
 
 
 def restore(t: Trainer, ckpt: dict[str, Any]) -> FitState:
@@ -83,7 +121,11 @@ class Checkpointer(Callback):
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HarnessError(f"Cannot create the checkpoint folder ({os_error_reason(exc)}); "
+                               "choose a writable one with HARNESS_CHECKPOINT_DIR.") from None
 
     @property
     def last(self) -> Path:

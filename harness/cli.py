@@ -33,10 +33,16 @@ DeviceOption = Annotated[Optional[str], typer.Option(help="auto (cuda > mps > cp
 
 
 def _resolve(name: str, overrides: list[str] | None, device: str | None = None):  # noqa: ANN202
+    """(experiment, resolved variants) for a command: a broken experiment file or a bad value is a
+    HarnessError; a Ctrl-C while the file is imported ends the command with exit code 130."""
     from harness.config import parse_overrides
     from harness.experiment import load_experiment
 
-    exp = load_experiment(name)
+    try:
+        exp = load_experiment(name)
+    except KeyboardInterrupt:  # a real Ctrl-C (a file's own `raise KeyboardInterrupt` is a HarnessError)
+        typer.echo("Interrupted.", err=True)
+        raise typer.Exit(130) from None
     parsed = parse_overrides(overrides)
     if device:
         parsed.common["device"] = device
@@ -45,15 +51,31 @@ def _resolve(name: str, overrides: list[str] | None, device: str | None = None):
 
 @app.command("list")
 def list_cmd() -> None:
-    """List the experiments found in the experiments folder."""
+    """List the experiments found in the experiments folder.
+
+    A file that fails to load is listed as broken, with its error also on stderr as one
+    `error:` line; the good ones are still listed, and the exit code is then 1."""
     from harness.experiment import experiment_names, experiments_dir, load_experiment
 
     names = experiment_names()
     if not names:
         raise HarnessError(f"No experiments found in {experiments_dir()}; add a file there defining `experiment = Experiment(...)`.")
+    broken = []
     for name in names:
-        exp = load_experiment(name)
+        try:
+            exp = load_experiment(name)
+        except HarnessError as exc:
+            broken.append(str(exc))
+            typer.echo(f"{name:<24} (broken: {exc})")
+            continue
+        except KeyboardInterrupt:  # a real Ctrl-C: stop listing
+            typer.echo("Interrupted.", err=True)
+            raise typer.Exit(130) from None
         typer.echo(f"{name:<24} {', '.join(exp.variants):<40} {exp.description}")
+    for message in broken:
+        typer.echo(f"error: {message}", err=True)
+    if broken:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from harness import reports, stats, tracking
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
+from harness.experiment import check_name
 from harness.registry import unknown_name_message
 from harness.tracking import Tracker, no_runs_message
 
@@ -419,9 +420,14 @@ def write_reports(tracker: Tracker, c: Comparison, out: Path, confusion: bool = 
     """Write the table (CSV) and figures to `out`, log them to the parent run under `compare/`,
     and with `confusion` the most-confused class pairs (first vs last epoch) and their figure."""
     outcome = CompareOutcome(c)
-    out.mkdir(parents=True, exist_ok=True)
-    table_csv = out / "comparison.csv"
-    table_csv.write_text(c.table.to_csv(index=False))
+    check_out(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        table_csv = out / "comparison.csv"
+        table_csv.write_text(c.table.to_csv(index=False))
+    except OSError as exc:  # no permission, disk full, ...: one line naming the folder
+        raise HarnessError(f"Cannot write the comparison to {out}: {exc.strerror or first_line(exc)}; "
+                           "give another folder with --out.") from None
     outcome.files.append(table_csv)
     shown = f" (best {MAX_PANELS} of {len(c.table)} by {c.metric})" if len(c.table) > MAX_PANELS else ""
     spread = ", mean ± std over seeds" if c.repeated else ""
@@ -472,7 +478,21 @@ def _confusion_over_epochs(outcome: CompareOutcome, per_variant: dict[str, tuple
 def compare_experiment(tracker: Tracker, experiment: str, run_id: str | None = None, study: bool = False,
                        metric: str = DEFAULT_METRIC, fmt: str = "table", out: Path | None = None,
                        confusion: bool = False) -> CompareOutcome:
-    """`harness compare`: load the comparison, write and log its table and figures."""
+    """`harness compare`: load the comparison, write and log its table and figures.
+
+    A bad name or an `out` that cannot be a folder fails first, before MLflow is read."""
     check_format(fmt)
+    out = out or Path("compare") / check_name(experiment)  # a plain name: compare/NAME stays under compare/
+    check_out(out)
     comparison = load_comparison(tracker, experiment, run_id, study, metric)
-    return write_reports(tracker, comparison, out or Path("compare") / experiment, confusion)
+    return write_reports(tracker, comparison, out, confusion)
+
+
+def check_out(out: Path) -> None:
+    """Raise HarnessError unless `out` is a folder or can be made one (it is created if missing)."""
+    if out.exists() and not out.is_dir():
+        raise HarnessError(f"--out {out} is a file, not a folder; give a folder for the comparison's files "
+                           "(it is created if missing).")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise HarnessError(f"--out {out}: {parent} is a file, not a folder; give a folder for the comparison's files.")

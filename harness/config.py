@@ -12,6 +12,7 @@ them, so it stays a leaf that every other module can import without PyTorch or c
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -23,6 +24,16 @@ from harness.registry import unknown_name_message
 
 EARLY_STOPPING_METRICS = ("val_loss", "val_acc")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+# Upper bounds on integers: each is far beyond any real run, and a larger value is a typo that
+# would otherwise fail later (deep in NumPy, PyTorch or MLflow) or never finish.
+SEED_LIMIT = 2**32  # seeds are in [0, SEED_LIMIT): NumPy's seeding range (torch's is wider)
+# 4096 px per side is 7-18x the 224-600 px ImageNet classifiers use; one 3-channel float image is
+# already 200 MB. Larger sizes fail only in the first batch (1e8 px asks for a 1.28e18-byte tensor).
+MAX_IMAGE_SIZE = 4096
+MAX_EPOCHS = 1_000_000  # also bounds warmup_epochs, step_size, milestones and patience (epoch counts)
+MAX_BATCH_SIZE = 1_000_000  # batch_size and eval_batch_size: large-batch training uses up to ~64k
+MAX_NUM_WORKERS = 1024  # DataLoader processes: more than the cores of any single machine
 
 
 @dataclass(frozen=True)
@@ -98,32 +109,51 @@ def _require(ok: bool, message: str) -> None:
         raise HarnessError(message)
 
 
+def _number(name: str, value: float | None, ok: bool, rule: str) -> None:
+    """Check a float field: finite (inf and nan pass no comparison usefully, and fail only later,
+    e.g. as a NaN loss) and within `rule` (`ok` says whether it is)."""
+    if value is None:
+        return
+    _require(math.isfinite(value), f"{name} must be a finite number {rule} (got {value}).")
+    _require(ok, f"{name} must be {rule} (got {value}).")
+
+
+def _integer(name: str, value: int | None, low: int, high: int, rule: str | None = None) -> None:
+    """Check an int field lies in [low, high] (`rule` words the range; default "from low to high")."""
+    if value is None:
+        return
+    _require(low <= value <= high, f"{name} must be {rule or f'from {low} to {high}'} (got {value}).")
+
+
 def _check_values(c: TrainConfig) -> None:
     """Every check that needs no registry (names are checked by `harness.validation.check_config`)."""
     if c.early_stopping_metric not in EARLY_STOPPING_METRICS:
         raise HarnessError(unknown_name_message("early_stopping_metric", c.early_stopping_metric, EARLY_STOPPING_METRICS))
-    _require(c.epochs >= 1, f"epochs must be at least 1 (got {c.epochs}).")
-    _require(c.batch_size >= 1, f"batch_size must be at least 1 (got {c.batch_size}).")
-    _require(c.eval_batch_size >= 1, f"eval_batch_size must be at least 1 (got {c.eval_batch_size}).")
-    _require(c.lr > 0, f"lr must be greater than 0 (got {c.lr}).")
-    _require(0 <= c.momentum < 1, f"momentum must be in [0, 1) (got {c.momentum}).")
+    # Lower-bound wording kept as before ("at least 1"); the upper bound is named too.
+    _integer("epochs", c.epochs, 1, MAX_EPOCHS, f"at least 1 and at most {MAX_EPOCHS:,}")
+    _integer("batch_size", c.batch_size, 1, MAX_BATCH_SIZE, f"at least 1 and at most {MAX_BATCH_SIZE:,}")
+    _integer("eval_batch_size", c.eval_batch_size, 1, MAX_BATCH_SIZE, f"at least 1 and at most {MAX_BATCH_SIZE:,}")
+    _number("lr", c.lr, c.lr > 0, "greater than 0")
+    _number("momentum", c.momentum, 0 <= c.momentum < 1, "in [0, 1)")
     _require(not (c.nesterov and c.momentum == 0), "nesterov=true needs momentum > 0.")
-    _require(c.weight_decay >= 0, f"weight_decay must be 0 or more (got {c.weight_decay}).")
-    _require(c.warmup_epochs >= 0, f"warmup_epochs must be 0 or more (got {c.warmup_epochs}).")
-    _require(c.step_size >= 1, f"step_size must be at least 1 (got {c.step_size}).")
-    _require(0 < c.gamma <= 1, f"gamma must be in (0, 1] (got {c.gamma}).")
-    _require(all(m >= 1 for m in c.milestones), f"milestones must be epochs >= 1 (got {c.milestones}).")
-    _require(0 <= c.val_fraction < 1, f"val_fraction must be in [0, 1) (got {c.val_fraction}).")
-    _require(0 < c.test_fraction < 1, f"test_fraction must be in (0, 1) (got {c.test_fraction}).")
+    _number("weight_decay", c.weight_decay, c.weight_decay >= 0, "0 or more")
+    _integer("warmup_epochs", c.warmup_epochs, 0, MAX_EPOCHS, f"0 or more and at most {MAX_EPOCHS:,}")
+    _integer("step_size", c.step_size, 1, MAX_EPOCHS, f"at least 1 and at most {MAX_EPOCHS:,}")
+    _number("gamma", c.gamma, 0 < c.gamma <= 1, "in (0, 1]")
+    _require(all(1 <= m <= MAX_EPOCHS for m in c.milestones),
+             f"milestones must be epochs from 1 to {MAX_EPOCHS:,} (got {c.milestones}).")
+    _integer("seed", c.seed, 0, SEED_LIMIT - 1)
+    _integer("image_size", c.image_size, 1, MAX_IMAGE_SIZE, f"from 1 to {MAX_IMAGE_SIZE} pixels or none")
+    _number("val_fraction", c.val_fraction, 0 <= c.val_fraction < 1, "in [0, 1)")
+    _number("test_fraction", c.test_fraction, 0 < c.test_fraction < 1, "in (0, 1)")
+    # A cap larger than the dataset is harmless (the split is sliced), so no upper bound.
     _require(c.train_limit is None or c.train_limit >= 1, f"train_limit must be at least 1 or none (got {c.train_limit}).")
-    _require(
-        c.early_stopping_patience is None or c.early_stopping_patience >= 1,
-        f"early_stopping_patience must be at least 1 or none (got {c.early_stopping_patience}).",
-    )
-    _require(c.dropout is None or 0 <= c.dropout < 1, f"dropout must be in [0, 1) or none (got {c.dropout}).")
-    _require(c.grad_clip is None or c.grad_clip > 0, f"grad_clip must be greater than 0 or none (got {c.grad_clip}).")
-    _require(0 <= c.label_smoothing < 1, f"label_smoothing must be in [0, 1) (got {c.label_smoothing}).")
-    _require(c.num_workers >= 0, f"num_workers must be 0 or more (got {c.num_workers}).")
+    _integer("early_stopping_patience", c.early_stopping_patience, 1, MAX_EPOCHS,
+             f"at least 1 and at most {MAX_EPOCHS:,}, or none")
+    _number("dropout", c.dropout, c.dropout is None or 0 <= c.dropout < 1, "in [0, 1) or none")
+    _number("grad_clip", c.grad_clip, c.grad_clip is None or c.grad_clip > 0, "greater than 0 or none")
+    _number("label_smoothing", c.label_smoothing, 0 <= c.label_smoothing < 1, "in [0, 1)")
+    _integer("num_workers", c.num_workers, 0, MAX_NUM_WORKERS, f"0 or more and at most {MAX_NUM_WORKERS}")
     _require(
         bool(_DEVICE_PATTERN.match(c.device)),
         f"device must be auto, cpu, mps, cuda or cuda:N (got '{c.device}').",

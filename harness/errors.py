@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -33,3 +34,16 @@ def retry(fn: Callable[[], T], attempts: int = 3, delay: float = 1.0) -> T:
                 raise
             time.sleep(delay * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+# What a failed write most often means, in the words a user acts on.
+_OS_REASONS = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.EDQUOT: "disk quota exceeded"}
+
+
+def os_error_reason(exc: OSError) -> str:
+    """'<path>: no space left on the device' (or the system's own words for other errors)."""
+    reason = _OS_REASONS.get(exc.errno or -1) or exc.strerror or first_line(exc)
+    path = exc.filename if exc.filename is not None else None
+    return f"{path}: {reason}" if path else reason

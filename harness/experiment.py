@@ -2,7 +2,9 @@
 
 Each file `experiments/<name>.py` defines a module-level `experiment = Experiment(...)`.
 The folder is `HARNESS_EXPERIMENTS_DIR`, else `./experiments`, else the one shipped beside
-the harness package.
+the harness package. Names are plain identifiers, so a name can never reach outside that folder.
+A file that fails to import (any exception, `sys.exit`, a `raise KeyboardInterrupt`) is reported
+as one HarnessError naming the file, the line and the error.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-from collections.abc import Mapping
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.config import Overrides, TrainConfig, field_names
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.registry import unknown_name_message
 from harness.search_space import DEFAULT_SEARCH_SPACE, SearchSpace
 from harness.validation import check_config
@@ -69,24 +76,122 @@ def experiments_dir() -> Path:
 
 
 def experiment_names(folder: Path | None = None) -> list[str]:
-    """Names of all experiment files (without `.py`), sorted."""
+    """Names of all experiment files (without `.py`), sorted; files starting with `_` are helpers."""
     folder = folder or experiments_dir()
     return sorted(p.stem for p in folder.glob("*.py") if not p.name.startswith("_"))
 
 
+def check_name(name: str) -> str:
+    """Return `name` if it is a plain identifier (what an experiment file's name must be), else
+    raise HarnessError: a name such as `../x` would otherwise import a file outside the folder."""
+    if not name.isidentifier():
+        raise HarnessError(f"Experiment name '{name}' is not a plain name: use letters, digits and _ only "
+                           "(the file experiments/<name>.py; `harness list` shows them).")
+    return name
+
+
 def load_experiment(name: str, folder: Path | None = None) -> Experiment:
-    """Import `experiments/<name>.py` and return its `experiment` object."""
+    """Import `experiments/<name>.py` and return its `experiment` object.
+
+    Raises HarnessError (one line naming the file, and the line when known) for a bad name, a
+    missing file, and a file that fails to import or defines no matching `experiment`."""
     folder = folder or experiments_dir()
+    if not name.isidentifier():
+        # Nothing is built from the name before this check: only a file `harness list` found
+        # (e.g. my-exp.py) gets a hint, anything else (../x) is refused as it is.
+        if name in experiment_names(folder):
+            raise HarnessError(f"{_shown(folder / f'{name}.py')}: the file name is not a plain name (letters, digits "
+                               f"and _); rename it to {_identifier_like(name)}.py.")
+        check_name(name)
     path = folder / f"{name}.py"
+    shown = _shown(path)
     if not path.is_file():
         raise HarnessError(unknown_name_message("experiment", name, experiment_names(folder)))
     spec = importlib.util.spec_from_file_location(f"harness_experiments.{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with _noting_ctrl_c() as ctrl_c:
+        try:
+            spec.loader.exec_module(module)
+        except KeyboardInterrupt:
+            if ctrl_c:  # a real Ctrl-C (SIGINT) while importing: the user wants to stop
+                raise
+            raise HarnessError(_import_failure(shown, path, "raises KeyboardInterrupt at import")) from None
+        except SystemExit as exc:  # an experiment file must not end the command
+            raise HarnessError(_import_failure(shown, path, f"calls sys.exit({exc.code!r}) at import")) from None
+        except HarnessError as exc:  # e.g. an invalid TrainConfig: its message says what to change
+            raise HarnessError(_import_failure(shown, path, first_line(exc))) from None
+        except SyntaxError as exc:  # its line is in the exception, not in the traceback
+            raise HarnessError(_syntax_failure(shown, path, exc)) from None
+        except BaseException as exc:  # any other fault of the file's own code or imports
+            raise HarnessError(_import_failure(shown, path, f"{type(exc).__name__}: {first_line(exc)}")) from None
     exp = getattr(module, "experiment", None)
     if not isinstance(exp, Experiment):
-        raise HarnessError(f"{path} must define `experiment = Experiment(...)` at module level.")
+        raise HarnessError(f"{shown} must define `experiment = Experiment(...)` at module level.")
     if exp.name != name:
-        raise HarnessError(f"{path} defines experiment '{exp.name}'; rename it to '{name}' to match its file.")
+        raise HarnessError(f"{shown} defines experiment '{exp.name}'; rename it to '{name}' to match its file.")
     return dataclasses.replace(exp, source_file=str(path.resolve()))
+
+
+def _shown(path: Path) -> str:
+    """`path` as the user knows it: relative to the working folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (OSError, ValueError):
+        return str(path)
+
+
+def _identifier_like(name: str) -> str:
+    """A plain name close to `name`, to suggest as the file's new name (my-exp -> my_exp)."""
+    cleaned = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
+    return cleaned if cleaned.isidentifier() else f"exp_{cleaned}"
+
+
+def _line_in(path: Path) -> int | None:
+    """The line of `path` being run when the exception now handled was raised (its innermost frame
+    in that file: for a fault inside an imported module, the file's own import line)."""
+    target = os.path.abspath(path)  # the import compiles the file under its absolute path
+    line = None
+    for frame in traceback.extract_tb(sys.exc_info()[2]):
+        if os.path.abspath(frame.filename) == target:
+            line = frame.lineno
+    return line
+
+
+def _import_failure(shown: str, path: Path, what: str) -> str:
+    line = _line_in(path)
+    return f"{shown}{f' line {line}' if line else ''}: {what}"
+
+
+def _syntax_failure(shown: str, path: Path, exc: SyntaxError) -> str:
+    message = f"{type(exc).__name__}: {exc.msg}"
+    if exc.filename and os.path.abspath(exc.filename) == os.path.abspath(path) and exc.lineno:
+        return f"{shown} line {exc.lineno}: {message}"
+    # A syntax error in a module the file imports: name that module too.
+    where = f" ({exc.filename} line {exc.lineno})" if exc.filename else ""
+    return _import_failure(shown, path, message + where)
+
+
+@contextmanager
+def _noting_ctrl_c() -> Iterator[list[bool]]:
+    """While importing a file, note a real Ctrl-C (SIGINT) in the yielded list, then act as the
+    handler in place did: a file's own `raise KeyboardInterrupt` is then told apart from the user's."""
+    pressed: list[bool] = []
+    # Signals reach the main thread only; a handler installed outside Python (None) cannot be restored.
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous is None:
+        yield pressed
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        pressed.append(True)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -26,7 +26,7 @@ from harness.data import Data, data_key, load_data
 from harness.data.transforms import Preprocess
 from harness.errors import HarnessError
 from harness.process_clock import seconds_since_process_start
-from harness.tracking import Tracker, now_ms
+from harness.tracking import Tracker, TrackingError, now_ms
 from harness.train import Callback, FitState, NonFiniteLossError, Trainer, build_trainer, evaluate, fit, param_count
 
 STOP_TAG = "harness.stop_reason"  # why training ended before `epochs` (early stopping, pruning)
@@ -91,7 +91,11 @@ def open_run(ctx: RunContext, label: str, config: TrainConfig, tags: dict[str, s
     """Create the child run `label` under the context's parent, with `tags`, the environment
     tags and the config logged; returns its id."""
     run_id = ctx.tracker.start_run(ctx.experiment_id, label, {**tags, **ctx.env_tags}, ctx.parent_id)
-    ctx.tracker.log_config(run_id, config, ctx.source_file)
+    try:
+        ctx.tracker.log_config(run_id, config, ctx.source_file)
+    except TrackingError as exc:  # e.g. ./mlruns read-only: the run is not left RUNNING
+        close_run(ctx.tracker, run_id, "FAILED", str(exc))
+        raise
     return run_id
 
 
@@ -106,8 +110,14 @@ def train_variant(
     ones; `test` scores the best epoch's weights on the test split and logs reports and the
     model (trials skip it); `startup` logs the process's `startup_seconds` before the first
     step; `plain_progress` prints epoch lines instead of a live bar (trials running in
-    parallel threads cannot share one terminal display). A user error, a diverged loss or a crash marks the run FAILED with the reason and is
-    returned; Ctrl-C (or SIGTERM) marks it KILLED and propagates."""
+    parallel threads cannot share one terminal display).
+
+    A user error, a diverged loss, a full disk or a crash marks the run FAILED with a one-line
+    reason and is returned (if the store cannot take that record either, the reason says so);
+    Ctrl-C (or SIGTERM) marks it KILLED and propagates. A tracking store that stops answering
+    does not stop training (epoch metrics wait in memory, checkpoints go on); if it is still down
+    when the variant ends, a `TrackingError` (unreachable) propagates, naming the checkpoints,
+    and `--resume` completes the record later."""
     label = label or variant
     tracker = ctx.tracker
     if resume:
@@ -133,25 +143,63 @@ def train_variant(
         if state.stop_reason:
             tracker.set_tags(run_id, {STOP_TAG: state.stop_reason})
     except KeyboardInterrupt:
-        tracker.end_run(run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM); resume with --resume")
+        close_run(tracker, run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM); resume with --resume")
         raise
+    except TrackingError as exc:
+        if not exc.unreachable:
+            return _failed(ctx, run_id, variant, config, label, state, str(exc), False)
+        raise TrackingError(f"{exc}; '{label}' trained {state.epoch} epochs, checkpointed in "
+                            f"{checkpoint_root() / run_id}: once the store answers, --resume records the rest",
+                            unreachable=True) from None
     except (HarnessError, NonFiniteLossError) as exc:
         return _failed(ctx, run_id, variant, config, label, state, str(exc), isinstance(exc, NonFiniteLossError))
     except Exception as exc:  # noqa: BLE001 - a crash in one variant must not lose the others
-        tracker.log_text(run_id, traceback.format_exc(), "error.txt")
+        try:
+            tracker.log_text(run_id, traceback.format_exc(), "error.txt")
+        except TrackingError:
+            pass  # the reason tag below still says what happened
         return _failed(ctx, run_id, variant, config, label, state, f"{type(exc).__name__}: {exc}", False)
     tracker.end_run(run_id, "FINISHED")
     return VariantResult(variant, config, run_id, "FINISHED", metrics, label=label, stop_reason=state.stop_reason)
+
+
+def close_run(tracker: Tracker, run_id: str, status: str, reason: str | None) -> str | None:
+    """End a run as best one can after a failure: None if MLflow took it, else why not (the
+    store may be on the same full disk, or down), for the user's message."""
+    try:
+        tracker.end_run(run_id, status, reason)
+        return None
+    except TrackingError as exc:
+        return str(exc)
 
 
 def _failed(ctx: RunContext, run_id: str, variant: str, config: TrainConfig, label: str, state: FitState,
             reason: str, diverged: bool) -> VariantResult:
     """End the run FAILED with `reason`; the epochs it completed keep their summary metrics."""
     metrics = summarize(state)
-    if metrics:
-        ctx.tracker.log_metrics(run_id, metrics, step=state.epoch)
-    ctx.tracker.end_run(run_id, "FAILED", reason)
+    try:
+        if metrics:
+            ctx.tracker.log_metrics(run_id, metrics, step=state.epoch)
+    except TrackingError:
+        pass  # the status and reason matter more, and are tried next
+    unrecorded = close_run(ctx.tracker, run_id, "FAILED", reason)
+    if unrecorded:
+        reason += f" (and the run could not be marked FAILED in MLflow: {unrecorded})"
     return VariantResult(variant, config, run_id, "FAILED", metrics, reason=reason, label=label, diverged=diverged)
+
+
+def check_resumable(tracker: Tracker, run: Any, variant: str) -> None:
+    """Refuse to resume the interrupted child `run` if its checkpoint is gone or damaged while
+    MLflow already has some of its epochs: training again from scratch would log those epochs
+    twice. (A run killed before its first checkpoint has none logged and simply starts over.)"""
+    last = checkpoint_root() / run.info.run_id / checkpoint.LAST
+    if last.is_file():
+        checkpoint.load(last)  # a damaged file is one line naming it
+        return
+    if tracker.metric_history(run.info.run_id, "train_loss"):
+        raise HarnessError(f"Cannot resume variant '{variant}' (run {run.info.run_id}): its checkpoint {last} is "
+                           "missing but MLflow has epochs of it; put the file back (or point HARNESS_CHECKPOINT_DIR "
+                           "at its folder), or start a new run without --resume.")
 
 
 def _restore(tracker: Tracker, run_id: str, t: Trainer, ckpt_dir: Path, variant: str, label: str) -> FitState | None:

@@ -10,18 +10,27 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import tracking
 from harness.config import TrainConfig
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.experiment import Experiment
-from harness.lifecycle import RunContext, VariantResult, open_run, train_variant
+from harness.lifecycle import (
+    RunContext,
+    VariantResult,
+    check_resumable,
+    checkpoint_root,
+    close_run,
+    open_run,
+    train_variant,
+)
+from harness.runlock import run_lock
 from harness.seeds import Job, SeedPlan, plan_jobs
-from harness.tracking import Tracker
+from harness.tracking import Tracker, TrackingError
 
 if TYPE_CHECKING:  # compare (pandas, scipy) is imported once training is over, not on the start-up path
     from harness.compare import Comparison
@@ -63,57 +72,98 @@ def run_experiment(
     resume: bool = False, seeds: SeedPlan | None = None,
 ) -> RunOutcome:
     """Train every variant (once per seed of `seeds`) under one parent run, log the comparison
-    table on it and return the results with that table. A resumed run follows the seed plan its parent recorded."""
+    table on it and return the results with that table. A resumed run follows the seed plan its
+    parent recorded. The parent run is locked for the command's lifetime (`harness.runlock`):
+    a second `--resume` of it refuses. However the command ends, the parent is not left RUNNING
+    (unless the store itself is down: then `--resume` finishes the record later)."""
     plan = seeds or SeedPlan()
+    plan.check(configs)  # seeds out of range fail before any run is created
     experiment_id = tracker.ensure_experiment(exp.name, exp.description)
     device = next(iter(configs.values())).device
     env_tags = tracking.environment_tags(device, exp.source_file)
-    existing: dict[tuple[str, int | None], Any] = {}
-    if resume:
-        parent = tracker.latest_parent_run(experiment_id, unfinished_only=True)
-        if parent is None:
-            raise HarnessError(f"No interrupted run of '{exp.name}' to resume; start one with `harness run {exp.name}`.")
-        parent_id = parent.info.run_id
-        recorded = SeedPlan.from_params(parent.data.params)
-        if plan.repeated and plan != recorded:
-            raise HarnessError(f"Cannot resume run {parent_id}: it was started with {recorded.describe()}, not "
-                               f"{plan.describe()}; resume with the same option or leave it out.")
-        plan = recorded
-        # Keyed by (variant, seed): with repeats a variant has one child per seed.
-        existing = {(r.data.tags.get(tracking.VARIANT_TAG, r.info.run_name), tracking.run_seed(r)): r
-                    for r in tracker.children(experiment_id, parent_id)}
-        _check_same_seeds(parent_id, existing, plan_jobs(configs, plan))
-        tracker.reopen_run(parent_id)
-        print(f"Resuming run {parent_id} of {exp.name}", flush=True)
-    else:
-        parent_id = tracker.start_run(experiment_id, f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      {tracking.KIND_TAG: "run", **env_tags})
-        tracker.log_params(parent_id, {"experiment": exp.name, "variants": ",".join(configs), **plan.to_params()})
-        if exp.source_file:
-            tracker.log_file(parent_id, Path(exp.source_file), "source")
+    with ExitStack() as held:
+        existing: dict[tuple[str, int | None], Any] = {}
+        if resume:
+            parent_id, plan, existing = _prepare_resume(tracker, exp, configs, experiment_id, plan, held)
+        else:
+            parent_id = tracker.start_run(experiment_id, f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                          {tracking.KIND_TAG: "run", **env_tags})
+        ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir)
+        with _sigterm_as_interrupt(), _parent_ended_on_error(tracker, exp.name, parent_id):
+            if not resume:
+                held.enter_context(run_lock(parent_id, checkpoint_root()))
+                tracker.log_params(parent_id, {"experiment": exp.name, "variants": ",".join(configs),
+                                               **plan.to_params()})
+                if exp.source_file:
+                    tracker.log_file(parent_id, Path(exp.source_file), "source")
+            results = _train_jobs(ctx, plan_jobs(configs, plan), existing)
+            comparison = _log_comparison(tracker, exp.name, parent_id)
+        ok = all(r.status == "FINISHED" for r in results)
+        tracker.end_run(parent_id, "FINISHED" if ok else "FAILED",
+                        None if ok else "; ".join(f"{r.label or r.variant}: {r.reason}" for r in results if r.reason))
+    return RunOutcome(parent_id, results, comparison)
 
-    ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir)
+
+def _prepare_resume(tracker: Tracker, exp: Experiment, configs: dict[str, TrainConfig], experiment_id: str,
+                    plan: SeedPlan, held: ExitStack) -> tuple[str, SeedPlan, dict[tuple[str, int | None], Any]]:
+    """The interrupted parent run to continue, its seed plan and its children by (variant, seed),
+    after every check that could refuse: nothing is reopened or changed before they pass."""
+    parent = tracker.latest_parent_run(experiment_id, unfinished_only=True)
+    if parent is None:
+        raise HarnessError(f"No interrupted run of '{exp.name}' to resume; start one with `harness run {exp.name}`.")
+    parent_id = parent.info.run_id
+    recorded = SeedPlan.from_params(parent.data.params)
+    if plan.repeated and plan != recorded:
+        raise HarnessError(f"Cannot resume run {parent_id}: it was started with {recorded.describe()}, not "
+                           f"{plan.describe()}; resume with the same option or leave it out.")
+    # Keyed by (variant, seed): with repeats a variant has one child per seed.
+    existing = {(r.data.tags.get(tracking.VARIANT_TAG, r.info.run_name), tracking.run_seed(r)): r
+                for r in tracker.children(experiment_id, parent_id)}
+    jobs = plan_jobs(configs, recorded)
+    _check_same_seeds(parent_id, existing, jobs)
+    held.enter_context(run_lock(parent_id, checkpoint_root()))  # before anything is reopened
+    for job in jobs:
+        previous = existing.get((job.variant, job.config.seed))
+        if previous is not None and previous.info.status != "FINISHED":
+            check_resumable(tracker, previous, job.label)
+    tracker.reopen_run(parent_id)
+    print(f"Resuming run {parent_id} of {exp.name}", flush=True)
+    return parent_id, recorded, existing
+
+
+def _train_jobs(ctx: RunContext, jobs: list[Job], existing: dict[tuple[str, int | None], Any]) -> list[VariantResult]:
+    """Every job in order; a job whose child already FINISHED (in a resumed run) is reported, not trained."""
     results: list[VariantResult] = []
     trained = False  # the process's first training step is its start-up time; later jobs follow other training
-    with _sigterm_as_interrupt():
-        try:
-            for job in plan_jobs(configs, plan):
-                previous = existing.get((job.variant, job.config.seed))
-                if previous is not None and previous.info.status == "FINISHED":
-                    print(f"{job.label}: already finished in run {previous.info.run_id}", flush=True)
-                    results.append(VariantResult(job.variant, job.config, previous.info.run_id, "FINISHED",
-                                                 dict(previous.data.metrics), label=job.label))
-                    continue
-                results.append(_run_job(ctx, job, previous, startup=not trained))
-                trained = True
-        except KeyboardInterrupt:
-            tracker.end_run(parent_id, "KILLED", "interrupted")
-            raise
-    comparison = _log_comparison(tracker, exp.name, parent_id)
-    ok = all(r.status == "FINISHED" for r in results)
-    tracker.end_run(parent_id, "FINISHED" if ok else "FAILED",
-                    None if ok else "; ".join(f"{r.label or r.variant}: {r.reason}" for r in results if r.reason))
-    return RunOutcome(parent_id, results, comparison)
+    for job in jobs:
+        previous = existing.get((job.variant, job.config.seed))
+        if previous is not None and previous.info.status == "FINISHED":
+            print(f"{job.label}: already finished in run {previous.info.run_id}", flush=True)
+            results.append(VariantResult(job.variant, job.config, previous.info.run_id, "FINISHED",
+                                         dict(previous.data.metrics), label=job.label))
+            continue
+        results.append(_run_job(ctx, job, previous, startup=not trained))
+        trained = True
+    return results
+
+
+@contextmanager
+def _parent_ended_on_error(tracker: Tracker, experiment: str, parent_id: str) -> Iterator[None]:
+    """Whatever stops the command ends the parent run: KILLED for Ctrl-C / SIGTERM, FAILED with
+    the reason for anything else. A store that is down gets the command to finish later."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        close_run(tracker, parent_id, "KILLED", "interrupted")
+        raise
+    except TrackingError as exc:
+        if exc.unreachable:
+            raise TrackingError(f"{exc}; then run `harness run {experiment} --resume`.", unreachable=True) from None
+        close_run(tracker, parent_id, "FAILED", str(exc))
+        raise
+    except BaseException as exc:
+        close_run(tracker, parent_id, "FAILED", first_line(exc) if not isinstance(exc, HarnessError) else str(exc))
+        raise
 
 
 def _run_job(ctx: RunContext, job: Job, previous: Any, startup: bool) -> VariantResult:

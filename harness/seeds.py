@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from harness.config import TrainConfig
+from harness.config import SEED_LIMIT, TrainConfig
 from harness.errors import HarnessError
-
-_SEED_LIMIT = 2**32  # numpy's seeding accepts [0, 2**32)
 
 
 @dataclass(frozen=True)
@@ -31,8 +29,8 @@ class SeedPlan:
                 raise HarnessError("--seeds needs at least one seed, e.g. --seeds 0,1,2.")
             if len(set(self.seeds)) != len(self.seeds):
                 raise HarnessError(f"--seeds lists a seed twice ({','.join(map(str, self.seeds))}); give distinct seeds.")
-            if any(not 0 <= s < _SEED_LIMIT for s in self.seeds):
-                raise HarnessError(f"--seeds must be integers from 0 to {_SEED_LIMIT - 1}.")
+            if any(not 0 <= s < SEED_LIMIT for s in self.seeds):  # the same range as TrainConfig.seed
+                raise HarnessError(f"--seeds must be integers from 0 to {SEED_LIMIT - 1}.")
 
     @classmethod
     def parse(cls, repeat: int | None, seeds: str | None) -> SeedPlan:
@@ -54,6 +52,15 @@ class SeedPlan:
         if self.seeds is not None:
             return list(self.seeds)
         return [config.seed + i for i in range(self.repeat or 1)]
+
+    def check(self, configs: dict[str, TrainConfig]) -> None:
+        """Raise HarnessError if `--repeat` counts some variant's seeds past the largest seed
+        (`--seeds` and config seeds are checked when given); call it before any run is created."""
+        for variant, config in configs.items():
+            last = self.seeds_for(config)[-1]
+            if last >= SEED_LIMIT:
+                raise HarnessError(f"{self.describe()} from seed {config.seed} of variant '{variant}' reaches seed {last}, "
+                                   f"past the largest seed {SEED_LIMIT - 1}; use a smaller seed or --seeds a,b,c.")
 
     def to_params(self) -> dict[str, str]:
         """Parent-run params that record the plan (so `--resume` can follow it)."""
@@ -89,6 +96,7 @@ class Job:
 def plan_jobs(configs: dict[str, TrainConfig], plan: SeedPlan) -> list[Job]:
     """Every (variant, seed) to train, seed round by seed round: an interrupted repeated run
     already holds complete comparisons for its first rounds."""
+    plan.check(configs)  # one clear line rather than a TrainConfig error for seed+i
     per_variant = {v: plan.seeds_for(c) for v, c in configs.items()}
     rounds = max(len(s) for s in per_variant.values())
     return [Job(v, replace(c, seed=per_variant[v][i]) if plan.repeated else c, plan.repeated)

@@ -8,6 +8,8 @@ when this module is imported: commands that track nothing never pay for it.
 
 from __future__ import annotations
 
+import functools
+import errno
 import io
 import logging
 import os
@@ -16,14 +18,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import harness
 from harness.config import TrainConfig, flatten
-from harness.errors import HarnessError, first_line, retry
+from harness.errors import HarnessError, first_line, os_error_reason, retry
 from harness.registry import closest_name
 from harness.uris import redact, redact_text
 
@@ -40,10 +42,49 @@ SEED_TAG = "harness.seed"  # the config seed of a child run (repeated runs train
 FAILURE_TAG = "harness.failure_reason"
 _PARAM_LIMIT = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3
 
+# Every wait on a tracking server is bounded: MLflow's defaults (7 retries with doubling
+# back-off, 120 s per request) leave a dead server unnoticed for over ten minutes. With these, a
+# request fails within about 3 s when the server is gone (connection refused) and about 35 s
+# when it hangs (3 tries of 10 s). Set the variables yourself to choose otherwise.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_UNREACHABLE_SIGNS = ("Max retries exceeded", "Connection refused", "Failed to establish", "timed out",
+                      "Connection aborted", "RemoteDisconnected")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class TrackingError(HarnessError):
+    """An MLflow read or write failed; the message is one line naming the store or path.
+
+    `unreachable` is True when the store did not answer at all (a tracking server that is down):
+    training can go on and the record be completed later with `--resume`."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """`uri`, else MLFLOW_TRACKING_URI, else the embedded sqlite store in the working folder."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_sqlite_file(uri: str) -> None:
+    """Raise at once if a `sqlite:///PATH` store cannot be written: PATH a folder, or its file or
+    folder read-only (MLflow would retry for minutes before saying so)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    if str(path) in ("", ":memory:"):
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise HarnessError(f"{path} is a folder, not a database file")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise HarnessError(f"{path} is not writable ({'read-only file system' if not os.access(folder, os.W_OK) else 'permission denied'})")
+    if folder.exists() and not os.access(folder, os.W_OK):
+        raise HarnessError(f"folder {folder} is not writable (sqlite needs it for its journal)")
 
 
 def check_reachable(uri: str) -> None:
@@ -82,6 +123,25 @@ def run_seed(run: Run) -> int | None:
         return None
 
 
+def _guarded(action: str) -> Callable[[F], F]:
+    """Tracker methods fail with one `TrackingError` naming `action` (see `Tracker._error`),
+    whatever MLflow, the database driver or the file system raised."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(self: Tracker, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except HarnessError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+                raise self._error(exc, action, args[0] if args and isinstance(args[0], str) else None) from exc
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 class Tracker:
     """An MLflow client on one explicit tracking URI; `Tracker.open(uri)` checks the store first."""
 
@@ -97,7 +157,13 @@ class Tracker:
 
         resolved = resolve_tracking_uri(uri)
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on stderr
+        if resolved.split(":", 1)[0] in ("http", "https"):
+            for name, value in HTTP_LIMITS.items():
+                os.environ.setdefault(name, value)
+            # urllib3 logs every retry as a warning; a store that is down is reported once, by us.
+            logging.getLogger("urllib3").setLevel(logging.ERROR)
         try:
+            check_sqlite_file(resolved)
             check_reachable(resolved)
             return cls(retry(lambda: _checked_client(resolved)), resolved)
         except Exception as exc:  # noqa: BLE001 - bad URI, server down, missing driver
@@ -107,8 +173,35 @@ class Tracker:
                 "check --tracking-uri / MLFLOW_TRACKING_URI and that the server is reachable."
             ) from None
 
+    def _error(self, exc: Exception, action: str, run_id: str | None = None) -> TrackingError:
+        """One line for a failed MLflow call: the path and "no space left" for a local write, "does
+        not answer" for a server that is down, else MLflow's own first line (passwords hidden)."""
+        store = redact(self.uri)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            hint = ("free some space, or log elsewhere with --tracking-uri" if exc.errno == errno.ENOSPC else
+                    "run from a writable folder (the default store keeps artifacts in ./mlruns), or log "
+                    "elsewhere with --tracking-uri")
+            where = os_error_reason(exc) if exc.filename else f"{self._artifact_folder(run_id)}: {os_error_reason(exc)}"
+            return TrackingError(f"Cannot {action} in MLflow ({where}); {hint}.")
+        text = redact_text(first_line(exc), self.uri)
+        chain = [exc, exc.__cause__, exc.__context__]
+        if any(sign in str(e) for e in chain if e is not None for sign in _UNREACHABLE_SIGNS):
+            return TrackingError(f"The MLflow tracking store {store} does not answer ({text[:120]})", unreachable=True)
+        if "disk is full" in text or "No space left" in text:
+            return TrackingError(f"Cannot {action} in MLflow store {store}: no space left on its disk ({text}).")
+        return TrackingError(f"Cannot {action} in MLflow store {store}: {text}")
+
+    def _artifact_folder(self, run_id: str | None) -> str:
+        """Where run `run_id` keeps its artifacts, for messages about a failed local write."""
+        try:
+            uri = self._client.get_run(run_id).info.artifact_uri if run_id else ""
+        except Exception:  # noqa: BLE001 - only for a message
+            uri = ""
+        return uri.removeprefix("file://") or "the MLflow artifact folder"
+
     # ------------------------------------------------------------- experiments and runs
 
+    @_guarded("create the experiment")
     def ensure_experiment(self, name: str, description: str = "") -> str:
         """Id of MLflow experiment `name`, created (with `description` as its note) if missing."""
         from mlflow.exceptions import MlflowException
@@ -124,15 +217,18 @@ class Tracker:
                 raise
             return exp.experiment_id
 
+    @_guarded("read experiments")
     def find_experiment(self, name: str) -> str | None:
         """Id of MLflow experiment `name`, or None if it does not exist (nothing is created)."""
         exp = self._client.get_experiment_by_name(name)
         return exp.experiment_id if exp is not None else None
 
+    @_guarded("read experiments")
     def experiment_names(self) -> list[str]:
         """Names of the experiments in the store (for "did you mean" hints)."""
         return [e.name for e in self._client.search_experiments(max_results=1000)]
 
+    @_guarded("create a run")
     def start_run(self, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
         """Create a run (nested under `parent_id` if given); returns its id."""
         all_tags = dict(tags)
@@ -140,16 +236,22 @@ class Tracker:
             all_tags[PARENT_RUN] = parent_id
         return self._client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
 
+    @_guarded("reopen a run")
     def reopen_run(self, run_id: str) -> None:
-        """Mark an interrupted run RUNNING again (resume logs into the same run)."""
+        """Mark an interrupted run RUNNING again (resume logs into the same run), without the
+        failure reason of its interruption."""
         self._client.update_run(run_id, status="RUNNING")
+        if FAILURE_TAG in self._client.get_run(run_id).data.tags:
+            self._client.delete_tag(run_id, FAILURE_TAG)
 
+    @_guarded("end a run")
     def end_run(self, run_id: str, status: str, reason: str | None = None) -> None:
         """Terminate a run as FINISHED, FAILED or KILLED, recording `reason` as a tag."""
         if reason:
             self._client.set_tag(run_id, FAILURE_TAG, reason[:5000])
         self._client.set_terminated(run_id, status=status)
 
+    @_guarded("read a run")
     def find_run(self, run_id: str) -> Run | None:
         """Run `run_id`, or None if the store has no such run."""
         from mlflow.exceptions import MlflowException
@@ -159,6 +261,7 @@ class Tracker:
         except MlflowException:
             return None
 
+    @_guarded("read runs")
     def latest_parent_run(self, experiment_id: str, unfinished_only: bool = False, kind: str = "run") -> Run | None:
         """The newest parent run of the experiment (`kind` "run" for `harness run`, "study" for
         `harness tune`), optionally only unfinished ones."""
@@ -169,6 +272,7 @@ class Tracker:
                                         order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs else None
 
+    @_guarded("read runs")
     def parent_runs(self, experiment_id: str, limit: int) -> list[Run]:
         """The newest `limit` parent runs (`harness run` and `harness tune`) of the experiment, newest first."""
         runs = [r for kind in ("run", "study") for r in self._client.search_runs(
@@ -176,17 +280,20 @@ class Tracker:
             order_by=["attributes.start_time DESC"], max_results=limit)]
         return sorted(runs, key=lambda r: r.info.start_time, reverse=True)[:limit]
 
+    @_guarded("read runs")
     def children(self, experiment_id: str, parent_id: str) -> list[Run]:
         """Every child run of `parent_id` (all seeds of all variants, or all trials), oldest first."""
         return self._client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_RUN}` = '{parent_id}'",
                                         order_by=["attributes.start_time ASC"], max_results=5000)
 
+    @_guarded("read metrics")
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """(step, value) pairs of a metric, by step; per-epoch metrics use step = epoch."""
         return sorted((m.step, m.value) for m in self._client.get_metric_history(run_id, key))
 
     # ------------------------------------------------------------- params, metrics, tags
 
+    @_guarded("log params")
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         """Log params in one batch, shortening values beyond MLflow's length limit."""
         from mlflow.entities import Param
@@ -195,10 +302,12 @@ class Tracker:
         for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
             self._client.log_batch(run_id, params=items[start : start + 100])
 
+    @_guarded("log metrics")
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         """Log several metrics at one step in a single request."""
         self.log_epochs(run_id, [(step, metrics, now_ms())])
 
+    @_guarded("log metrics")
     def log_epochs(self, run_id: str, records: list[tuple[int, dict[str, float], int]]) -> None:
         """Log (step, metrics, timestamp in ms) records in as few requests as MLflow allows."""
         from mlflow.entities import Metric
@@ -207,12 +316,14 @@ class Tracker:
         for start in range(0, len(metrics), 1000):
             self._client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
+    @_guarded("set tags")
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         """Set several tags in one request."""
         from mlflow.entities import RunTag
 
         self._client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    @_guarded("log the config")
     def log_config(self, run_id: str, config: TrainConfig, source_file: str | None) -> None:
         """Every config field as a param, the full config as JSON, and the experiment's source file."""
         self.log_params(run_id, flatten(config))
@@ -222,6 +333,7 @@ class Tracker:
 
     # ------------------------------------------------------------- artifacts
 
+    @_guarded("log an artifact")
     def log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> None:
         """Save `data` as the artifact `artifact_file` (a path inside the run's artifacts)."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -230,18 +342,22 @@ class Tracker:
             parent = str(Path(artifact_file).parent)
             self._client.log_artifact(run_id, str(path), None if parent == "." else parent)
 
+    @_guarded("log an artifact")
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         """Save `text` as the artifact `artifact_file`."""
         self._client.log_text(run_id, text, artifact_file)
 
+    @_guarded("log an artifact")
     def log_dict(self, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
         """Save `data` as a JSON (or YAML, by extension) artifact."""
         self._client.log_dict(run_id, data, artifact_file)
 
+    @_guarded("log an artifact")
     def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         """Copy the local file `path` into the run's artifacts (under `artifact_path`)."""
         self._client.log_artifact(run_id, str(path), artifact_path)
 
+    @_guarded("log a figure")
     def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
         """Save a matplotlib figure as a PNG artifact and free it."""
         import matplotlib.pyplot as plt
@@ -251,6 +367,7 @@ class Tracker:
         plt.close(figure)
         self.log_bytes(run_id, png.getvalue(), artifact_file)
 
+    @_guarded("log an artifact")
     def log_array(self, run_id: str, array: Any, artifact_file: str) -> None:
         """Save a NumPy array (`.npy`) as an artifact."""
         import numpy as np
@@ -259,6 +376,7 @@ class Tracker:
         np.save(buffer, array)
         self.log_bytes(run_id, buffer.getvalue(), artifact_file)
 
+    @_guarded("log the model")
     def log_model(self, run_id: str, model: Any, input_example: Any) -> str:
         """`mlflow.pytorch.log_model` into run `run_id` with a signature, an input example and
         the model's real requirements (torch, plus torchvision only if one of its layers comes
@@ -292,6 +410,7 @@ class Tracker:
         with _use_tracking_uri(self.uri):
             yield
 
+    @_guarded("download an artifact")
     def download_artifact(self, run_id: str, path: str, dst: Path) -> Path | None:
         """Download artifact `path` of a run into folder `dst`; None if the run has no such artifact."""
         parent = str(Path(path).parent)

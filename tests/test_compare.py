@@ -271,6 +271,27 @@ def test_compare_child_run_id_points_to_its_parent(store: Store, capsys: pytest.
     assert code == 2 and f"--run {store.single}" in err and len(err.strip().splitlines()) == 1
 
 
+def test_compare_out_must_be_a_folder(store: Store, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`--out` naming a file (or a folder under a file) is one line naming it, before MLflow is read;
+    `write_reports` itself refuses it too, and the file is left as it was."""
+    from harness.compare import load_comparison, write_reports
+    from harness.errors import HarnessError
+    from harness.tracking import Tracker
+
+    existing = tmp_path / "report.csv"
+    existing.write_text("mine")
+    for out, expected in ((existing, f"--out {existing} is a file, not a folder"),
+                          (existing / "sub", f"--out {existing / 'sub'}: {existing} is a file, not a folder")):
+        code, _, err = harness(capsys, "compare", "cmp", "--out", str(out))
+        assert code == 2, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("error: ") and expected in err
+    tracker = Tracker.open(None)
+    with pytest.raises(HarnessError, match="is a file, not a folder"):
+        write_reports(tracker, load_comparison(tracker, "cmp", store.single), existing)
+    assert existing.read_text() == "mine"
+
+
 def test_holm_adjusts_and_keeps_order() -> None:
     from harness import stats
 

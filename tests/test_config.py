@@ -56,6 +56,35 @@ INVALID_VALUES = [
     {"early_stopping_metric": "val_f1"},
     {"dataset": "image_folder"},  # needs data_path
     {"model": "tv_resnet18", "freeze_backbone": True},  # freeze needs pretrained
+    # every float finite: inf and nan otherwise fail only in training (a NaN loss)
+    {"lr": float("inf")},
+    {"lr": float("nan")},
+    {"lr": float("-inf")},
+    {"momentum": float("nan")},
+    {"weight_decay": float("inf")},
+    {"gamma": float("nan")},
+    {"val_fraction": float("nan")},
+    {"test_fraction": float("inf")},
+    {"dropout": float("nan")},
+    {"grad_clip": float("inf")},
+    {"label_smoothing": float("nan")},
+    # bounded ints: absurd values otherwise fail later (allocation, NumPy's seeding, MLflow)
+    {"image_size": 100_000_000},  # a 1.28e18-byte allocation in the first batch
+    {"image_size": 4097},
+    {"image_size": 0},
+    {"seed": -1},
+    {"seed": 2**32},
+    {"seed": 10**20},
+    {"epochs": 1_000_001},
+    {"batch_size": 1_000_001},
+    {"eval_batch_size": 0},
+    {"eval_batch_size": 1_000_001},
+    {"num_workers": -1},
+    {"num_workers": 1025},
+    {"warmup_epochs": 1_000_001},
+    {"step_size": 1_000_001},
+    {"milestones": (1_000_001,)},
+    {"early_stopping_patience": 1_000_001},
 ]
 # Combinations only `check_config` can reject: they depend on what the model supports.
 INVALID_FOR_MODEL = [
@@ -92,6 +121,47 @@ def test_registry_checks_wait_for_check_config(changes: dict) -> None:
     config = TrainConfig(**changes)
     with pytest.raises(HarnessError):
         check_config(config)
+
+
+def test_bounds_are_inclusive() -> None:
+    """The largest accepted values build: the bounds stop typos, never a real run."""
+    from harness.config import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_NUM_WORKERS, SEED_LIMIT
+
+    config = TrainConfig(seed=SEED_LIMIT - 1, image_size=MAX_IMAGE_SIZE, epochs=MAX_EPOCHS, batch_size=MAX_BATCH_SIZE,
+                         eval_batch_size=MAX_BATCH_SIZE, num_workers=MAX_NUM_WORKERS, warmup_epochs=MAX_EPOCHS,
+                         step_size=MAX_EPOCHS, milestones=(MAX_EPOCHS,), early_stopping_patience=MAX_EPOCHS)
+    assert config.seed == 2**32 - 1 and config.image_size == 4096
+
+
+def test_seed_range_is_shared_with_seed_plans() -> None:
+    """`--seeds` and TrainConfig.seed accept the same range (one constant)."""
+    from harness.config import SEED_LIMIT
+    from harness.seeds import SeedPlan
+
+    SeedPlan(seeds=(0, SEED_LIMIT - 1))
+    with pytest.raises(HarnessError, match="--seeds must be integers from 0 to 4294967295"):
+        SeedPlan(seeds=(SEED_LIMIT,))
+    with pytest.raises(HarnessError, match="reaches seed 4294967296"):
+        SeedPlan(repeat=2).check({"net": TrainConfig(seed=SEED_LIMIT - 1)})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"lr": float("inf")}, "lr must be a finite number greater than 0 (got inf)."),
+        ({"lr": float("nan")}, "lr must be a finite number greater than 0 (got nan)."),
+        ({"lr": 0.0}, "lr must be greater than 0 (got 0.0)."),
+        ({"dropout": float("inf")}, "dropout must be a finite number in [0, 1) or none (got inf)."),
+        ({"seed": -1}, "seed must be from 0 to 4294967295 (got -1)."),
+        ({"image_size": 100_000_000}, "image_size must be from 1 to 4096 pixels or none (got 100000000)."),
+        ({"batch_size": 0}, "batch_size must be at least 1 and at most 1,000,000 (got 0)."),
+    ],
+)
+def test_invalid_value_messages(changes: dict, message: str) -> None:
+    """One sentence naming the field, the allowed range and the value given."""
+    with pytest.raises(HarnessError) as info:
+        TrainConfig(**changes)
+    assert str(info.value) == message
 
 
 def test_check_config_returns_the_config() -> None:
@@ -348,6 +418,24 @@ def test_unknown_experiment_suggests_closest() -> None:
     with pytest.raises(HarnessError, match="Did you mean 'quickstart'") as info:
         load_experiment("quickstrat")
     assert "quickstrat" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["../quickstart", "../../tmp/x/evil", "sub/quickstart", "/tmp/evil", "quick start", ""])
+def test_experiment_names_are_plain(name: str, tmp_path: Path) -> None:
+    """A name that is not an identifier is refused before any path is built from it."""
+    with pytest.raises(HarnessError, match="is not a plain name"):
+        load_experiment(name, tmp_path)
+
+
+def test_broken_experiment_file_names_file_and_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file failing at import is one HarnessError naming the file (relative to the working
+    folder), its line and the error; the good files still load."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "bad.py").write_text("import os\n\nx = missing\n")
+    with pytest.raises(HarnessError) as info:
+        load_experiment("bad", Path("experiments"))
+    assert str(info.value) == "experiments/bad.py line 3: NameError: name 'missing' is not defined"
 
 
 # ------------------------------------------------------------------ schedules and optimizers

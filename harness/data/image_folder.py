@@ -6,11 +6,17 @@ Layouts under `data_path`:
 Class per sub-folder (`data_path/cat/x.jpg`) or per file-name prefix (`data_path/cat.1.jpg`).
 Images stream from disk through a DataLoader with workers (decode + resize there); the rest of
 the preprocessing runs per batch on the training device.
+
+Unreadable images fail the run rather than being skipped: skipping would silently change which
+images form the fixed test split. Every file's header is checked once when the folder is indexed
+(one line naming the first bad file and the count); damage only a full decode finds (a truncated
+JPEG) ends the run when a worker meets it, again as one line naming the file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +26,7 @@ from torch import Tensor
 
 from harness.data import Data, register_dataset
 from harness.data.in_memory import TEST_SPLIT_SEED, seeded_split
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 
 if TYPE_CHECKING:
     from harness.config import TrainConfig
@@ -41,6 +47,51 @@ def scan(root: Path) -> tuple[list[Path], list[str]]:
     return files, labels
 
 
+def unreadable(files: Sequence[Path]) -> list[tuple[Path, str]]:
+    """The files PIL cannot identify or whose structure is broken, with why (header-level check:
+    `Image.open` + `verify()`, no pixel decoding, so it stays cheap for large folders)."""
+    from PIL import Image
+
+    bad = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
+            bad.append((path, f"{type(exc).__name__}: {first_line(exc, 120)}"))
+    return bad
+
+
+def check_readable(files: Sequence[Path], root: Path) -> None:
+    """Raise one line naming the first unreadable image under `root` and how many there are."""
+    bad = unreadable(files)
+    if bad:
+        path, why = bad[0]
+        raise HarnessError(f"Image '{path}' cannot be read ({why}); {len(bad)} of {len(files)} images under '{root}' "
+                           "are unreadable: delete or replace them.")
+
+
+@dataclass
+class UnreadableImage:
+    """Returned instead of a sample (and a batch) when a file fails to decode in a worker: a
+    DataLoader re-raises a worker's exception with the worker's whole traceback as its message,
+    so the failure travels as data and the main process raises one line."""
+
+    path: Path
+    reason: str
+
+    def error(self) -> HarnessError:
+        return HarnessError(f"Image '{self.path}' cannot be decoded ({self.reason}); delete or replace it.")
+
+
+def collate(samples: list[tuple[Tensor, int] | UnreadableImage]) -> tuple[Tensor, Tensor] | UnreadableImage:
+    """The default collation, unless a sample failed to decode: then that failure."""
+    for sample in samples:
+        if isinstance(sample, UnreadableImage):
+            return sample
+    return torch.utils.data.default_collate(samples)
+
+
 class FolderImages(torch.utils.data.Dataset):
     """Decodes one file to a uint8 RGB tensor (3, size, size); picklable for worker processes."""
 
@@ -50,12 +101,15 @@ class FolderImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | UnreadableImage:
         from PIL import Image
 
-        with Image.open(self.files[i]) as img:
-            img = img.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
+        try:
+            with Image.open(self.files[i]) as img:
+                img = img.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+        except Exception as exc:  # noqa: BLE001 - any decode failure is this file's fault
+            return UnreadableImage(self.files[i], f"{type(exc).__name__}: {first_line(exc, 120)}")
         return torch.from_numpy(arr.copy()).permute(2, 0, 1), self.labels[i]
 
 
@@ -71,9 +125,21 @@ class StreamedSplit:
     def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]:
         loader = torch.utils.data.DataLoader(
             self.images, batch_size=batch_size, shuffle=shuffle, generator=generator,
-            num_workers=self.num_workers, pin_memory=self.pin_memory,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=collate,
         )
-        yield from loader
+        try:
+            for batch in loader:
+                if isinstance(batch, UnreadableImage):
+                    raise batch.error()
+                yield batch
+        except HarnessError:
+            raise
+        except Exception as exc:
+            # Anything else a worker raised arrives with its traceback as the message: keep its last line.
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            if "DataLoader worker" not in str(exc) or not lines:
+                raise
+            raise HarnessError(f"Reading images failed in a DataLoader worker ({lines[-1].strip()[:200]}).") from None
 
 
 @register_dataset("image_folder")
@@ -91,6 +157,7 @@ def load_image_folder(config: TrainConfig, data_path_unused: Path) -> Data:
         rest, test_idx = seeded_split(len(files), config.test_fraction, TEST_SPLIT_SEED)
         train_files, train_names = [files[i] for i in rest], [names[i] for i in rest]
         test_files, test_names = [files[i] for i in test_idx], [names[i] for i in test_idx]
+    check_readable(train_files + test_files, root)
     classes = sorted(set(train_names))
     if len(classes) < 2:
         raise HarnessError(

@@ -1,0 +1,343 @@
+"""Faults around `harness run`: full disks, read-only folders, an unusable or vanishing tracking
+store, damaged or missing checkpoints, and two resumes of one run.
+
+Each case: how it is caused, what the user must see (exit code, one `error:` line, no
+traceback) and what MLflow must hold afterwards (no run left RUNNING, reasons recorded, no
+epoch logged twice). Disk-full and read-only cases mount a tmpfs (root only; skipped with the
+reason otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from harness.tracking import FAILURE_TAG
+
+EXPERIMENT = """
+from harness.config import TrainConfig
+from harness.experiment import Experiment
+
+experiment = Experiment(name="{name}", description="fault test", variants={{
+    "net": TrainConfig(model="lenet_relu", dataset="synthetic", epochs={epochs}, train_limit={limit}, batch_size=32),
+}})
+"""
+
+
+def write_experiment(folder: Path, name: str, epochs: int = 2, limit: int = 500) -> None:
+    (folder / "experiments").mkdir(exist_ok=True)
+    (folder / "experiments" / f"{name}.py").write_text(EXPERIMENT.format(name=name, epochs=epochs, limit=limit))
+
+
+def harness(*args: str, cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=cwd, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def one_error_line(stderr: str) -> str:
+    """The single line the user sees; fails on tracebacks or extra lines."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+def runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, max_results=1000) if ids else []
+
+
+def assert_nothing_running(uri: str) -> None:
+    running = [r.info.run_name for r in runs(uri) if r.info.status == "RUNNING"]
+    assert not running, f"left RUNNING: {running}"
+
+
+def steps(uri: str, run_id: str, key: str = "train_loss") -> list[int]:
+    return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def child(uri: str) -> object:
+    (run,) = [r for r in runs(uri) if "mlflow.parentRunId" in r.data.tags]
+    return run
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> dict[str, str]:
+    """A working folder with its own store and checkpoints; returns the environment to run in."""
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "HARNESS_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+            "HARNESS_EXPERIMENTS_DIR": str(tmp_path / "experiments")}
+
+
+@pytest.fixture()
+def mount(tmp_path: Path) -> Iterator[callable]:
+    """`mount(name, options)`: a tmpfs at tmp_path/name (unmounted afterwards)."""
+    mounted: list[Path] = []
+
+    def make(name: str, options: str) -> Path:
+        target = tmp_path / name
+        target.mkdir(exist_ok=True)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+        mounted.append(target)
+        return target
+
+    yield make
+    for target in reversed(mounted):
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+# ----------------------------------------------------------------- full disks, read-only folders
+
+
+def test_disk_full_while_checkpointing_fails_in_one_line_and_resume_continues(tmp_path: Path, folder: dict[str, str],
+                                                                            mount) -> None:
+    small = mount("small", "size=300k")  # best.pt (250 kB) fits, last.pt (weights + momentum) does not
+    env = {**folder, "HARNESS_CHECKPOINT_DIR": str(small)}
+    write_experiment(tmp_path, "full")
+    result = harness("run", "full", cwd=tmp_path, env=env)
+    assert result.returncode == 1, result.stderr
+    line = one_error_line(result.stderr)
+    assert "no space left on the device" in line and str(small) in line and "--resume" in line, line
+    uri = folder["MLFLOW_TRACKING_URI"]
+    assert_nothing_running(uri)
+    run = child(uri)
+    assert run.info.status == "FAILED" and "no space left" in run.data.tags[FAILURE_TAG]
+    assert not list(small.rglob("*.tmp")), "a partial checkpoint was left behind"
+
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small)], check=True)  # space freed
+    resumed = harness("run", "full", "--resume", cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    run = MlflowClient(uri).get_run(run.info.run_id)
+    assert run.info.status == "FINISHED" and FAILURE_TAG not in run.data.tags  # the old reason is gone
+    assert steps(uri, run.info.run_id) == [1, 2]
+    assert_nothing_running(uri)
+
+
+def test_disk_full_while_logging_artifacts_marks_runs_failed_with_the_reason(tmp_path: Path, folder: dict[str, str],
+                                                                           mount) -> None:
+    work = mount("work", "size=200k")  # ./mlruns (artifacts of the default store) fills up; the store itself does not
+    write_experiment(tmp_path, "fullart")
+    result = harness("run", "fullart", cwd=work, env=folder)
+    assert result.returncode == 1, result.stderr
+    line = one_error_line(result.stderr)
+    assert "no space left on the device" in line and str(work) in line, line
+    uri = folder["MLFLOW_TRACKING_URI"]
+    assert_nothing_running(uri)
+    run = child(uri)
+    assert run.info.status == "FAILED" and "no space left" in run.data.tags[FAILURE_TAG]
+    parent = MlflowClient(uri).get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FAILED"
+
+
+@pytest.mark.parametrize("checkpoints_elsewhere", [False, True], ids=["checkpoints-here", "checkpoints-elsewhere"])
+def test_read_only_working_folder_names_the_folder_and_the_option(tmp_path: Path, folder: dict[str, str], mount,
+                                                                  checkpoints_elsewhere: bool) -> None:
+    write_experiment(tmp_path, "ro")
+    readonly = mount("ro", "ro,size=1m")
+    env = dict(folder)
+    if not checkpoints_elsewhere:
+        del env["HARNESS_CHECKPOINT_DIR"]  # ./checkpoints in the read-only folder
+    result = harness("run", "ro", cwd=readonly, env=env)
+    assert result.returncode != 0
+    line = one_error_line(result.stderr)
+    assert "read-only" in line, line
+    if checkpoints_elsewhere:
+        assert "mlruns" in line and "--tracking-uri" in line, line
+    else:
+        assert "checkpoints" in line and "HARNESS_CHECKPOINT_DIR" in line, line
+    assert_nothing_running(folder["MLFLOW_TRACKING_URI"])
+
+
+# ----------------------------------------------------------------- unusable and vanishing stores
+
+
+def test_unusable_sqlite_store_fails_within_seconds(tmp_path: Path, folder: dict[str, str], mount) -> None:
+    write_experiment(tmp_path, "store")
+    (tmp_path / "a_folder").mkdir()
+    readonly = mount("rostore", "ro,size=1m")
+    for uri, expected in ((f"sqlite:///{tmp_path}/a_folder", "is a folder"),
+                          (f"sqlite:///{readonly}/mlflow.db", "not writable")):
+        began = time.monotonic()
+        result = harness("run", "store", "--tracking-uri", uri, cwd=tmp_path, env=folder)
+        assert time.monotonic() - began < 30, "an unusable store must fail in seconds, not minutes"
+        assert result.returncode == 2
+        line = one_error_line(result.stderr)
+        assert "Cannot use MLflow tracking store" in line and expected in line, line
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(folder: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "artifacts"),
+         "--workers", "1"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    import urllib.request
+
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                pytest.skip("mlflow server could not start here")
+            time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.skip("mlflow server did not answer within 90 s")
+
+
+def test_tracking_server_dying_mid_run_keeps_training_and_resume_completes_the_record(tmp_path: Path,
+                                                                                     folder: dict[str, str]) -> None:
+    port = _free_port()
+    server = _start_server(tmp_path, port)
+    uri = f"http://127.0.0.1:{port}"
+    env = {**folder, "MLFLOW_TRACKING_URI": uri}
+    write_experiment(tmp_path, "vanish", epochs=6, limit=3000)
+    proc = start("run", "vanish", cwd=tmp_path, env=env)
+    try:
+        deadline = time.time() + 120
+        while not list(Path(folder["HARNESS_CHECKPOINT_DIR"]).glob("*/last.pt")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        os.killpg(server.pid, signal.SIGKILL)  # the server dies after epoch 1
+        server.wait()
+        began = time.monotonic()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - began < 120, "waits on a dead store must be bounded"
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].startswith("warning: ") and "does not answer" in lines[0], err
+    assert lines[1].startswith("error: ") and "harness run vanish --resume" in lines[1], err
+    assert "epoch 6/6" in out  # training went on to the end while the store was down
+    ckpt = next(Path(folder["HARNESS_CHECKPOINT_DIR"]).glob("*/last.pt"))
+
+    server = _start_server(tmp_path, port)  # the store is back
+    try:
+        resumed = harness("run", "vanish", "--resume", cwd=tmp_path, env=env)
+        assert resumed.returncode == 0, resumed.stderr
+        run_id = ckpt.parent.name
+        run = MlflowClient(uri).get_run(run_id)
+        assert run.info.status == "FINISHED" and "test_acc" in run.data.metrics
+        assert steps(uri, run_id) == [1, 2, 3, 4, 5, 6]  # each epoch exactly once
+        assert_nothing_running(uri)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+# ----------------------------------------------------------------- resuming
+
+
+@pytest.fixture()
+def interrupted(tmp_path: Path, folder: dict[str, str]) -> tuple[Path, dict[str, str], str]:
+    """An experiment whose run was stopped (SIGTERM) after some epochs were logged: (cwd, env, child run id)."""
+    write_experiment(tmp_path, "stopped", epochs=200, limit=500)
+    proc = start("run", "stopped", cwd=tmp_path, env=folder)
+    uri = folder["MLFLOW_TRACKING_URI"]
+    deadline = time.time() + 120
+    while not list(Path(folder["HARNESS_CHECKPOINT_DIR"]).glob("*/last.pt")):  # the store exists by then
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    while True:  # until MLflow holds at least one epoch (the logger writes every 5 s)
+        children = [r for r in runs(uri) if "mlflow.parentRunId" in r.data.tags]
+        if children and steps(uri, children[0].info.run_id):
+            break
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert_nothing_running(uri)
+    return tmp_path, folder, children[0].info.run_id
+
+
+def test_resume_with_its_checkpoint_deleted_refuses_and_changes_nothing(interrupted) -> None:
+    cwd, env, run_id = interrupted
+    uri = env["MLFLOW_TRACKING_URI"]
+    logged = steps(uri, run_id)
+    (Path(env["HARNESS_CHECKPOINT_DIR"]) / run_id / "last.pt").unlink()
+    result = harness("run", "stopped", "--resume", cwd=cwd, env=env)
+    assert result.returncode == 2
+    line = one_error_line(result.stderr)
+    assert "last.pt is missing" in line and "without --resume" in line, line
+    assert steps(uri, run_id) == logged  # nothing retrained, no epoch logged twice
+    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"  # left as it was
+    assert_nothing_running(uri)
+
+
+@pytest.mark.parametrize("damage", [b"", os.urandom(4096)], ids=["empty", "random-bytes"])
+def test_resume_with_a_damaged_checkpoint_names_the_file(interrupted, damage: bytes) -> None:
+    cwd, env, run_id = interrupted
+    last = Path(env["HARNESS_CHECKPOINT_DIR"]) / run_id / "last.pt"
+    last.write_bytes(damage)
+    result = harness("run", "stopped", "--resume", cwd=cwd, env=env)
+    assert result.returncode == 2
+    line = one_error_line(result.stderr)
+    assert str(last) in line and "is damaged" in line, line
+    assert_nothing_running(env["MLFLOW_TRACKING_URI"])
+
+
+def test_a_second_resume_of_the_same_run_is_refused(interrupted) -> None:
+    cwd, env, run_id = interrupted
+    uri = env["MLFLOW_TRACKING_URI"]
+    first = start("run", "stopped", "--resume", cwd=cwd, env=env)
+    try:
+        deadline = time.time() + 120
+        while MlflowClient(uri).get_run(run_id).info.status != "RUNNING":  # the first resume holds the run
+            assert first.poll() is None, first.communicate()
+            assert time.time() < deadline
+            time.sleep(0.1)
+        second = harness("run", "stopped", "--resume", cwd=cwd, env=env)
+        assert second.returncode == 2
+        line = one_error_line(second.stderr)
+        assert "being trained by another process" in line and f"pid {first.pid}" in line, line
+    finally:
+        first.terminate()
+        first.communicate(timeout=60)
+    history = steps(uri, run_id)
+    assert history == sorted(set(history)), "an epoch was logged twice"
+    assert_nothing_running(uri)
+
+
+def test_a_lock_of_a_dead_process_does_not_block(tmp_path: Path) -> None:
+    """kill -9 leaves the lock file behind, but not the lock: the kernel released it."""
+    from harness.runlock import run_lock
+
+    script = textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        from harness.runlock import run_lock
+        with run_lock("r1", Path({str(tmp_path)!r})):
+            os._exit(9)
+    """)
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 9
+    assert (tmp_path / "r1.lock").exists()
+    with run_lock("r1", tmp_path):
+        pass

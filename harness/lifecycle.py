@@ -84,7 +84,7 @@ class VariantResult:
 
 def checkpoint_root() -> Path:
     """`HARNESS_CHECKPOINT_DIR`, else ./checkpoints (one sub-folder per MLflow run id)."""
-    return Path(os.environ.get("HARNESS_CHECKPOINT_DIR", "checkpoints"))
+    return Path(os.environ.get("HARNESS_CHECKPOINT_DIR") or "checkpoints")
 
 
 def open_run(ctx: RunContext, label: str, config: TrainConfig, tags: dict[str, str]) -> str:
@@ -184,7 +184,7 @@ def _failed(ctx: RunContext, run_id: str, variant: str, config: TrainConfig, lab
         pass  # the status and reason matter more, and are tried next
     unrecorded = close_run(ctx.tracker, run_id, "FAILED", reason)
     if unrecorded:
-        reason += f" (and the run could not be marked FAILED in MLflow: {unrecorded})"
+        reason += " MLflow could not record the failure either: the run stays RUNNING there."
     return VariantResult(variant, config, run_id, "FAILED", metrics, reason=reason, label=label, diverged=diverged)
 
 

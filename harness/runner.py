@@ -159,7 +159,9 @@ def _parent_ended_on_error(tracker: Tracker, experiment: str, parent_id: str) ->
     except TrackingError as exc:
         if exc.unreachable:
             raise TrackingError(f"{exc}; then run `harness run {experiment} --resume`.", unreachable=True) from None
-        close_run(tracker, parent_id, "FAILED", str(exc))
+        unrecorded = close_run(tracker, parent_id, "FAILED", str(exc))
+        if unrecorded:  # the store is on the same full (or read-only) disk: say the record is incomplete
+            raise TrackingError(f"{exc} MLflow could not record the failure either: runs stay RUNNING there.") from None
         raise
     except BaseException as exc:
         close_run(tracker, parent_id, "FAILED", first_line(exc) if not isinstance(exc, HarnessError) else str(exc))

@@ -157,6 +157,9 @@ class Tracker:
 
         resolved = resolve_tracking_uri(uri)
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on stderr
+        # MLflow logs every failed database write with its traceback before raising; the raised
+        # error is reported in one line (`_guarded`).
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         if resolved.split(":", 1)[0] in ("http", "https"):
             for name, value in HTTP_LIMITS.items():
                 os.environ.setdefault(name, value)

@@ -146,6 +146,17 @@ def test_disk_full_while_logging_artifacts_marks_runs_failed_with_the_reason(tmp
     assert parent.info.status == "FAILED"
 
 
+def test_disk_full_with_the_store_on_it_says_the_record_could_not_be_written(tmp_path: Path, folder: dict[str, str],
+                                                                          mount) -> None:
+    everything = mount("all", "size=1200k")  # store, artifacts and checkpoints on one disk that fills up
+    write_experiment(tmp_path, "allfull")
+    env = {"HARNESS_EXPERIMENTS_DIR": folder["HARNESS_EXPERIMENTS_DIR"]}
+    result = harness("run", "allfull", cwd=everything, env={**env, "MLFLOW_TRACKING_URI": "", "HARNESS_CHECKPOINT_DIR": ""})
+    assert result.returncode != 0
+    line = one_error_line(result.stderr)
+    assert "no space left" in line and "could not record the failure" in line, line
+
+
 @pytest.mark.parametrize("checkpoints_elsewhere", [False, True], ids=["checkpoints-here", "checkpoints-elsewhere"])
 def test_read_only_working_folder_names_the_folder_and_the_option(tmp_path: Path, folder: dict[str, str], mount,
                                                                   checkpoints_elsewhere: bool) -> None:

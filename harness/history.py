@@ -2,9 +2,11 @@
 (with the failure reason) and the command that continues an unfinished one.
 
 Only the newest unfinished `harness run` parent can be continued (`harness run NAME --resume`
-picks that one); a study continues when the same `harness tune` command is run again. A parent
-still marked RUNNING is either training now or was killed without a chance to say so
-(kill -9, a lost machine): MLflow cannot tell these apart, so the hint says so.
+picks that one); a study continues when the same `harness tune` command is run again. A
+`harness run` parent still marked RUNNING is either training now or was killed without a chance
+to say so (kill -9, a lost machine): MLflow cannot tell these apart, so the hint says so. A study
+parent carries its worker's heartbeat: one whose worker stopped beating is ended KILLED here
+("worker stopped (no heartbeat)", see `harness.tune.parent_heartbeat`) before it is listed.
 """
 
 from __future__ import annotations
@@ -106,6 +108,12 @@ def recent_runs(tracker: Tracker, experiment: str, limit: int = 10) -> pd.DataFr
     parents = tracker.parent_runs(experiment_id, limit) if experiment_id is not None else []
     if not parents:
         raise HarnessError(no_runs_message(tracker, experiment))
+    if any(p.info.status == "RUNNING" and p.data.tags.get(tracking.KIND_TAG) == "study" for p in parents):
+        # Imported only then: harness.tune loads PyTorch and Optuna, which the listing otherwise never needs.
+        from harness.tune import end_dead_study_parents
+
+        if end_dead_study_parents(tracker, experiment_id, limit=limit):
+            parents = tracker.parent_runs(experiment_id, limit)
     resumable = tracker.latest_parent_run(experiment_id, unfinished_only=True)
     resumable_id = resumable.info.run_id if resumable is not None else None
     now_ms = int(time.time() * 1000)

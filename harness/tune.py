@@ -6,18 +6,25 @@ lowest val_loss by default; see `FitState.best_metrics`). The test set is never 
 selection. Each epoch is reported to Optuna and the pruner may stop the trial. Each trial's
 run goes through `harness.lifecycle`, like `harness run`'s variants. Storage is any SQLAlchemy
 URL (default: sqlite `optuna.db` with a busy timeout) or `journal:PATH`; RDB storages run a
-heartbeat so a trial whose worker died is failed and retried with the same params.
+heartbeat so a trial whose worker died is failed and retried with the same params; the study's
+MLflow parent run carries a heartbeat of its own so a dead worker's parent is ended too
+(`end_dead_study_parents`). Storage URIs are only ever shown through `harness.uris`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
+import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
@@ -30,8 +37,12 @@ from harness.experiment import Experiment
 from harness.lifecycle import RunContext, VariantResult, open_run, train_variant
 from harness.registry import Registry
 from harness.search_space import suggest
-from harness.tracking import Tracker
+from harness.tracking import Tracker, now_ms
 from harness.train import Callback, FitState, Trainer
+from harness.uris import redact, redact_text
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 # Heartbeats and the matplotlib plots are marked experimental; they are what we rely on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -40,6 +51,10 @@ DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 TRIAL_RUN_ATTR = "mlflow_run_id"
 OBJECTIVE_NAME = "val_acc"  # how optuna-dashboard and Optuna's plots label the objective
+HEARTBEAT_TAG = "harness.heartbeat"  # on a study parent: when its worker last beat (ms since the epoch)
+HEARTBEAT_INTERVAL_TAG = "harness.heartbeat_seconds"  # that worker's --heartbeat
+MISSED_BEATS = 3  # as Optuna's grace period: a worker silent for 3 intervals is dead
+DEAD_WORKER_REASON = "worker stopped (no heartbeat)"
 
 SAMPLERS: Registry[Any] = Registry("sampler")
 SAMPLERS.add("tpe", lambda seed: optuna.samplers.TPESampler(seed=seed))
@@ -48,8 +63,10 @@ SAMPLERS.add("cmaes", lambda seed: optuna.samplers.CmaEsSampler(seed=seed, warn_
 SAMPLERS.add("gp", lambda seed: optuna.samplers.GPSampler(seed=seed))
 
 PRUNERS: Registry[Any] = Registry("pruner")
-# Never prune before a trial has had two epochs: the first is too noisy to judge.
-PRUNERS.add("median", lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+# A trial is never judged on its first epoch alone (too noisy): the step is the epoch (from 1)
+# and Optuna's MedianPruner may prune once `step >= n_warmup_steps`, so with 2 the earliest
+# prune is at the end of epoch 2.
+PRUNERS.add("median", lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2))
 PRUNERS.add("hyperband", lambda: optuna.pruners.HyperbandPruner(min_resource=1))
 PRUNERS.add("none", lambda: optuna.pruners.NopPruner())
 
@@ -69,6 +86,20 @@ class TuneOptions:
     retrain_best: bool = False
     heartbeat_seconds: int = 10
 
+    def __post_init__(self) -> None:
+        """Reject impossible values with one sentence each, before any store is opened."""
+        if self.trials < 1:
+            raise HarnessError(f"--trials must be at least 1 (got {self.trials}).")
+        if self.n_jobs < 1:
+            raise HarnessError(f"--n-jobs must be at least 1 (got {self.n_jobs}).")
+        if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise HarnessError(f"--timeout must be a positive number of seconds (got {self.timeout:g}); "
+                               "leave it out for no time limit.")
+        if self.heartbeat_seconds < 1:
+            raise HarnessError(f"--heartbeat must be at least 1 second (got {self.heartbeat_seconds}).")
+        SAMPLERS.get(self.sampler)  # unknown names: one "did you mean" line
+        PRUNERS.get(self.pruner)
+
 
 def open_storage(url: str | None, heartbeat_seconds: int = 10, tracker: Tracker | None = None) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`: `journal:PATH` for a journal file, else a SQLAlchemy URL.
@@ -81,7 +112,12 @@ def open_storage(url: str | None, heartbeat_seconds: int = 10, tracker: Tracker 
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        path = url.removeprefix("journal:")
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(path))
+        except OSError as exc:  # a missing folder, no permission, a directory
+            raise HarnessError(f"Cannot open the Optuna journal file '{path}' ({exc.strerror or first_line(exc)}); "
+                               "create its folder or choose another --storage journal:PATH.") from None
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}  # wait for a lock instead of failing at once
@@ -92,7 +128,8 @@ def open_storage(url: str | None, heartbeat_seconds: int = 10, tracker: Tracker 
         ))
     except Exception as exc:  # noqa: BLE001 - unreachable server, bad URL, missing driver
         raise HarnessError(
-            f"Cannot open Optuna storage '{url}' ({first_line(exc)}); check the URL and that the database is reachable."
+            f"Cannot open Optuna storage '{redact(url)}' ({redact_text(first_line(exc), url)}); "
+            "check the URL and that the database is reachable."
         ) from None
 
 
@@ -151,7 +188,7 @@ class Objective:
             result = train_variant(self.ctx, run_id, label, config, label=label, callbacks=[pruning], test=False,
                                    plain_progress=True)
         except KeyboardInterrupt:
-            self._state(run_id, optuna.trial.TrialState.FAIL)
+            self._state(run_id, optuna.trial.TrialState.FAIL)  # as Optuna records it; the run is KILLED
             raise
         if result.status == "FINISHED" and not pruning.pruned:
             self._state(run_id, optuna.trial.TrialState.COMPLETE)
@@ -200,7 +237,7 @@ def load_study(storage_url: str | None, study_name: str) -> optuna.Study:
     if study_name not in names:
         from harness.registry import unknown_name_message
 
-        raise HarnessError(unknown_name_message(f"study in '{storage_url or DEFAULT_STORAGE}'", study_name, names))
+        raise HarnessError(unknown_name_message(f"study in '{redact(storage_url or DEFAULT_STORAGE)}'", study_name, names))
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
@@ -222,14 +259,16 @@ class TuneOutcome:
 
 def tune(tracker: Tracker, exp: Experiment, variant: str | None, base: TrainConfig, options: TuneOptions,
          data_dir: Path | None = None) -> TuneOutcome:
-    """Run (or continue) the study until it has `options.trials` finished trials."""
+    """Run (or continue) the study until it has `options.trials` finished trials.
+
+    The study's MLflow parent run never stays RUNNING once this returns or raises: Ctrl-C ends
+    it KILLED, any other error FAILED, and while it runs it beats (`parent_heartbeat`) so that a
+    worker killed without a chance to end it is recognised by the next one.
+    """
     variant = pick_variant(exp, variant)
     if base.val_fraction == 0:
         raise HarnessError("Tuning selects on validation accuracy; set val_fraction above 0 (e.g. --set val_fraction=0.1).")
-    SAMPLERS.get(options.sampler)  # fail on a bad name before anything is created
     pruner = PRUNERS.get(options.pruner)()
-    if options.n_jobs < 1 or options.trials < 1:
-        raise HarnessError("--trials and --n-jobs must be at least 1.")
     study_name = options.study_name or default_study_name(exp, variant)
     storage = open_storage(options.storage, options.heartbeat_seconds, tracker)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -239,36 +278,151 @@ def tune(tracker: Tracker, exp: Experiment, variant: str | None, base: TrainConf
     # Offset the seed by the trials already there: a resumed study must not replay the same samples.
     study.sampler = SAMPLERS.get(options.sampler)(options.seed + len(study.trials))
     experiment_id = tracker.ensure_experiment(exp.name, exp.description)
+    for dead in end_dead_study_parents(tracker, experiment_id, study_name):
+        print(f"Study parent run {dead} of '{study_name}' had no heartbeat: marked KILLED ({DEAD_WORKER_REASON}).",
+              flush=True)
     env_tags = tracking.environment_tags(base.device, exp.source_file)
     parent_id = tracker.start_run(experiment_id, f"study-{study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                  {tracking.KIND_TAG: "study", "optuna.study_name": study_name, **env_tags})
-    tracker.log_params(parent_id, {"variant": variant, "sampler": options.sampler, "pruner": options.pruner,
-                                   "trials": str(options.trials), "n_jobs": str(options.n_jobs)})
+                                  {tracking.KIND_TAG: "study", "optuna.study_name": study_name,
+                                   HEARTBEAT_TAG: str(now_ms()), HEARTBEAT_INTERVAL_TAG: str(options.heartbeat_seconds),
+                                   **env_tags})
     ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir)
+    try:
+        with parent_heartbeat(tracker, parent_id, options.heartbeat_seconds):
+            retrained = _run_study(tracker, study, ctx, base, exp, variant, options)
+    except KeyboardInterrupt:
+        tracker.end_run(parent_id, "KILLED", "interrupted")
+        raise
+    except BaseException as exc:
+        tracker.end_run(parent_id, "FAILED", redact_text(first_line(exc), options.storage or ""))
+        raise
+    tracker.end_run(parent_id, "FINISHED" if retrained is None or retrained.status == "FINISHED" else "FAILED")
+    return TuneOutcome(study, parent_id, retrained)
+
+
+def _run_study(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: TrainConfig, exp: Experiment,
+               variant: str, options: TuneOptions) -> VariantResult | None:
+    """The trials, the study's summary on the parent run, and the optional retrain of the best."""
+    # The storage is a param so the study can be found again; never with its password.
+    tracker.log_params(ctx.parent_id, {"variant": variant, "sampler": options.sampler, "pruner": options.pruner,
+                                       "trials": str(options.trials), "n_jobs": str(options.n_jobs),
+                                       "storage": redact(options.storage or DEFAULT_STORAGE)})
     remaining = options.trials - finished_trials(study)
     # Split the cores between parallel trials instead of oversubscribing them.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.n_jobs))
-    try:
-        if remaining > 0:
+    if remaining > 0:
+        with _quiet_interrupted_trials():
             study.optimize(
-                Objective(ctx, base, exp, study_name), n_trials=remaining, timeout=options.timeout,
+                Objective(ctx, base, exp, study.study_name), n_trials=remaining, timeout=options.timeout,
                 n_jobs=options.n_jobs, catch=(Exception,),
                 callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=FINISHED_STATES),
                            lambda s, trial: print(trial_line(s, trial), flush=True)],
             )
-        else:
-            print(f"Study '{study_name}' already has {finished_trials(study)} finished trials.", flush=True)
-    except KeyboardInterrupt:
-        tracker.end_run(parent_id, "KILLED", "interrupted")
-        raise
-    log_study(tracker, parent_id, study)
-    retrained = None
-    if options.retrain_best and _has_best(study):
-        config = base.override(**study.best_params, val_fraction=0.0)  # train + validation
-        tags = {tracking.KIND_TAG: "variant", tracking.VARIANT_TAG: "retrain-best", tracking.SEED_TAG: str(config.seed)}
-        retrained = train_variant(ctx, open_run(ctx, "retrain-best", config, tags), "retrain-best", config)
-    tracker.end_run(parent_id, "FINISHED" if retrained is None or retrained.status == "FINISHED" else "FAILED")
-    return TuneOutcome(study, parent_id, retrained)
+    else:
+        print(f"Study '{study.study_name}' already has {finished_trials(study)} finished trials.", flush=True)
+    log_study(tracker, ctx.parent_id, study)
+    if not (options.retrain_best and _has_best(study)):
+        return None
+    config = base.override(**study.best_params, val_fraction=0.0)  # train + validation
+    tags = {tracking.KIND_TAG: "variant", tracking.VARIANT_TAG: "retrain-best", tracking.SEED_TAG: str(config.seed)}
+    return train_variant(ctx, open_run(ctx, "retrain-best", config, tags), "retrain-best", config)
+
+
+class _InterruptedTrialFilter(logging.Filter):
+    """Drops Optuna's "Trial N failed ... KeyboardInterrupt" warning (with its 20-line
+    traceback) and the "Trial N failed with value None" line after it: Ctrl-C is not a fault,
+    the trial is still recorded FAIL and its run KILLED, and the CLI says how to continue."""
+
+    _TRIAL = re.compile(r"Trial (\d+) failed")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = self._TRIAL.match(record.getMessage())
+        if match is None:
+            return True
+        if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
+            self.interrupted.add(match[1])
+            return False
+        return match[1] not in self.interrupted
+
+
+@contextmanager
+def _quiet_interrupted_trials() -> Iterator[None]:
+    """`_InterruptedTrialFilter` on the logger Optuna reports failed trials with, for the block."""
+    logger = logging.getLogger("optuna.study._optimize")
+    quiet = _InterruptedTrialFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+@contextmanager
+def parent_heartbeat(tracker: Tracker, run_id: str, seconds: int) -> Iterator[None]:
+    """Set the study parent's `harness.heartbeat` tag to the current time twice every `seconds`
+    while the block runs (a daemon thread, stopped on exit; twice, so a beat delayed by a busy
+    store or interpreter is not yet 3 intervals late).
+
+    Optuna's heartbeat covers a dead worker's trial, not the MLflow parent run that worker
+    opened; this one does. A worker killed with -9 stops beating, and `end_dead_study_parents`
+    (run by the next `harness tune` of the study and by `harness runs`) ends its parent KILLED
+    once the tag is older than 3 of that worker's intervals. A beat that fails (the store is
+    briefly busy) is skipped: the next one follows `seconds` later.
+    """
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(seconds / 2):
+            try:
+                tracker.set_tags(run_id, {HEARTBEAT_TAG: str(now_ms())})
+            except Exception:  # noqa: BLE001 - a missed beat is tolerated (3 must be missed)
+                pass
+
+    thread = threading.Thread(target=beat, name="harness-study-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def is_dead_study_parent(run: Run, at_ms: int | None = None) -> bool:
+    """True for a study parent still marked RUNNING whose worker's heartbeat tag is older than
+    3 of its intervals (`at_ms`: now). A parent without the tag (written by a harness without
+    it) is never called dead: nothing tells a dead worker from a live one there."""
+    tags = run.data.tags
+    if run.info.status != "RUNNING" or tags.get(tracking.KIND_TAG) != "study":
+        return False
+    try:
+        last, interval = int(tags[HEARTBEAT_TAG]), float(tags[HEARTBEAT_INTERVAL_TAG])
+    except (KeyError, ValueError):
+        return False
+    return (now_ms() if at_ms is None else at_ms) - last > MISSED_BEATS * interval * 1000
+
+
+def end_dead_study_parents(tracker: Tracker, experiment_id: str, study_name: str | None = None,
+                           limit: int = 1000) -> list[str]:
+    """End every dead study parent run (`is_dead_study_parent`) of the experiment KILLED with
+    the reason "worker stopped (no heartbeat)", and its trial runs still marked RUNNING with it
+    (Optuna itself fails and retries the trial; this ends the MLflow side). `study_name`: only
+    that study's parents. Returns the ended parents' run ids."""
+    ended = []
+    for run in tracker.parent_runs(experiment_id, limit):
+        if study_name is not None and run.data.tags.get("optuna.study_name") != study_name:
+            continue
+        if not is_dead_study_parent(run):
+            continue
+        for child in tracker.children(experiment_id, run.info.run_id):
+            if child.info.status == "RUNNING":
+                tracker.end_run(child.info.run_id, "KILLED", DEAD_WORKER_REASON)
+        tracker.end_run(run.info.run_id, "KILLED", DEAD_WORKER_REASON)
+        ended.append(run.info.run_id)
+    return ended
 
 
 def _has_best(study: optuna.Study) -> bool:
@@ -293,7 +447,11 @@ def log_study(tracker: Tracker, run_id: str, study: optuna.Study) -> None:
                        ("param_importances", ov.plot_param_importances),
                        ("parallel_coordinate", ov.plot_parallel_coordinate), ("slice", ov.plot_slice)):
         try:
-            ax = plot(study)
+            # Few trials make degenerate axes and importances: matplotlib and Optuna warn about
+            # it on stderr, after the study itself went fine; the figure still tells.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = plot(study)
         except Exception as exc:  # noqa: BLE001 - e.g. importances need several complete trials
             tracker.log_text(run_id, f"{name} not drawn: {exc}\n", f"plots/{name}.txt")
             continue

@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -35,17 +35,23 @@ _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 _LOOPBACK_HOSTS = {"localhost", "::1"}
 _REMOTE_SCHEMES = {"http", "https"}
 _IN_USE_ERRNOS = {errno.EADDRINUSE, 10048}  # 10048: WSAEADDRINUSE on Windows
+# The environment variables `mlflow server` reads for --backend-store-uri and
+# --default-artifact-root (click `envvar=` in mlflow/cli/__init__.py).
+BACKEND_STORE_ENV = "MLFLOW_BACKEND_STORE_URI"
+ARTIFACT_ROOT_ENV = "MLFLOW_DEFAULT_ARTIFACT_ROOT"
 
 
 @dataclass(frozen=True)
 class UiServer:
-    """A planned local `mlflow server`: what to run and where it will answer."""
+    """A planned local `mlflow server`: what to run, the environment variables it adds (the
+    store URI travels there, not on the command line), and where it will answer."""
 
     tracking_uri: str
     artifact_root: str
     host: str
     port: int
     command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -94,19 +100,26 @@ def allowed_hosts(host: str, port: int) -> str | None:
     return ",".join([*defaults, shown, f"{shown}:{port}"])
 
 
-def server_command(tracking_uri: str, host: str, port: int, artifacts: str) -> list[str]:
-    """The `mlflow server` command line serving `tracking_uri` with `artifacts` as artifact root.
+def server_env(tracking_uri: str, artifacts: str) -> dict[str, str]:
+    """The variables that give `mlflow server` its store (`tracking_uri`) and artifact root.
 
-    `--default-artifact-root` is set explicitly: without it MLflow 3 would give experiments
-    created through the server `mlflow-artifacts:/` locations under ./mlartifacts, not ./mlruns.
+    Passed in the environment, not as `--backend-store-uri`: a command line is readable by every
+    user of the machine (`ps`), and a database URI may hold a password. The artifact root is set
+    explicitly: without it MLflow 3 would give experiments created through the server
+    `mlflow-artifacts:/` locations under ./mlartifacts, not ./mlruns.
+    """
+    return {BACKEND_STORE_ENV: tracking_uri, ARTIFACT_ROOT_ENV: artifacts}
+
+
+def server_command(host: str, port: int) -> list[str]:
+    """The `mlflow server` command line (the store and artifact root come from `server_env`).
+
     Artifact serving stays on (MLflow's default) so runs that were logged through an
     `mlflow server` in this folder (`mlflow-artifacts:/` URIs) also open. One worker: a single
     local user, and four workers would quadruple start-up time and memory. No access log: the
     server's log then holds start-up and errors only, and does not grow with every page view.
     """
     command = [sys.executable, "-m", "mlflow", "server",
-               "--backend-store-uri", tracking_uri,
-               "--default-artifact-root", artifacts,
                "--host", host, "--port", str(port), "--workers", "1", "--uvicorn-opts", "--no-access-log"]
     hosts = allowed_hosts(host, port)
     return command + ["--allowed-hosts", hosts] if hosts else command
@@ -116,7 +129,8 @@ def plan(tracking_uri: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
     """Check `host:port` and build the server command; `port=0` picks a free port."""
     chosen = pick_port(host, port)
     artifacts = artifact_root(tracking_uri, cwd)
-    return UiServer(tracking_uri, artifacts, host, chosen, server_command(tracking_uri, host, chosen, artifacts))
+    return UiServer(tracking_uri, artifacts, host, chosen, server_command(host, chosen),
+                    server_env(tracking_uri, artifacts))
 
 
 def pick_port(host: str, port: int) -> int:
@@ -184,7 +198,7 @@ def serve(tracking_uri: str | None = None, host: str = DEFAULT_HOST, port: int =
         # Own session: a Ctrl-C in the terminal reaches only us, so the server is stopped in
         # order (no uvicorn/click noise) and never left running behind an interrupted harness.
         proc = subprocess.Popen(server.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=os.name == "posix")
+                                env={**os.environ, **server.env}, start_new_session=os.name == "posix")
         try:
             wait_until_up(proc, server.url, timeout, log_path)
             echo(f"MLflow UI for {redact(uri)} at {server.url} (Ctrl-C to stop)")

@@ -21,12 +21,16 @@ from harness.errors import HarnessError
 
 
 def test_server_command_serves_the_store_and_mlruns_of_harness_run(tmp_path: Path) -> None:
-    command = ui.plan("sqlite:///mlflow.db", "127.0.0.1", 0, cwd=tmp_path).command
+    planned = ui.plan("postgresql://me:s3cr3t@db/mlflow", "127.0.0.1", 0, cwd=tmp_path)
+    command, env = planned.command, planned.env
     args = dict(zip(command[4::2], command[5::2]))  # after: python -m mlflow server
     assert command[1:4] == ["-m", "mlflow", "server"]
-    assert args["--backend-store-uri"] == "sqlite:///mlflow.db"
+    # The store travels in the environment `mlflow server` reads, never on its command line (`ps`).
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://me:s3cr3t@db/mlflow"
+    assert "--backend-store-uri" not in command and not any("s3cr3t" in part for part in command)
     # the absolute ./mlruns that MLflow's client uses for `harness run` in that folder
-    assert args["--default-artifact-root"] == str(tmp_path / "mlruns")
+    assert env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] == str(tmp_path / "mlruns")
+    assert "--default-artifact-root" not in command
     assert args["--host"] == "127.0.0.1" and int(args["--port"]) > 0 and args["--workers"] == "1"
     assert "--allowed-hosts" not in command  # MLflow's defaults accept localhost
     allowed = ui.allowed_hosts("192.0.2.7", 5001).split(",")
@@ -94,6 +98,17 @@ def test_a_tracking_server_uri_starts_nothing_and_prints_its_address() -> None:
         ui.serve(f"http://127.0.0.1:{port}", echo=printed.append)
 
 
+def _command_lines() -> list[str]:
+    """Every process's command line, as `ps` shows them (Linux /proc; empty elsewhere)."""
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # the process ended meanwhile
+            continue
+    return lines
+
+
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as response:
         assert response.status == 200
@@ -113,6 +128,8 @@ def test_ui_serves_the_store_and_artifacts_then_stops_on_ctrl_c(workdir: Path) -
     with harness_ui(workdir) as server:
         assert f"MLflow UI for sqlite:///{workdir}/mlflow.db at http://127.0.0.1:" in server.lines[0]
         assert _get(server.url + "/health") == b"OK"
+        store = f"sqlite:///{workdir}/mlflow.db"
+        assert store not in " ".join(_command_lines()), "the store URI is visible in `ps`"
         found = json.loads(_get(server.url + "/ajax-api/2.0/mlflow/experiments/search?max_results=100"))
         assert "ui_check" in {e["name"] for e in found["experiments"]}
         # the UI's own artifact endpoints find the file where the client logged it

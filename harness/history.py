@@ -6,7 +6,7 @@ picks that one); a study continues when the same `harness tune` command is run a
 `harness run` parent still marked RUNNING is either training now or was killed without a chance
 to say so (kill -9, a lost machine): MLflow cannot tell these apart, so the hint says so. A study
 parent carries its worker's heartbeat: one whose worker stopped beating is ended KILLED here
-("worker stopped (no heartbeat)", see `harness.tune.parent_heartbeat`) before it is listed.
+("worker stopped (no heartbeat)", see `harness.study_liveness`) before it is listed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pandas as pd
 
 from harness import tracking
 from harness.errors import HarnessError
+from harness.study_liveness import end_dead_study_parents
 from harness.tracking import Tracker, no_runs_message
 
 if TYPE_CHECKING:
@@ -109,9 +110,6 @@ def recent_runs(tracker: Tracker, experiment: str, limit: int = 10) -> pd.DataFr
     if not parents:
         raise HarnessError(no_runs_message(tracker, experiment))
     if any(p.info.status == "RUNNING" and p.data.tags.get(tracking.KIND_TAG) == "study" for p in parents):
-        # Imported only then: harness.tune loads PyTorch and Optuna, which the listing otherwise never needs.
-        from harness.tune import end_dead_study_parents
-
         if end_dead_study_parents(tracker, experiment_id, limit=limit):
             parents = tracker.parent_runs(experiment_id, limit)
     resumable = tracker.latest_parent_run(experiment_id, unfinished_only=True)

@@ -17,14 +17,13 @@ import logging
 import math
 import os
 import re
-import threading
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -37,12 +36,16 @@ from harness.experiment import Experiment
 from harness.lifecycle import RunContext, VariantResult, open_run, train_variant
 from harness.registry import Registry
 from harness.search_space import suggest
+from harness.study_liveness import (
+    DEAD_WORKER_REASON,
+    HEARTBEAT_INTERVAL_TAG,
+    HEARTBEAT_TAG,
+    end_dead_study_parents,
+    parent_heartbeat,
+)
 from harness.tracking import Tracker, now_ms
 from harness.train import Callback, FitState, Trainer
 from harness.uris import redact, redact_text
-
-if TYPE_CHECKING:
-    from mlflow.entities import Run
 
 # Heartbeats and the matplotlib plots are marked experimental; they are what we rely on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -51,10 +54,6 @@ DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 TRIAL_RUN_ATTR = "mlflow_run_id"
 OBJECTIVE_NAME = "val_acc"  # how optuna-dashboard and Optuna's plots label the objective
-HEARTBEAT_TAG = "harness.heartbeat"  # on a study parent: when its worker last beat (ms since the epoch)
-HEARTBEAT_INTERVAL_TAG = "harness.heartbeat_seconds"  # that worker's --heartbeat
-MISSED_BEATS = 3  # as Optuna's grace period: a worker silent for 3 intervals is dead
-DEAD_WORKER_REASON = "worker stopped (no heartbeat)"
 
 SAMPLERS: Registry[Any] = Registry("sampler")
 SAMPLERS.add("tpe", lambda seed: optuna.samplers.TPESampler(seed=seed))
@@ -359,70 +358,6 @@ def _quiet_interrupted_trials() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(quiet)
-
-
-@contextmanager
-def parent_heartbeat(tracker: Tracker, run_id: str, seconds: int) -> Iterator[None]:
-    """Set the study parent's `harness.heartbeat` tag to the current time twice every `seconds`
-    while the block runs (a daemon thread, stopped on exit; twice, so a beat delayed by a busy
-    store or interpreter is not yet 3 intervals late).
-
-    Optuna's heartbeat covers a dead worker's trial, not the MLflow parent run that worker
-    opened; this one does. A worker killed with -9 stops beating, and `end_dead_study_parents`
-    (run by the next `harness tune` of the study and by `harness runs`) ends its parent KILLED
-    once the tag is older than 3 of that worker's intervals. A beat that fails (the store is
-    briefly busy) is skipped: the next one follows `seconds` later.
-    """
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(seconds / 2):
-            try:
-                tracker.set_tags(run_id, {HEARTBEAT_TAG: str(now_ms())})
-            except Exception:  # noqa: BLE001 - a missed beat is tolerated (3 must be missed)
-                pass
-
-    thread = threading.Thread(target=beat, name="harness-study-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
-def is_dead_study_parent(run: Run, at_ms: int | None = None) -> bool:
-    """True for a study parent still marked RUNNING whose worker's heartbeat tag is older than
-    3 of its intervals (`at_ms`: now). A parent without the tag (written by a harness without
-    it) is never called dead: nothing tells a dead worker from a live one there."""
-    tags = run.data.tags
-    if run.info.status != "RUNNING" or tags.get(tracking.KIND_TAG) != "study":
-        return False
-    try:
-        last, interval = int(tags[HEARTBEAT_TAG]), float(tags[HEARTBEAT_INTERVAL_TAG])
-    except (KeyError, ValueError):
-        return False
-    return (now_ms() if at_ms is None else at_ms) - last > MISSED_BEATS * interval * 1000
-
-
-def end_dead_study_parents(tracker: Tracker, experiment_id: str, study_name: str | None = None,
-                           limit: int = 1000) -> list[str]:
-    """End every dead study parent run (`is_dead_study_parent`) of the experiment KILLED with
-    the reason "worker stopped (no heartbeat)", and its trial runs still marked RUNNING with it
-    (Optuna itself fails and retries the trial; this ends the MLflow side). `study_name`: only
-    that study's parents. Returns the ended parents' run ids."""
-    ended = []
-    for run in tracker.parent_runs(experiment_id, limit):
-        if study_name is not None and run.data.tags.get("optuna.study_name") != study_name:
-            continue
-        if not is_dead_study_parent(run):
-            continue
-        for child in tracker.children(experiment_id, run.info.run_id):
-            if child.info.status == "RUNNING":
-                tracker.end_run(child.info.run_id, "KILLED", DEAD_WORKER_REASON)
-        tracker.end_run(run.info.run_id, "KILLED", DEAD_WORKER_REASON)
-        ended.append(run.info.run_id)
-    return ended
 
 
 def _has_best(study: optuna.Study) -> bool:

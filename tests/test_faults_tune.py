@@ -210,7 +210,7 @@ def test_next_worker_ends_only_dead_study_runs_of_its_study(workdir: Path) -> No
     heartbeat is older than 3 of its intervals is ended KILLED with its running trials; a fresh
     one, one without the tag (nothing to judge by) and another study's are left alone."""
     from harness.tracking import Tracker
-    from harness.tune import DEAD_WORKER_REASON, end_dead_study_parents
+    from harness.study_liveness import DEAD_WORKER_REASON, end_dead_study_parents
 
     tracker = Tracker.open()
     exp_id = tracker.ensure_experiment("quickstart", "")

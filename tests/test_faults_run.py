@@ -265,24 +265,39 @@ def test_tracking_server_dying_mid_run_keeps_training_and_resume_completes_the_r
 # ----------------------------------------------------------------- resuming
 
 
-@pytest.fixture()
-def interrupted(tmp_path: Path, folder: dict[str, str]) -> tuple[Path, dict[str, str], str]:
-    """An experiment whose run was stopped (SIGTERM) after its first checkpoint: (cwd, env, child
-    run id). The stop flushes the buffered epochs, so MLflow holds some of them."""
-    write_experiment(tmp_path, "stopped", epochs=200, limit=500)
-    proc = start("run", "stopped", cwd=tmp_path, env=folder)
+@pytest.fixture(scope="module")
+def interrupted_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Made once: an experiment whose run was stopped (SIGTERM) after its first checkpoint
+    (folder, child run id). The stop flushes the buffered epochs, so MLflow holds some."""
+    root = tmp_path_factory.mktemp("interrupted")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "HARNESS_CHECKPOINT_DIR": str(root / "ckpt"),
+           "HARNESS_EXPERIMENTS_DIR": str(root / "experiments")}
+    write_experiment(root, "stopped", epochs=200, limit=500)
+    proc = start("run", "stopped", cwd=root, env=env)
     deadline = time.time() + 120
-    while not list(Path(folder["HARNESS_CHECKPOINT_DIR"]).glob("*/last.pt")):
+    while not list((root / "ckpt").glob("*/last.pt")):
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline
         time.sleep(0.05)
     proc.terminate()
     proc.communicate(timeout=60)
-    uri = folder["MLFLOW_TRACKING_URI"]
-    assert_nothing_running(uri)
-    run = child(uri)
-    assert steps(uri, run.info.run_id), "the stop should have flushed the logged epochs"
-    return tmp_path, folder, run.info.run_id
+    assert_nothing_running(env["MLFLOW_TRACKING_URI"])
+    run = child(env["MLFLOW_TRACKING_URI"])
+    assert steps(env["MLFLOW_TRACKING_URI"], run.info.run_id), "the stop should have flushed the logged epochs"
+    return root, run.info.run_id
+
+
+@pytest.fixture()
+def interrupted(interrupted_template: tuple[Path, str], tmp_path: Path) -> tuple[Path, dict[str, str], str]:
+    """A private copy of the stopped run's folder (store, checkpoints, experiment): (cwd, env, child run id)."""
+    import shutil
+
+    template, run_id = interrupted_template
+    root = tmp_path / "copy"
+    shutil.copytree(template, root)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "HARNESS_CHECKPOINT_DIR": str(root / "ckpt"),
+           "HARNESS_EXPERIMENTS_DIR": str(root / "experiments")}
+    return root, env, run_id
 
 
 def test_resume_with_its_checkpoint_deleted_refuses_and_changes_nothing(interrupted) -> None:

@@ -11,7 +11,8 @@ import os
 import statistics
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ from harness.callbacks import ConsoleProgress, EarlyStopping, MlflowEpochLogger
 from harness.config import TrainConfig
 from harness.data import Data, data_key, load_data
 from harness.data.transforms import Preprocess
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.process_clock import seconds_since_process_start
 from harness.tracking import Tracker, TrackingError, now_ms
+from harness.uris import redact_text
 from harness.train import Callback, FitState, NonFiniteLossError, Trainer, build_trainer, evaluate, fit, param_count
 
 STOP_TAG = "harness.stop_reason"  # why training ended before `epochs` (early stopping, pruning)
@@ -171,6 +173,32 @@ def close_run(tracker: Tracker, run_id: str, status: str, reason: str | None) ->
         return None
     except TrackingError as exc:
         return str(exc)
+
+
+@contextmanager
+def ended_on_error(tracker: Tracker, run_id: str, resume_hint: str | None = None, secret: str = "") -> Iterator[None]:
+    """Whatever stops the block ends run `run_id` (a parent: `harness run`'s, a study's): KILLED
+    for Ctrl-C / SIGTERM, FAILED with a one-line reason (`secret`'s password hidden) otherwise.
+    A store that does not answer cannot be told: the error then ends with `resume_hint`, the
+    command that completes the record later. If the failure cannot be recorded (the store is on
+    a full disk too), the error says so."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        close_run(tracker, run_id, "KILLED", "interrupted")
+        raise
+    except TrackingError as exc:
+        if exc.unreachable:
+            if resume_hint:
+                raise TrackingError(f"{exc}; then run `{resume_hint}`.", unreachable=True) from None
+            raise
+        if close_run(tracker, run_id, "FAILED", str(exc)):
+            raise TrackingError(f"{exc} MLflow could not record the failure either: runs stay RUNNING there.") from None
+        raise
+    except BaseException as exc:
+        reason = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {first_line(exc)}"
+        close_run(tracker, run_id, "FAILED", redact_text(reason, secret) if secret else reason)
+        raise
 
 
 def _failed(ctx: RunContext, run_id: str, variant: str, config: TrainConfig, label: str, state: FitState,

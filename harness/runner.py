@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING, Any
 
 from harness import tracking
 from harness.config import TrainConfig
-from harness.errors import HarnessError, first_line
+from harness.errors import HarnessError
 from harness.experiment import Experiment
 from harness.lifecycle import (
     RunContext,
     VariantResult,
     check_resumable,
     checkpoint_root,
-    close_run,
+    ended_on_error,
     open_run,
     train_variant,
 )
 from harness.runlock import run_lock
 from harness.seeds import Job, SeedPlan, plan_jobs
-from harness.tracking import Tracker, TrackingError
+from harness.tracking import Tracker
 
 if TYPE_CHECKING:  # compare (pandas, scipy) is imported once training is over, not on the start-up path
     from harness.compare import Comparison
@@ -89,7 +89,7 @@ def run_experiment(
             parent_id = tracker.start_run(experiment_id, f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                           {tracking.KIND_TAG: "run", **env_tags})
         ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir)
-        with _sigterm_as_interrupt(), _parent_ended_on_error(tracker, exp.name, parent_id):
+        with _sigterm_as_interrupt(), ended_on_error(tracker, parent_id, f"harness run {exp.name} --resume"):
             if not resume:
                 held.enter_context(run_lock(parent_id, checkpoint_root()))
                 tracker.log_params(parent_id, {"experiment": exp.name, "variants": ",".join(configs),
@@ -145,27 +145,6 @@ def _train_jobs(ctx: RunContext, jobs: list[Job], existing: dict[tuple[str, int 
         results.append(_run_job(ctx, job, previous, startup=not trained))
         trained = True
     return results
-
-
-@contextmanager
-def _parent_ended_on_error(tracker: Tracker, experiment: str, parent_id: str) -> Iterator[None]:
-    """Whatever stops the command ends the parent run: KILLED for Ctrl-C / SIGTERM, FAILED with
-    the reason for anything else. A store that is down gets the command to finish later."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        close_run(tracker, parent_id, "KILLED", "interrupted")
-        raise
-    except TrackingError as exc:
-        if exc.unreachable:
-            raise TrackingError(f"{exc}; then run `harness run {experiment} --resume`.", unreachable=True) from None
-        unrecorded = close_run(tracker, parent_id, "FAILED", str(exc))
-        if unrecorded:  # the store is on the same full (or read-only) disk: say the record is incomplete
-            raise TrackingError(f"{exc} MLflow could not record the failure either: runs stay RUNNING there.") from None
-        raise
-    except BaseException as exc:
-        close_run(tracker, parent_id, "FAILED", first_line(exc) if not isinstance(exc, HarnessError) else str(exc))
-        raise
 
 
 def _run_job(ctx: RunContext, job: Job, previous: Any, startup: bool) -> VariantResult:

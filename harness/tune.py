@@ -33,7 +33,7 @@ from harness import reports, tracking
 from harness.config import TrainConfig
 from harness.errors import HarnessError, first_line, retry
 from harness.experiment import Experiment
-from harness.lifecycle import RunContext, VariantResult, open_run, train_variant
+from harness.lifecycle import RunContext, VariantResult, ended_on_error, open_run, train_variant
 from harness.registry import Registry
 from harness.search_space import suggest
 from harness.study_liveness import (
@@ -286,15 +286,9 @@ def tune(tracker: Tracker, exp: Experiment, variant: str | None, base: TrainConf
                                    HEARTBEAT_TAG: str(now_ms()), HEARTBEAT_INTERVAL_TAG: str(options.heartbeat_seconds),
                                    **env_tags})
     ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir)
-    try:
-        with parent_heartbeat(tracker, parent_id, options.heartbeat_seconds):
-            retrained = _run_study(tracker, study, ctx, base, exp, variant, options)
-    except KeyboardInterrupt:
-        tracker.end_run(parent_id, "KILLED", "interrupted")
-        raise
-    except BaseException as exc:
-        tracker.end_run(parent_id, "FAILED", redact_text(first_line(exc), options.storage or ""))
-        raise
+    with ended_on_error(tracker, parent_id, secret=options.storage or ""), \
+            parent_heartbeat(tracker, parent_id, options.heartbeat_seconds):
+        retrained = _run_study(tracker, study, ctx, base, exp, variant, options)
     tracker.end_run(parent_id, "FINISHED" if retrained is None or retrained.status == "FINISHED" else "FAILED")
     return TuneOutcome(study, parent_id, retrained)
 

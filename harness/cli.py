@@ -118,25 +118,59 @@ def run(
     resume: Annotated[bool, typer.Option(help="Continue the latest interrupted run from its checkpoints.")] = False,
     repeat: Annotated[Optional[int], typer.Option(help="Train every variant K times, seeds from its config seed upwards.")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Train every variant once per seed, e.g. 0,1,2.")] = None,
+    nproc_per_node: Annotated[Optional[str], typer.Option(
+        help="Train data-parallel on N processes on this machine (PyTorch's torchrun launcher); auto = one per GPU "
+             "(1 without). batch_size stays the global batch.")] = None,
+    dist_backend: Annotated[str, typer.Option(help="With several processes: auto (nccl on CUDA, gloo on CPU), "
+                                                   "gloo or nccl.")] = "auto",
 ) -> None:
-    """Train every variant of an experiment and record it in MLflow (one parent run, a child per variant and seed)."""
+    """Train every variant of an experiment and record it in MLflow (one parent run, a child per variant and seed).
+
+    Under torchrun (`torchrun ... -m harness run NAME`), every process trains each variant
+    data-parallel; rank 0 records the runs."""
     from harness.seeds import SeedPlan
 
     plan = SeedPlan.parse(repeat, seeds)  # bad values fail before any data is touched
     exp, configs = _resolve(name, set_, device)
-    from harness.runner import run_experiment
-    from harness.tracking import Tracker
+    from harness import distributed
 
-    tracker = Tracker.open(tracking_uri)
+    device_name = next(iter(configs.values())).device
+    if nproc_per_node is not None:
+        if distributed.env_world() is not None:
+            raise HarnessError("This process was started by torchrun already; leave out --nproc-per-node "
+                               "(torchrun's own --nproc-per-node sets the processes).")
+        from harness import launch
+
+        nproc = launch.parse_nproc(nproc_per_node, device_name)
+        if nproc > 1:
+            launch.check_launch(configs, nproc, dist_backend, device_name)
+            worker = ["run", name, *[a for item in set_ or [] for a in ("--set", item)],
+                      *(["--data-dir", str(data_dir)] if data_dir else []),
+                      *(["--tracking-uri", tracking_uri] if tracking_uri else []),
+                      *(["--device", device] if device else []), *(["--resume"] if resume else []),
+                      *(["--repeat", str(repeat)] if repeat is not None else []),
+                      *(["--seeds", seeds] if seeds else []), "--dist-backend", dist_backend]
+            raise typer.Exit(launch.launch(nproc, worker, name, tracking_uri))
+    dist = distributed.init_from_env(device_name, dist_backend)
+    if not dist.is_main:  # one process speaks: rank 0 (errors still reach stderr from any rank)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+    from harness.runner import run_experiment
+    from harness.tracking import open_for
+
+    tracker = open_for(tracking_uri, dist)
     try:
-        outcome = run_experiment(tracker, exp, configs, data_dir=data_dir, resume=resume, seeds=plan)
+        outcome = run_experiment(tracker, exp, configs, data_dir=data_dir, resume=resume, seeds=plan, dist=dist)
     except KeyboardInterrupt:
-        typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} --resume`.",
-                   err=True)
+        if dist.is_main:
+            typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} --resume`.",
+                       err=True)
         raise typer.Exit(130) from None
+    finally:
+        distributed.shutdown()
     from harness.compare import CompareOutcome
 
-    _print_tables(CompareOutcome(outcome.comparison))
+    if outcome.comparison is not None:
+        _print_tables(CompareOutcome(outcome.comparison))
     for r in outcome.failed:
         typer.echo(f"error: variant '{r.label or r.variant}' {r.status}: {r.reason}", err=True)
     if outcome.failed:

@@ -78,6 +78,9 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format on CPU/CUDA: measured +17-60% for LeNet on CPU (harness bench)
     compile: bool = False  # torch.compile the model: opt-in, its compile time only pays off on long runs
     num_workers: int = 2  # DataLoader workers for streamed (image folder) datasets
+    # With several processes (harness run --nproc-per-node): BatchNorm statistics over the global
+    # batch instead of each process's share (nn.SyncBatchNorm; CUDA only).
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         _check_values(self)

@@ -2,6 +2,11 @@
 it (test the best epoch once, log reports and the model), and end it FINISHED, FAILED or KILLED
 with the reason. `harness run`, `harness tune` (each trial, and `--retrain-best`) all go
 through here; what they share travels in one `RunContext`.
+
+With several processes every rank lives through the same calls: rank 0 alone talks to MLflow
+(the tracker is `distributed.MainOnly` there) and writes checkpoints, and the ranks agree on
+every outcome. An error the ranks cannot agree on (one rank's own failure, or a peer that died)
+ends the command after the run is marked FAILED: the other ranks cannot go on without it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from harness.callbacks import ConsoleProgress, EarlyStopping, MlflowEpochLogger
 from harness.config import TrainConfig
 from harness.data import Data, data_key, load_data
 from harness.data.transforms import Preprocess
+from harness.distributed import SINGLE, Dist, GroupFailure, is_shared
 from harness.errors import HarnessError, first_line
 from harness.process_clock import seconds_since_process_start
 from harness.tracking import Tracker, TrackingError, now_ms
@@ -67,6 +73,7 @@ class RunContext:
     source_file: str | None = None
     data_dir: Path | None = None
     data: DataCache = field(default_factory=DataCache)
+    dist: Dist = SINGLE
 
 
 @dataclass
@@ -95,10 +102,18 @@ def open_run(ctx: RunContext, label: str, config: TrainConfig, tags: dict[str, s
     run_id = ctx.tracker.start_run(ctx.experiment_id, label, {**tags, **ctx.env_tags}, ctx.parent_id)
     try:
         ctx.tracker.log_config(run_id, config, ctx.source_file)
+        ctx.tracker.log_params(run_id, world_params(ctx.dist, config))
     except TrackingError as exc:  # e.g. ./mlruns read-only: the run is not left RUNNING
         close_run(ctx.tracker, run_id, "FAILED", str(exc))
         raise
     return run_id
+
+
+def world_params(dist: Dist, config: TrainConfig) -> dict[str, str]:
+    """How many processes trained the run and what each took of the global batch."""
+    return {"world_size": str(dist.world_size), "nnodes": str(dist.nnodes),
+            "per_device_batch_size": str(config.batch_size // dist.world_size),
+            "backend": dist.backend if dist.enabled else "none"}
 
 
 def train_variant(
@@ -125,13 +140,18 @@ def train_variant(
     if resume:
         tracker.reopen_run(run_id)
     state = FitState()
+    main = ctx.dist.is_main
     try:
-        t = build_trainer(config, ctx.data.load(config, ctx.data_dir))
+        if ctx.dist.enabled:  # rank 0 first (a download is not raced); its error is every rank's
+            ctx.dist.from_main(lambda: ctx.data.load(config, ctx.data_dir) and None)
+        t = build_trainer(config, ctx.data.load(config, ctx.data_dir), ctx.dist)
         ckpt_dir = checkpoint_root() / run_id
         if resume:
-            state = _restore(tracker, run_id, t, ckpt_dir, variant, label) or state
-        all_callbacks: list[Callback] = [checkpoint.Checkpointer(ckpt_dir), MlflowEpochLogger(tracker, run_id),
+            state = _restore(ctx, run_id, t, ckpt_dir, variant, label) or state
+        all_callbacks: list[Callback] = [checkpoint.Checkpointer(ckpt_dir, writer=main),
                                          ConsoleProgress(label, force_plain=plain_progress or None)]
+        if main:
+            all_callbacks.insert(1, MlflowEpochLogger(tracker, run_id))
         if config.early_stopping_patience:
             all_callbacks.append(EarlyStopping(config.early_stopping_patience))
         all_callbacks += callbacks
@@ -149,20 +169,31 @@ def train_variant(
         raise
     except TrackingError as exc:
         if not exc.unreachable:
-            return _failed(ctx, run_id, variant, config, label, state, str(exc), False)
+            return _agreed(ctx, exc, _failed(ctx, run_id, variant, config, label, state, str(exc), False))
         raise TrackingError(f"{exc}; '{label}' trained {state.epoch} epochs, checkpointed in "
                             f"{checkpoint_root() / run_id}: once the store answers, --resume records the rest",
                             unreachable=True) from None
     except (HarnessError, NonFiniteLossError) as exc:
-        return _failed(ctx, run_id, variant, config, label, state, str(exc), isinstance(exc, NonFiniteLossError))
+        return _agreed(ctx, exc, _failed(ctx, run_id, variant, config, label, state, str(exc),
+                                         isinstance(exc, NonFiniteLossError)))
     except Exception as exc:  # noqa: BLE001 - a crash in one variant must not lose the others
         try:
             tracker.log_text(run_id, traceback.format_exc(), "error.txt")
         except TrackingError:
             pass  # the reason tag below still says what happened
-        return _failed(ctx, run_id, variant, config, label, state, f"{type(exc).__name__}: {exc}", False)
+        return _agreed(ctx, exc, _failed(ctx, run_id, variant, config, label, state,
+                                         f"{type(exc).__name__}: {first_line(exc, 300)}", False))
     tracker.end_run(run_id, "FINISHED")
     return VariantResult(variant, config, run_id, "FINISHED", metrics, label=label, stop_reason=state.stop_reason)
+
+
+def _agreed(ctx: RunContext, exc: BaseException, result: VariantResult) -> VariantResult:
+    """`result` if every rank met `exc` alike (one process; a diverged loss, which all ranks
+    see in their all-reduced metrics; an error rank 0 handed to all); else the command ends."""
+    if not ctx.dist.enabled or isinstance(exc, NonFiniteLossError) or is_shared(exc):
+        return result
+    raise GroupFailure(f"rank {ctx.dist.rank}: '{result.label}' failed ({result.reason}); the other processes cannot "
+                       "go on without it") from exc
 
 
 def close_run(tracker: Tracker, run_id: str, status: str, reason: str | None) -> str | None:
@@ -230,16 +261,22 @@ def check_resumable(tracker: Tracker, run: Any, variant: str) -> None:
                            "at its folder), or start a new run without --resume.")
 
 
-def _restore(tracker: Tracker, run_id: str, t: Trainer, ckpt_dir: Path, variant: str, label: str) -> FitState | None:
-    """The checkpointed state of an interrupted run, put back into `t`; epochs the checkpoint
-    has but MLflow lacks (killed between the two writes) are logged now. None without one."""
+def _restore(ctx: RunContext, run_id: str, t: Trainer, ckpt_dir: Path, variant: str, label: str) -> FitState | None:
+    """The checkpointed state of an interrupted run, put back into `t` (rank 0 reads the file and
+    hands it to every rank); epochs the checkpoint has but MLflow lacks (killed between the two
+    writes) are logged now. None without one."""
+    tracker = ctx.tracker
     last = ckpt_dir / checkpoint.LAST
-    if not last.is_file():
+    ckpt = ctx.dist.from_main(lambda: checkpoint.load(last) if last.is_file() else None)
+    if ckpt is None:
         return None
-    ckpt = checkpoint.load(last)
     _check_resumable(ckpt, t.config, variant)
     state = checkpoint.restore(t, ckpt)
     print(f"{label}: resuming after epoch {state.epoch} from {last}", flush=True)
+    change = checkpoint.world_size_change(ckpt, t.dist.world_size)
+    if change:
+        print(f"{label}: {change}", flush=True)
+        tracker.set_tags(run_id, {"harness.resumed_world_size": str(t.dist.world_size)})
     logged = {step for step, _ in tracker.metric_history(run_id, "train_loss")}
     missing = [(epoch, record, now_ms()) for epoch, record in enumerate(state.history, start=1) if epoch not in logged]
     if missing:
@@ -283,12 +320,14 @@ def finish(tracker: Tracker, run_id: str, t: Trainer, state: FitState, ckpt_dir:
     Returns the test metrics."""
     from harness import reports
 
-    best = checkpoint.load(ckpt_dir / checkpoint.BEST)
+    best = t.dist.from_main(lambda: checkpoint.load(ckpt_dir / checkpoint.BEST))
     t.model.load_state_dict(best["model"])
     test = evaluate(t, t.data.test)
     metrics = {"test_loss": test.loss, "test_acc": test.acc, "param_count": param_count(t.model)}
     if test.top5 is not None:
         metrics["test_top5"] = test.top5
+    if not t.dist.is_main:  # the reports and the model are rank 0's to log
+        return metrics
 
     classes = t.data.classes
     confusion = test.confusion.numpy()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness import tracking
 from harness.config import TrainConfig
+from harness.distributed import SINGLE, Dist
 from harness.errors import HarnessError
 from harness.experiment import Experiment
 from harness.lifecycle import (
@@ -31,6 +32,7 @@ from harness.lifecycle import (
 from harness.runlock import run_lock
 from harness.seeds import Job, SeedPlan, plan_jobs
 from harness.tracking import Tracker
+from harness.train import check_world
 
 if TYPE_CHECKING:  # compare (pandas, scipy) is imported once training is over, not on the start-up path
     from harness.compare import Comparison
@@ -42,11 +44,20 @@ class RunOutcome:
 
     parent_run_id: str
     results: list[VariantResult]
-    comparison: Comparison
+    comparison: Comparison | None  # rank 0's to build and print (None on the other ranks)
 
     @property
     def failed(self) -> list[VariantResult]:
         return [r for r in self.results if r.status != "FINISHED"]
+
+
+@dataclass(frozen=True)
+class PriorRun:
+    """What a resumed run needs of a child it already has (plain data every rank can hold)."""
+
+    run_id: str
+    status: str
+    metrics: dict[str, float]
 
 
 @contextmanager
@@ -69,35 +80,42 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def run_experiment(
     tracker: Tracker, exp: Experiment, configs: dict[str, TrainConfig], data_dir: Path | None = None,
-    resume: bool = False, seeds: SeedPlan | None = None,
+    resume: bool = False, seeds: SeedPlan | None = None, dist: Dist = SINGLE,
 ) -> RunOutcome:
     """Train every variant (once per seed of `seeds`) under one parent run, log the comparison
     table on it and return the results with that table. A resumed run follows the seed plan its
     parent recorded. The parent run is locked for the command's lifetime (`harness.runlock`):
     a second `--resume` of it refuses. However the command ends, the parent is not left RUNNING
-    (unless the store itself is down: then `--resume` finishes the record later)."""
+    (unless the store itself is down: then `--resume` finishes the record later).
+
+    With several processes (`dist`) every rank calls this alike: rank 0 creates and ends the
+    runs, holds the lock and logs the comparison; all ranks train every variant together."""
     plan = seeds or SeedPlan()
     plan.check(configs)  # seeds out of range fail before any run is created
+    for config in configs.values():
+        check_world(config, dist.world_size)
     experiment_id = tracker.ensure_experiment(exp.name, exp.description)
     device = next(iter(configs.values())).device
     env_tags = tracking.environment_tags(device, exp.source_file)
     with ExitStack() as held:
-        existing: dict[tuple[str, int | None], Any] = {}
+        existing: dict[tuple[str, int | None], PriorRun] = {}
         if resume:
-            parent_id, plan, existing = _prepare_resume(tracker, exp, configs, experiment_id, plan, held)
+            parent_id, plan, existing = dist.from_main(  # rank 0 decides alone, on its own tracker
+                lambda: _prepare_resume(tracker.local, exp, configs, experiment_id, plan, held))
         else:
             parent_id = tracker.start_run(experiment_id, f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                           {tracking.KIND_TAG: "run", **env_tags})
-        ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir)
+        ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir, dist=dist)
         with _sigterm_as_interrupt(), ended_on_error(tracker, parent_id, f"harness run {exp.name} --resume"):
             if not resume:
-                held.enter_context(run_lock(parent_id, checkpoint_root()))
+                if dist.is_main:
+                    held.enter_context(run_lock(parent_id, checkpoint_root()))
                 tracker.log_params(parent_id, {"experiment": exp.name, "variants": ",".join(configs),
                                                **plan.to_params()})
                 if exp.source_file:
                     tracker.log_file(parent_id, Path(exp.source_file), "source")
             results = _train_jobs(ctx, plan_jobs(configs, plan), existing)
-            comparison = _log_comparison(tracker, exp.name, parent_id)
+            comparison = _log_comparison(tracker.local, exp.name, parent_id) if dist.is_main else None
         ok = all(r.status == "FINISHED" for r in results)
         tracker.end_run(parent_id, "FINISHED" if ok else "FAILED",
                         None if ok else "; ".join(f"{r.label or r.variant}: {r.reason}" for r in results if r.reason))
@@ -105,7 +123,7 @@ def run_experiment(
 
 
 def _prepare_resume(tracker: Tracker, exp: Experiment, configs: dict[str, TrainConfig], experiment_id: str,
-                    plan: SeedPlan, held: ExitStack) -> tuple[str, SeedPlan, dict[tuple[str, int | None], Any]]:
+                    plan: SeedPlan, held: ExitStack) -> tuple[str, SeedPlan, dict[tuple[str, int | None], PriorRun]]:
     """The interrupted parent run to continue, its seed plan and its children by (variant, seed),
     after every check that could refuse: nothing is reopened or changed before they pass."""
     parent = tracker.latest_parent_run(experiment_id, unfinished_only=True)
@@ -128,29 +146,30 @@ def _prepare_resume(tracker: Tracker, exp: Experiment, configs: dict[str, TrainC
             check_resumable(tracker, previous, job.label)
     tracker.reopen_run(parent_id)
     print(f"Resuming run {parent_id} of {exp.name}", flush=True)
-    return parent_id, recorded, existing
+    prior = {key: PriorRun(r.info.run_id, r.info.status, dict(r.data.metrics)) for key, r in existing.items()}
+    return parent_id, recorded, prior
 
 
-def _train_jobs(ctx: RunContext, jobs: list[Job], existing: dict[tuple[str, int | None], Any]) -> list[VariantResult]:
+def _train_jobs(ctx: RunContext, jobs: list[Job], existing: dict[tuple[str, int | None], PriorRun]) -> list[VariantResult]:
     """Every job in order; a job whose child already FINISHED (in a resumed run) is reported, not trained."""
     results: list[VariantResult] = []
     trained = False  # the process's first training step is its start-up time; later jobs follow other training
     for job in jobs:
         previous = existing.get((job.variant, job.config.seed))
-        if previous is not None and previous.info.status == "FINISHED":
-            print(f"{job.label}: already finished in run {previous.info.run_id}", flush=True)
-            results.append(VariantResult(job.variant, job.config, previous.info.run_id, "FINISHED",
-                                         dict(previous.data.metrics), label=job.label))
+        if previous is not None and previous.status == "FINISHED":
+            print(f"{job.label}: already finished in run {previous.run_id}", flush=True)
+            results.append(VariantResult(job.variant, job.config, previous.run_id, "FINISHED",
+                                         dict(previous.metrics), label=job.label))
             continue
         results.append(_run_job(ctx, job, previous, startup=not trained))
         trained = True
     return results
 
 
-def _run_job(ctx: RunContext, job: Job, previous: Any, startup: bool) -> VariantResult:
+def _run_job(ctx: RunContext, job: Job, previous: PriorRun | None, startup: bool) -> VariantResult:
     """Train one (variant, seed) as a new child run, or continue `previous`, its interrupted run."""
     if previous is not None:
-        run_id = previous.info.run_id
+        run_id = previous.run_id
     else:
         tags = {tracking.KIND_TAG: "variant", tracking.VARIANT_TAG: job.variant, tracking.SEED_TAG: str(job.config.seed)}
         run_id = open_run(ctx, job.label, job.config, tags)

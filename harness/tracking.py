@@ -31,6 +31,8 @@ from harness.uris import redact, redact_text
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+    from harness.distributed import Dist
     from mlflow.entities import Run
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's embedded default; artifacts go to ./mlruns
@@ -40,6 +42,13 @@ VARIANT_TAG = "harness.variant"
 TRIAL_STATE_TAG = "harness.trial_state"  # Optuna's own state name (COMPLETE, PRUNED, FAIL) on trial runs
 SEED_TAG = "harness.seed"  # the config seed of a child run (repeated runs train each variant at several)
 FAILURE_TAG = "harness.failure_reason"
+# Runs started by one `harness run --nproc-per-node` launch carry its id, so that the launcher can
+# end them with the reason when a process died before it could (`harness.launch`).
+LAUNCH_ENV = "HARNESS_LAUNCH_ID"
+LAUNCH_TAG = "harness.launch_id"
+# The calls whose answers every rank needs (run ids, what is already logged); all other calls are
+# rank 0's alone. See `open_for`.
+SHARED_CALLS = ("ensure_experiment", "find_experiment", "start_run", "metric_history")
 _PARAM_LIMIT = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3
 
 # Every wait on a tracking server is bounded: MLflow's defaults (7 retries with doubling
@@ -148,6 +157,11 @@ class Tracker:
     def __init__(self, client: MlflowClient, uri: str) -> None:
         self._client = client
         self.uri = uri
+
+    @property
+    def local(self) -> Tracker:
+        """This tracker (as `distributed.MainOnly.local` is rank 0's): for work rank 0 does alone."""
+        return self
 
     @classmethod
     def open(cls, uri: str | None = None) -> Tracker:
@@ -274,6 +288,14 @@ class Tracker:
         runs = self._client.search_runs([experiment_id], filter_string=filt,
                                         order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs else None
+
+    @_guarded("read runs")
+    def launched_runs(self, experiment_id: str, launch_id: str) -> list[Run]:
+        """The runs (parents and children) started by one `harness run --nproc-per-node` launch
+        that did not finish."""
+        return self._client.search_runs(
+            [experiment_id], filter_string=f"tags.`{LAUNCH_TAG}` = '{launch_id}' and attributes.status != 'FINISHED'",
+            max_results=5000)
 
     @_guarded("read runs")
     def parent_runs(self, experiment_id: str, limit: int) -> list[Run]:
@@ -471,6 +493,19 @@ def git_commit(folder: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def open_for(uri: str | None, dist: Dist) -> Tracker:
+    """This process's tracker: a `Tracker` with one process. With several, rank 0 opens it and
+    every rank holds it behind `distributed.MainOnly` (the others never import MLflow): the
+    calls whose results decide what happens next (`SHARED_CALLS`) hand rank 0's answer to all."""
+    from harness.distributed import MainOnly  # torch: only where processes train together
+
+    if not dist.enabled:
+        return Tracker.open(uri)
+    opened: list[Tracker] = []
+    dist.from_main(lambda: opened.append(Tracker.open(uri)))  # an unusable store: every rank's error
+    return MainOnly(dist, opened[0] if opened else None, SHARED_CALLS)  # type: ignore[return-value]
+
+
 def environment_tags(device: str, source_file: str | None) -> dict[str, str]:
     """Versions, host, device and git commit: what reproduces the run's environment. `device`
     is recorded as resolved ("auto" becomes the cuda / mps / cpu it picks here)."""
@@ -494,6 +529,9 @@ def environment_tags(device: str, source_file: str | None) -> dict[str, str]:
         "device": used,
         "host": socket.gethostname(),
     }
+    launch = os.environ.get(LAUNCH_ENV)
+    if launch:
+        tags[LAUNCH_TAG] = launch
     commit = git_commit(Path(source_file).parent if source_file else Path.cwd())
     if commit:
         tags["mlflow.source.git.commit"] = commit

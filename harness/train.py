@@ -22,6 +22,8 @@ from harness.data import Data
 from harness.data.in_memory import InMemorySplit, Split
 from harness.data.transforms import BatchTransform, Preprocess
 from harness.device import resolve_device, seed_everything
+from harness.distributed import SINGLE, Dist
+from harness.errors import HarnessError
 from harness.models import build_model
 from harness.optim import INITS, build_optimizer, build_scheduler
 from harness.validation import check_config
@@ -47,8 +49,11 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     transform: BatchTransform
-    data_rng: torch.Generator  # shuffling and augmentation; saved in checkpoints
-    forward: nn.Module  # `model`, or its torch.compile wrapper (same parameters; checkpoints use `model`)
+    data_rng: torch.Generator  # shuffling (the same on every rank); saved in checkpoints
+    forward: nn.Module  # what training calls: `model`, compiled and/or DDP-wrapped (same parameters)
+    predict: nn.Module  # what evaluation calls: `model` or its compiled form, never DDP-wrapped
+    dist: Dist = SINGLE  # this process's place among data-parallel ranks
+    aug_rng: torch.Generator | None = None  # augmentation draws: this rank's own (None: `data_rng`)
 
     @property
     def image_size(self) -> int:
@@ -59,12 +64,29 @@ class Trainer:
         return self.config.amp and self.device.type == "cuda"
 
 
-def build_trainer(config: TrainConfig, data: Data) -> Trainer:
+def check_world(config: TrainConfig, world_size: int) -> None:
+    """`batch_size` is the global batch: it must split evenly over the processes."""
+    if config.batch_size % world_size:
+        raise HarnessError(
+            f"batch_size {config.batch_size} does not split evenly over {world_size} processes; choose a batch_size "
+            f"divisible by {world_size} (it is the global batch: each process takes batch_size / {world_size}).")
+
+
+def build_trainer(config: TrainConfig, data: Data, dist: Dist = SINGLE) -> Trainer:
     """Check `config`'s names against the registries, then seed and build the model (with its
-    init), optimizer, schedule and batch transform."""
+    init), optimizer, schedule and batch transform. With several ranks (`dist`), the model is
+    wrapped in DistributedDataParallel (BatchNorm synced if `sync_batchnorm`), every rank starts
+    from the same weights and data order, and dropout and augmentation draw from streams of
+    each rank's own."""
     check_config(config)
+    check_world(config, dist.world_size)
     seed_everything(config.seed)
     device = resolve_device(config.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    if config.sync_batchnorm and dist.enabled and device.type != "cuda":
+        raise HarnessError("sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU version); "
+                           "leave it false for processes on the CPU.")
     data = on_device(data, device)
     image_size = config.image_size or data.native_size
     model = build_model(
@@ -72,6 +94,8 @@ def build_trainer(config: TrainConfig, data: Data) -> Trainer:
         dropout=config.dropout, pretrained=config.pretrained, freeze_backbone=config.freeze_backbone,
     )
     INITS.get(config.init)(model)
+    if config.sync_batchnorm and dist.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     channels_last = config.channels_last and device.type in ("cpu", "cuda")  # MPS support is partial
     if channels_last:
@@ -82,8 +106,15 @@ def build_trainer(config: TrainConfig, data: Data) -> Trainer:
     transform = BatchTransform(Preprocess(data.mean, data.std, image_size), device, config.augment, data.hflip,
                                channels_last)
     data_rng = torch.Generator().manual_seed(config.seed)
-    forward = torch.compile(model) if config.compile else model
-    return Trainer(config, data, device, model, optimizer, scheduler, scaler, transform, data_rng, forward)
+    predict = torch.compile(model) if config.compile else model
+    forward, aug_rng = predict, None
+    if dist.enabled:
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        forward = torch.compile(ddp) if config.compile else ddp
+        torch.manual_seed(dist.rank_seed(config.seed, 0))  # dropout: each rank its own masks
+        aug_rng = torch.Generator().manual_seed(dist.rank_seed(config.seed, 1))
+    return Trainer(config, data, device, model, optimizer, scheduler, scaler, transform, data_rng, forward, predict,
+                   dist, aug_rng)
 
 
 # In-memory datasets up to this size are copied to the GPU once, so batches never cross the bus
@@ -127,20 +158,38 @@ class EpochTotals:
         return self.correct.item() / max(self.seen, 1)
 
 
-def train_one_epoch(t: Trainer, callbacks: Sequence[Callback] = ()) -> EpochTotals:
-    """One pass over the training split; returns summed loss and correct counts."""
+def global_totals(t: Trainer, totals: EpochTotals) -> EpochTotals:
+    """`totals` summed over all ranks (itself with one rank)."""
+    if not t.dist.enabled:
+        return totals
+    sums = torch.stack([totals.loss_sum.double(), totals.correct.double(),
+                        torch.tensor(float(totals.seen), device=t.device, dtype=torch.float64)])
+    t.dist.sum_(sums)
+    loss_sum, correct, seen = sums.tolist()
+    return EpochTotals(torch.tensor(loss_sum), torch.tensor(round(correct)), round(seen))
+
+
+def train_one_epoch(t: Trainer, callbacks: Sequence[Callback] = (), epoch: int = 1) -> EpochTotals:
+    """One pass over the training split; returns summed loss and correct counts (over all ranks).
+
+    With several ranks each takes its share of every global batch of `batch_size`; its loss is
+    weighted by its share so that DDP's average over ranks is the gradient of the global batch's
+    mean loss, as one process would compute it."""
     t.model.train()
     totals = EpochTotals(torch.zeros((), device=t.device), torch.zeros((), device=t.device, dtype=torch.long))
     num_batches = math.ceil(len(t.data.train) / t.config.batch_size)
     params = [p for p in t.model.parameters() if p.requires_grad]
-    for i, (images, labels) in enumerate(t.data.train.batches(t.config.batch_size, True, t.data_rng)):
-        x = t.transform(images, train=True, generator=t.data_rng)
+    world = t.dist.world_size
+    batches = t.data.train.train_batches(t.config.batch_size, t.data_rng, t.dist.rank, world, epoch, t.config.seed)
+    for i, (images, labels, global_size) in enumerate(batches):
+        x = t.transform(images, train=True, generator=t.aug_rng or t.data_rng)
         y = labels.to(t.device, non_blocking=True)
         with torch.autocast(t.device.type, dtype=torch.float16, enabled=t.use_amp):
             logits = t.forward(x)
             loss = F.cross_entropy(logits, y, label_smoothing=t.config.label_smoothing)
+        grad_loss = loss * (len(y) * world / global_size) if world > 1 else loss
         t.optimizer.zero_grad(set_to_none=True)
-        t.scaler.scale(loss).backward()
+        t.scaler.scale(grad_loss).backward()
         if t.config.grad_clip is not None:
             t.scaler.unscale_(t.optimizer)
             nn.utils.clip_grad_norm_(params, t.config.grad_clip)
@@ -150,12 +199,12 @@ def train_one_epoch(t: Trainer, callbacks: Sequence[Callback] = ()) -> EpochTota
         totals.correct.add_((logits.argmax(1) == y).sum())
         totals.seen += len(y)
         if (i + 1) % SYNC_EVERY == 0 or i + 1 == num_batches:
-            running = totals.loss
-            if not math.isfinite(running):
-                raise NonFiniteLossError(f"training loss became {running} in batch {i + 1}")
+            running = global_totals(t, totals)  # all ranks check the same number: they stop together
+            if not math.isfinite(running.loss):
+                raise NonFiniteLossError(f"training loss became {running.loss} in batch {i + 1}")
             for cb in callbacks:
-                cb.on_batch_end(i + 1, num_batches, running, totals.acc)
-    return totals
+                cb.on_batch_end(i + 1, num_batches, running.loss, running.acc)
+    return global_totals(t, totals)
 
 
 @dataclass
@@ -172,9 +221,16 @@ class EvalResult:
 
 @torch.inference_mode()
 def evaluate(t: Trainer, split: Split, model: nn.Module | None = None) -> EvalResult:
-    """Loss, top-1 (and top-5 for more than 10 classes) and the confusion matrix on `split`."""
-    model = model or t.forward
+    """Loss, top-1 (and top-5 for more than 10 classes) and the confusion matrix on `split`.
+
+    With several ranks each scores its own contiguous share (every sample once, no padding) with
+    rank 0's weights and buffers, and the sums are added up over ranks: the result is what one
+    process would get for the same weights."""
+    model = model or t.predict
     model.eval()
+    if t.dist.enabled:
+        t.dist.sync_buffers(t.model)
+        split = split.shard(t.dist.rank, t.dist.world_size)
     k = len(t.data.classes)
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=t.device, dtype=torch.float64)
@@ -190,7 +246,8 @@ def evaluate(t: Trainer, split: Split, model: nn.Module | None = None) -> EvalRe
         confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k)
         if k > 10:
             top5_hits += (logits.topk(5, dim=1).indices == y[:, None]).any(1).sum()
-    n = len(split)
+    t.dist.sum_(loss_sum, top5_hits, confusion)
+    n = int(confusion.sum().item())
     confusion = confusion.view(k, k).cpu()
     return EvalResult(
         loss=loss_sum.item() / max(n, 1),
@@ -279,15 +336,15 @@ def fit_epoch(t: Trainer, state: FitState, callbacks: Sequence[Callback] = ()) -
         cb.on_epoch_start(t, state, epoch)
     lr = t.optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
-    totals = train_one_epoch(t, callbacks)
-    train_seconds = time.perf_counter() - start
+    totals = train_one_epoch(t, callbacks, epoch)
+    train_seconds = t.dist.max(time.perf_counter() - start)  # the slowest rank sets the pace
     record = {"train_loss": totals.loss, "train_acc": totals.acc, "lr": lr}
     if t.data.val is not None:
         val = evaluate(t, t.data.val)
         record.update(val_loss=val.loss, val_acc=val.acc)
         state.val_confusions.append(val.confusion)
     t.scheduler.step()
-    record.update(epoch_seconds=time.perf_counter() - start, images_per_second=totals.seen / train_seconds)
+    record.update(epoch_seconds=t.dist.max(time.perf_counter() - start), images_per_second=totals.seen / train_seconds)
     if not all(math.isfinite(v) for v in record.values()):
         bad = ", ".join(f"{k}={v}" for k, v in record.items() if not math.isfinite(v))
         raise NonFiniteLossError(f"non-finite metrics in epoch {epoch}: {bad}")
@@ -296,9 +353,25 @@ def fit_epoch(t: Trainer, state: FitState, callbacks: Sequence[Callback] = ()) -
     _, score, higher = monitored(t.config, record)
     if state.best_score is None or (score > state.best_score if higher else score < state.best_score):
         state.best_epoch, state.best_score = epoch, score
-    for cb in callbacks:
-        cb.on_epoch_end(t, state, record)
+    error: BaseException | None = None
+    try:
+        for cb in callbacks:
+            cb.on_epoch_end(t, state, record)
+    except BaseException as exc:  # noqa: BLE001 - raised below, after the ranks agree on it
+        error = exc
+    if t.dist.enabled:
+        # Rank 0's callbacks decide (it checkpoints, tracks, prunes): every rank stops, or fails
+        # with rank 0's error, at the same epoch. This broadcast is also the checkpoint barrier.
+        state.stop_reason = t.dist.from_main(lambda: _raise_or(error, state.stop_reason))
+    elif error is not None:
+        raise error
     return record
+
+
+def _raise_or(error: BaseException | None, value: str | None) -> str | None:
+    if error is not None:
+        raise error
+    return value
 
 
 def fit(t: Trainer, callbacks: Sequence[Callback] = (), state: FitState | None = None) -> FitState:

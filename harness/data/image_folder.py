@@ -123,10 +123,38 @@ class StreamedSplit:
         return len(self.images)
 
     def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]:
-        loader = torch.utils.data.DataLoader(
+        return self._read(torch.utils.data.DataLoader(
             self.images, batch_size=batch_size, shuffle=shuffle, generator=generator,
             num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=collate,
+        ))
+
+    def train_batches(self, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1, epoch: int = 0,
+                      seed: int = 0) -> Iterator[tuple[Tensor, Tensor, int]]:
+        """Shuffled batches; with several ranks, PyTorch's `DistributedSampler` (seeded by `seed`,
+        reshuffled by `set_epoch`) gives each rank `batch_size / world` samples a step. To give
+        every rank the same number of steps it repeats up to world - 1 samples an epoch."""
+        if world == 1:
+            for images, labels in self.batches(batch_size, True, generator):
+                yield images, labels, len(labels)
+            return
+        sampler = torch.utils.data.DistributedSampler(self.images, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            self.images, batch_size=batch_size // world, sampler=sampler,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=collate,
         )
+        for images, labels in self._read(loader):
+            yield images, labels, len(labels) * world  # every rank's part of a step has the same size
+
+    def shard(self, rank: int, world: int) -> StreamedSplit:
+        """Rank `rank`'s contiguous share of the images, for evaluation (no padding)."""
+        n = len(self.images)
+        start, stop = n * rank // world, n * (rank + 1) // world
+        part = FolderImages(self.images.files[start:stop], self.images.labels[start:stop], self.images.size)
+        return StreamedSplit(part, self.num_workers, self.pin_memory)
+
+    def _read(self, loader: torch.utils.data.DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
+        """The loader's batches; a file that failed to decode in a worker is one line."""
         try:
             for batch in loader:
                 if isinstance(batch, UnreadableImage):

@@ -23,6 +23,17 @@ class Split(Protocol):
 
     def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]: ...
 
+    def train_batches(self, batch_size: int, generator: torch.Generator, rank: int, world: int, epoch: int,
+                      seed: int) -> Iterator[tuple[Tensor, Tensor, int]]:
+        """This rank's share of each shuffled global batch of `batch_size`, with the global batch's
+        size. Every rank yields the same number of batches (data-parallel steps stay in step)."""
+        ...
+
+    def shard(self, rank: int, world: int) -> Split:
+        """This rank's contiguous share of the split, for evaluation: every sample in exactly one
+        share, no padding."""
+        ...
+
 
 class InMemorySplit:
     """Images (uint8, N x C x H x W) and labels (int64, N) held as tensors."""
@@ -48,6 +59,31 @@ class InMemorySplit:
         else:
             for start in range(0, n, batch_size):
                 yield self.images[start : start + batch_size], self.labels[start : start + batch_size]
+
+    def train_batches(self, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1, epoch: int = 0,
+                      seed: int = 0) -> Iterator[tuple[Tensor, Tensor, int]]:
+        """Global batches from one permutation that every rank draws identically from `generator`
+        (the ranks' generators are in the same state), each split into `world` contiguous parts:
+        no sample is seen twice in an epoch. A last global batch smaller than `world` is dropped
+        (at most world - 1 samples an epoch), so no rank ever gets an empty part."""
+        if world == 1:
+            for images, labels in self.batches(batch_size, True, generator):
+                yield images, labels, len(labels)
+            return
+        n = len(self.labels)
+        order = torch.randperm(n, generator=generator).to(self.images.device)
+        for start in range(0, n, batch_size):
+            size = min(batch_size, n - start)
+            if size < world:
+                break
+            idx = order[start + size * rank // world : start + size * (rank + 1) // world]
+            yield self.images[idx], self.labels[idx], size
+
+    def shard(self, rank: int, world: int) -> InMemorySplit:
+        """Rank `rank`'s contiguous share (a view, no copy)."""
+        n = len(self.labels)
+        start, stop = n * rank // world, n * (rank + 1) // world
+        return InMemorySplit(self.images[start:stop], self.labels[start:stop])
 
     @property
     def nbytes(self) -> int:

@@ -1,0 +1,118 @@
+"""`harness run --nproc-per-node N`: start N processes on this machine with PyTorch's own launcher
+(the `torch.distributed.run` machinery behind `torchrun`), each running `python -m harness run
+...`, and report how they ended.
+
+The launcher trains nothing itself. Its runs' bookkeeping is rank 0's, except when a process
+died before rank 0 could record why (killed, out of memory): then the launcher ends every run of
+this launch that is not FINISHED as FAILED with that reason (runs carry the launch's id in a
+tag), so none stays RUNNING and `--resume` continues them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import uuid
+from collections.abc import Sequence
+
+import torch
+
+from harness.config import TrainConfig
+from harness.errors import HarnessError
+from harness.tracking import LAUNCH_ENV, Tracker
+from harness.train import check_world
+
+# Rank exit codes that mean "rank 0 already said what went wrong": 1 (a variant failed), 2 (a
+# user error, one line), 130 (Ctrl-C).
+HANDLED_EXIT_CODES = (1, 2, 130)
+
+
+def parse_nproc(value: str, device: str) -> int:
+    """`--nproc-per-node`: a positive count, or `auto` (one per visible GPU, 1 without); more
+    processes than GPUs on a CUDA device is one line."""
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if value == "auto":
+        return gpus if cuda and gpus else 1
+    try:
+        n = int(value)
+    except ValueError:
+        raise HarnessError(f"--nproc-per-node must be a number of processes or auto (got '{value}').") from None
+    if n < 1:
+        raise HarnessError(f"--nproc-per-node must be at least 1 (got {n}); use auto for one process per GPU.")
+    if cuda and n > gpus:
+        raise HarnessError(f"--nproc-per-node {n} asks for more GPUs than this machine has ({gpus}); use at most "
+                           f"{gpus}, auto, or --device cpu for CPU processes.")
+    return n
+
+
+def check_launch(configs: dict[str, TrainConfig], nproc: int, backend: str, device: str) -> None:
+    """What would fail in every process fails here once, before any is started."""
+    from harness.distributed import choose_backend
+
+    choose_backend(backend, device)
+    for config in configs.values():
+        check_world(config, nproc)
+
+
+def launch(nproc: int, worker_args: Sequence[str], experiment: str, tracking_uri: str | None) -> int:
+    """Run `python -m harness <worker_args>` in `nproc` local processes; returns the exit code.
+
+    Ctrl-C reaches every process (they mark their runs KILLED). A process that dies without a
+    word (a signal, a crash) ends the others through the launcher, and this process then marks
+    the launch's unfinished runs FAILED with the reason and says how to continue."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    launch_id = uuid.uuid4().hex
+    os.environ[LAUNCH_ENV] = launch_id
+    # torchrun prints a banner unless the thread count is set; each process takes its share.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we report failures ourselves
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--monitor-interval=0.5",
+                       "--module", "harness", *worker_args])
+    try:
+        run(args)
+        return 0
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        if rank == 0 and failure.exitcode in HANDLED_EXIT_CODES:
+            return failure.exitcode
+        reason = _describe(rank, failure)
+    except (KeyboardInterrupt, SignalException) as exc:  # Ctrl-C / kill: the processes mark their runs KILLED
+        signum = getattr(exc, "sigval", signal.SIGINT)
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            return 130
+        reason = f"the launcher received {signal.Signals(signum).name}"
+    unrecorded = _end_launched_runs(tracking_uri, experiment, launch_id, reason)
+    raise HarnessError(f"{reason}; {unrecorded or 'its runs are marked FAILED'}. Continue with "
+                       f"`harness run {experiment} --resume --nproc-per-node {nproc}`.")
+
+
+def _describe(rank: int, failure: object) -> str:
+    """One line for a process that ended badly: which rank, and the signal or exit code."""
+    code = getattr(failure, "exitcode", None)
+    if isinstance(code, int) and code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    return f"process of rank {rank} {how}"
+
+
+def _end_launched_runs(tracking_uri: str | None, experiment: str, launch_id: str, reason: str) -> str | None:
+    """End the launch's unfinished runs FAILED with `reason`: None if done, else why not."""
+    try:
+        tracker = Tracker.open(tracking_uri)
+        experiment_id = tracker.find_experiment(experiment)
+        if experiment_id is None:
+            return None
+        for run in tracker.launched_runs(experiment_id, launch_id):
+            tracker.end_run(run.info.run_id, "FAILED", reason)
+        return None
+    except HarnessError as exc:
+        return f"MLflow could not record it ({exc})"

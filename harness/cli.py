@@ -154,17 +154,25 @@ def run(
     dist = distributed.init_from_env(device_name, dist_backend)
     if not dist.is_main:  # one process speaks: rank 0 (errors still reach stderr from any rank)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+    from harness.errors import Terminated
     from harness.runner import run_experiment
-    from harness.tracking import open_for
+    from harness.tracking import LAUNCH_ENV, open_for
 
+    # Under `harness run --nproc-per-node`, a process stopped because a peer died stays quiet:
+    # the launcher names the process that failed, in one line.
+    launched = bool(os.environ.get(LAUNCH_ENV))
     tracker = open_for(tracking_uri, dist)
     try:
         outcome = run_experiment(tracker, exp, configs, data_dir=data_dir, resume=resume, seeds=plan, dist=dist)
-    except KeyboardInterrupt:
-        if dist.is_main:
+    except KeyboardInterrupt as exc:
+        if dist.is_main and not (launched and isinstance(exc, Terminated)):
             typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} --resume`.",
                        err=True)
         raise typer.Exit(130) from None
+    except distributed.GroupFailure as exc:
+        if launched and distributed.is_group_failure(exc.__cause__):
+            raise typer.Exit(distributed.PEER_LOST_EXIT) from None
+        raise
     finally:
         distributed.shutdown()
     from harness.compare import CompareOutcome
@@ -281,16 +289,20 @@ def bench(
     study_budget: Annotated[int, typer.Option(help="Training epochs per study in the sampler/pruner comparison "
                                                    "(0 skips it; 36 = 12 unpruned 3-epoch trials).")] = 36,
     study_seeds: Annotated[int, typer.Option(help="Sampler seeds per strategy in the study comparison.")] = 3,
+    scaling: Annotated[bool, typer.Option(help="Measure data-parallel scaling: LeNet and ResNet-18 in 1 process vs "
+                                               "N (2 CPU processes, or every GPU) at the same global batch.")] = True,
     out: Annotated[Path, typer.Option(help="Where to write the results as JSON.")] = Path("bench-results.json"),
 ) -> None:
     """Measure training images/s (harness vs a tutorial-style loop vs the compute floor, in one run),
-    start-up time, and how fast TPE + pruning vs random search find a good configuration."""
+    start-up time, data-parallel scaling, and how fast TPE + pruning vs random search find a good
+    configuration."""
     import pandas as pd
 
     from harness.bench import run_benchmark
 
     report = run_benchmark(epochs=epochs, device=device, cifar=cifar, out=out, log=lambda m: typer.echo(m, err=True),
-                           startup=startup, study_budget=study_budget, study_seeds=tuple(range(study_seeds)))
+                           startup=startup, study_budget=study_budget, study_seeds=tuple(range(study_seeds)),
+                           scaling=scaling)
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:,.2f}".format):
         if "startup" in report:
             s = report["startup"]
@@ -300,6 +312,10 @@ def bench(
                        f"{s['tracked_floor_seconds']:.2f} s (harness/tracked floor {s['harness/tracked_floor']:.2f}); imports: "
                        + ", ".join(f"{k} {v:.2f} s" for k, v in s["imports"].items()))
         typer.echo(pd.DataFrame(report["throughput"]).to_string(index=False))
+        if report.get("scaling"):
+            typer.echo(pd.DataFrame(report["scaling"]).to_string(index=False))
+        for note in report.get("scaling_notes", []):
+            typer.echo(f"note: {note}")
         if "study" in report:
             typer.echo(pd.DataFrame(report["study"]).to_string(index=False))
     typer.echo(f"results written to {out}")

@@ -30,6 +30,8 @@ BACKENDS = ("auto", "gloo", "nccl")
 # is usually noticed at once (its socket closes, and the launcher stops the other ranks); this
 # bounds the case where it hangs instead. HARNESS_DIST_TIMEOUT (seconds) overrides it.
 DEFAULT_TIMEOUT_SECONDS = 300
+# Exit code of a process that stopped because a peer failed (the launcher reports the peer).
+PEER_LOST_EXIT = 3
 
 
 @dataclass(frozen=True)

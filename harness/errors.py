@@ -17,6 +17,15 @@ class HarnessError(Exception):
     """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGUSR1 (a scheduler preempting the job, a launcher stopping its processes):
+    handled like Ctrl-C (checkpoints kept, runs marked KILLED); `signal` names which."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal = signal_name
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (or its type name), for one-line errors."""
     text = str(exc).strip()

@@ -15,10 +15,12 @@ import os
 import signal
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from harness.config import TrainConfig
+from harness.distributed import PEER_LOST_EXIT
 from harness.errors import HarnessError
 from harness.tracking import LAUNCH_ENV, Tracker
 from harness.train import check_world
@@ -26,6 +28,9 @@ from harness.train import check_world
 # Rank exit codes that mean "rank 0 already said what went wrong": 1 (a variant failed), 2 (a
 # user error, one line), 130 (Ctrl-C).
 HANDLED_EXIT_CODES = (1, 2, 130)
+# How a process ends when it was stopped because of another one: it lost its peer, or the
+# launcher sent it SIGTERM (-15). Not the cause of a failure.
+COLLATERAL_EXIT_CODES = (PEER_LOST_EXIT, 130, -signal.SIGTERM)
 
 
 def parse_nproc(value: str, device: str) -> int:
@@ -77,7 +82,7 @@ def launch(nproc: int, worker_args: Sequence[str], experiment: str, tracking_uri
         run(args)
         return 0
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
+        rank, failure = _root_cause(exc.failures)
         if rank == 0 and failure.exitcode in HANDLED_EXIT_CODES:
             return failure.exitcode
         reason = _describe(rank, failure)
@@ -89,6 +94,14 @@ def launch(nproc: int, worker_args: Sequence[str], experiment: str, tracking_uri
     unrecorded = _end_launched_runs(tracking_uri, experiment, launch_id, reason)
     raise HarnessError(f"{reason}; {unrecorded or 'its runs are marked FAILED'}. Continue with "
                        f"`harness run {experiment} --resume --nproc-per-node {nproc}`.")
+
+
+def _root_cause(failures: dict[int, Any]) -> tuple[int, Any]:
+    """The failure that started it (rank, ProcessFailure): the earliest that is not a process
+    stopped because of another one."""
+    ordered = sorted(failures.items(), key=lambda item: (item[1].timestamp, item[0]))
+    causes = [item for item in ordered if item[1].exitcode not in COLLATERAL_EXIT_CODES]
+    return (causes or ordered)[0]
 
 
 def _describe(rank: int, failure: object) -> str:

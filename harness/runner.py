@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from harness import tracking
 from harness.config import TrainConfig
 from harness.distributed import SINGLE, Dist
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Terminated
 from harness.experiment import Experiment
 from harness.lifecycle import (
     RunContext,
@@ -60,22 +60,27 @@ class PriorRun:
     metrics: dict[str, float]
 
 
+# What batch schedulers send before preempting a job (SLURM: SIGTERM, or SIGUSR1 with --signal).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """`kill PID` ends the run like Ctrl-C (runs marked KILLED, checkpoints kept)."""
+    """`kill PID` (SIGTERM, or SIGUSR1) ends the run like Ctrl-C (runs marked KILLED, checkpoints kept)."""
 
     def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise Terminated(signal.Signals(signum).name)
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def run_experiment(

@@ -19,6 +19,23 @@ def test_run_case_measures_every_contender() -> None:
     assert result["images"] == 512
 
 
+def test_scaling_runs_one_and_two_processes_and_reports_ratios() -> None:
+    from harness.bench.scaling import measure_scaling, plan_contenders
+
+    plan = plan_contenders("cpu", nproc=2, cores=2)  # the 2-core plan on any machine: 1x1, 1x2, 2x1 (gloo)
+    config = TrainConfig(model="lenet_relu", dataset="synthetic", batch_size=64, train_limit=256, val_fraction=0.0,
+                         seed=0)
+    rows = measure_scaling(Case("tiny", config), None, plan, epochs=2, log=lambda _: None)
+    assert [(r["processes"], r["threads_per_process"]) for r in rows] == [(1, 1), (1, 2), (2, 1)]
+    by_shape = {(r["processes"], r["threads_per_process"]): r for r in rows}
+    for r in rows:
+        assert r["case"] == "tiny" and r["device"] == "cpu" and r["images_per_second"] > 0 and r["spread"] >= 0
+        assert r["ratio_vs_1proc_all_cores"] == pytest.approx(r["images_per_second"] / by_shape[1, 2]["images_per_second"])
+    # Efficiency counts baseline-sized shares of the machine: 1 for the baseline, 2 for the others.
+    assert by_shape[1, 1]["efficiency"] == pytest.approx(1.0)
+    assert by_shape[2, 1]["efficiency"] == pytest.approx(
+        by_shape[2, 1]["images_per_second"] / (2 * by_shape[1, 1]["images_per_second"]))
+
 def test_study_comparison_spends_the_budget_and_reports_every_strategy() -> None:
     from harness.search_space import DEFAULT_SEARCH_SPACE
     from harness.bench.study import compare_strategies

@@ -2,6 +2,7 @@
 
 - `throughput`: training images/s of the harness against a tutorial-style loop and the compute floor;
 - `startup`: `harness run`'s time to its first training step against a tracked PyTorch script's floor;
+- `scaling`: data-parallel images/s of 1 process against N (CPU processes, or GPUs) at the same global batch;
 - `study`: how fast each sampler + pruner finds a good configuration for a fixed epoch budget;
 - `mnist_sample`: the real MNIST sample the benchmarks (and tests) train on, offline.
 
@@ -25,10 +26,12 @@ __all__ = ["run_benchmark"]
 
 def run_benchmark(epochs: int = 4, device: str = "auto", cifar: bool = True, out: Path | None = None,
                   log: Callable[[str], None] = print, startup: bool = True, study_budget: int = 0,
-                  study_seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
-    """Run every throughput case (and the start-up and study-efficiency measurements when asked),
-    and write everything as JSON to `out`. The report has `startup` (when measured), `throughput`
-    (one row per case) and `study` (when `study_budget` > 0)."""
+                  study_seeds: tuple[int, ...] = (0, 1, 2), scaling: bool = True) -> dict[str, Any]:
+    """Run every throughput case (and the start-up, data-parallel scaling and study-efficiency
+    measurements when asked), and write everything as JSON to `out`. The report has `startup`
+    (when measured), `throughput` (one row per case), `scaling` (when asked: one row per case and
+    process count; `scaling_notes` says why rows are missing or what they ran on) and `study`
+    (when `study_budget` > 0)."""
     if epochs < 2:
         raise HarnessError(f"--epochs must be at least 2 (one warm-up epoch, then measured ones); got {epochs}.")
     if study_budget < 0:
@@ -53,6 +56,10 @@ def run_benchmark(epochs: int = 4, device: str = "auto", cifar: bool = True, out
         for case, case_dir in default_cases(data_dir, device, cifar):
             data = load_data(case.config, case_dir)
             report["throughput"].append(run_case(case, data, epochs, log))
+        if scaling:
+            from harness.bench.scaling import run_scaling
+
+            report["scaling"], report["scaling_notes"] = run_scaling(data_dir, device, epochs, log)
         if study_budget:
             from harness.bench.study import compare_strategies, study_case
             from harness.search_space import DEFAULT_SEARCH_SPACE

@@ -1,0 +1,373 @@
+"""Data-parallel training on this CPU: 2 processes, gloo, through `harness run --nproc-per-node 2`
+(PyTorch's launcher) and through `torchrun` itself.
+
+Made once per module (they cost a few seconds each): an uninterrupted 2-process run, a 2-process
+run whose rank 1 was killed with -9 after its first checkpoint, and a 1-process run stopped after
+its first checkpoint. Each test works on a private copy of the one it needs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from harness.tracking import FAILURE_TAG
+
+EXPERIMENT = """
+from harness.config import TrainConfig
+from harness.experiment import Experiment
+
+base = TrainConfig(model="lenet_relu", dataset="synthetic", epochs={epochs}, train_limit=800, batch_size=16,
+                   augment=True, lr=0.02, seed=3)
+experiment = Experiment(name="{name}", description="data-parallel test", variants={variants})
+"""
+TWO_VARIANTS = '{"a": base, "b": base.override(lr=0.05)}'
+ONE_VARIANT = '{"net": base}'
+EPOCHS = 4
+# Test accuracy of 2 processes vs 1 with the same global batch and seed: the gradients are the
+# same up to float summation order, but dropout-free LeNet still drifts through augmentation
+# draws (each rank has its own stream). Measured: within 0.01 on this data.
+ACCURACY_TOLERANCE = 0.03
+KILL_BOUND_SECONDS = 60  # a rank killed with -9: the command must end within this
+
+
+def setup(root: Path, name: str, variants: str, epochs: int = EPOCHS) -> dict[str, str]:
+    """A working folder with one experiment; returns the environment to run `harness` in."""
+    (root / "experiments").mkdir(parents=True, exist_ok=True)
+    (root / "experiments" / f"{name}.py").write_text(EXPERIMENT.format(name=name, epochs=epochs, variants=variants))
+    return environment(root)
+
+
+def environment(root: Path) -> dict[str, str]:
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "HARNESS_CHECKPOINT_DIR": str(root / "ckpt"),
+            "HARNESS_EXPERIMENTS_DIR": str(root / "experiments"), "HARNESS_DIST_TIMEOUT": "60", "COLUMNS": "200"}
+
+
+def harness(*args: str, cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def copy(template: Path, dest: Path) -> tuple[Path, dict[str, str]]:
+    shutil.copytree(template, dest)
+    return dest, environment(dest)
+
+
+def children(uri: str) -> list:
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, max_results=1000)
+    return sorted((r for r in runs if "mlflow.parentRunId" in r.data.tags), key=lambda r: r.info.start_time)
+
+
+def all_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+
+
+def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, folder: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not list(folder.glob("*/last.pt")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no checkpoint written"
+        time.sleep(0.02)
+
+
+def worker_pid(launcher: int, rank: int) -> int:
+    """The pid of the process of `rank` among the launcher's children."""
+    for task in Path(f"/proc/{launcher}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in environ:
+                return int(pid)
+    raise AssertionError(f"no process of rank {rank} under {launcher}")
+
+
+# ----------------------------------------------------------------- shared runs
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """An uninterrupted `harness run dp --nproc-per-node 2` (two variants)."""
+    root = tmp_path_factory.mktemp("dp2")
+    env = setup(root, "dp", TWO_VARIANTS)
+    return root, harness("run", "dp", "--nproc-per-node", "2", cwd=root, env=env)
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str], float]:
+    """`harness run dpkill --nproc-per-node 2` with rank 1 killed (-9) after the first checkpoint:
+    (folder, the command's outcome, seconds from the kill to the command's end)."""
+    root = tmp_path_factory.mktemp("dpkill")
+    env = setup(root, "dpkill", ONE_VARIANT, epochs=8)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "dpkill", "--nproc-per-node", "2"], cwd=root,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(proc, root / "ckpt")
+    os.kill(worker_pid(proc.pid, 1), signal.SIGKILL)
+    killed = time.monotonic()
+    out, err = proc.communicate(timeout=KILL_BOUND_SECONDS + 30)
+    return root, subprocess.CompletedProcess(proc.args, proc.returncode, out, err), time.monotonic() - killed
+
+
+@pytest.fixture(scope="module")
+def reference_8_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The killed run's experiment trained by 2 processes without interruption."""
+    root = tmp_path_factory.mktemp("dpref")
+    env = setup(root, "dpkill", ONE_VARIANT, epochs=8)
+    result = harness("run", "dpkill", "--nproc-per-node", "2", cwd=root, env=env)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+# ----------------------------------------------------------------- harness run --nproc-per-node 2
+
+
+def test_two_processes_record_one_child_per_variant_with_one_point_per_epoch(two_process_run, tmp_path: Path) -> None:
+    root, result = two_process_run
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    uri = environment(root)["MLFLOW_TRACKING_URI"]
+    runs = children(uri)
+    assert sorted(r.data.tags["harness.variant"] for r in runs) == ["a", "b"]  # one child per variant, not per rank
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["world_size"] == "2"
+        assert run.data.params["per_device_batch_size"] == "8"
+        assert run.data.params["backend"] == "gloo"
+        assert run.data.params["nnodes"] == "1"
+        assert run.data.params["batch_size"] == "16"  # the global batch, as written
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "images_per_second", "epoch_seconds"):
+            assert [step for step, _ in history(uri, run.info.run_id, key)] == list(range(1, EPOCHS + 1)), key
+    # The table is printed once (by rank 0), with both variants.
+    assert result.stdout.count("data-parallel") == 0 and result.stdout.count("FINISHED") == 2, result.stdout
+
+    # The same experiment on one process, same global batch and seed: close test accuracy.
+    env = setup(tmp_path, "dp", TWO_VARIANTS)
+    single = harness("run", "dp", cwd=tmp_path, env=env)
+    assert single.returncode == 0, single.stderr
+    one = {r.data.tags["harness.variant"]: r.data.metrics["test_acc"] for r in children(env["MLFLOW_TRACKING_URI"])}
+    two = {r.data.tags["harness.variant"]: r.data.metrics["test_acc"] for r in runs}
+    for variant in one:
+        assert abs(one[variant] - two[variant]) <= ACCURACY_TOLERANCE, (variant, one[variant], two[variant])
+
+
+def test_two_process_checkpoint_loads_into_one_process_and_data_parallel(two_process_run) -> None:
+    from harness import checkpoint
+    from harness.config import TrainConfig
+    from harness.models import build_model
+
+    root, _ = two_process_run
+    (best,) = list((root / "ckpt").glob("*/best.pt"))[:1]
+    saved = checkpoint.load(best)
+    assert not any(k.startswith("module.") for k in saved["model"])  # plain keys
+    config = TrainConfig.from_dict(saved["config"])
+
+    def fresh() -> torch.nn.Module:
+        return build_model(config.model, in_channels=1, num_classes=10, image_size=28)
+
+    plain, wrapped = fresh(), torch.nn.DataParallel(fresh())
+    checkpoint.load_weights(plain, best)
+    checkpoint.load_weights(wrapped, best)
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(plain.eval()(x), wrapped.eval()(x))
+    # A checkpoint saved from a wrapped model (keys prefixed `module.`) loads into a plain one.
+    other = fresh()
+    checkpoint.load_weights(other, {"model": wrapped.state_dict()})
+    assert torch.equal(other.eval()(x), plain(x))
+
+
+def test_a_rank_killed_with_sigkill_ends_the_command_in_bounded_time_and_resume_matches(
+        killed_run, reference_8_epochs, tmp_path: Path) -> None:
+    template, result, seconds = killed_run
+    assert seconds < KILL_BOUND_SECONDS
+    assert result.returncode == 2
+    line = one_error_line(result.stderr)
+    assert "rank 1" in line and "SIGKILL" in line and "--resume --nproc-per-node 2" in line, line
+    root, env = copy(template, tmp_path / "a")
+    uri = env["MLFLOW_TRACKING_URI"]
+    assert not [r for r in all_runs(uri) if r.info.status == "RUNNING"]
+    (run,) = children(uri)
+    assert run.info.status == "FAILED" and "rank 1" in run.data.tags[FAILURE_TAG]
+
+    resumed = harness("run", "dpkill", "--resume", "--nproc-per-node", "2", cwd=root, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    (run,) = children(uri)
+    (reference,) = children(environment(reference_8_epochs)["MLFLOW_TRACKING_URI"])
+    for key in ("train_loss", "val_loss", "val_acc"):
+        got, want = history(uri, run.info.run_id, key), history(environment(reference_8_epochs)["MLFLOW_TRACKING_URI"],
+                                                                reference.info.run_id, key)
+        assert [s for s, _ in got] == list(range(1, 9)), key  # no epoch twice, none missing
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-5, abs=1e-6), key
+
+
+def test_a_two_process_checkpoint_resumes_on_one_process_saying_what_changed(killed_run, tmp_path: Path) -> None:
+    template, _, _ = killed_run
+    root, env = copy(template, tmp_path / "b")
+    resumed = harness("run", "dpkill", "--resume", cwd=root, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "written by 2 process(es), resumed on 1" in resumed.stdout, resumed.stdout
+    (run,) = children(env["MLFLOW_TRACKING_URI"])
+    assert run.info.status == "FINISHED" and run.data.tags["harness.resumed_world_size"] == "1"
+    assert [s for s, _ in history(env["MLFLOW_TRACKING_URI"], run.info.run_id, "train_loss")] == list(range(1, 9))
+
+
+def test_a_one_process_checkpoint_resumes_on_two(tmp_path: Path) -> None:
+    env = setup(tmp_path, "dpkill", ONE_VARIANT, epochs=30)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "dpkill"], cwd=tmp_path,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(proc, tmp_path / "ckpt")
+    proc.terminate()
+    proc.communicate(timeout=60)
+    resumed = harness("run", "dpkill", "--resume", "--nproc-per-node", "2", cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "written by 1 process(es), resumed on 2" in resumed.stdout, resumed.stdout
+    (run,) = children(env["MLFLOW_TRACKING_URI"])
+    assert run.info.status == "FINISHED"
+    assert [s for s, _ in history(env["MLFLOW_TRACKING_URI"], run.info.run_id, "train_loss")] == list(range(1, 31))
+
+
+# ----------------------------------------------------------------- torchrun, two "machines"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_machines_through_torchrun_train_one_variant_into_one_run(tmp_path: Path) -> None:
+    env = setup(tmp_path, "dp", ONE_VARIANT, epochs=2)
+    port = _free_port()
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node",
+         "1", "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "harness", "run", "dp"],
+        cwd=tmp_path, env={**os.environ, **env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for rank in (0, 1)]
+    outcomes = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outcomes
+    (run,) = children(env["MLFLOW_TRACKING_URI"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["world_size"] == "2" and run.data.params["nnodes"] == "2"
+    assert outcomes[1][0].count("FINISHED") == 0  # only rank 0 prints the table
+
+
+# ----------------------------------------------------------------- sharding
+
+
+def test_training_shards_cover_every_sample_once_per_epoch() -> None:
+    from harness.data.in_memory import InMemorySplit
+
+    n = 103
+    split = InMemorySplit(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n))
+    seen: list[int] = []
+    counts = []
+    for rank in (0, 1, 2):
+        batches = list(split.train_batches(12, torch.Generator().manual_seed(5), rank, 3, epoch=1, seed=0))
+        counts.append(len(batches))
+        seen += [i for _, y, _ in batches for i in y.tolist()]
+        assert all(size == min(12, n - 12 * k) for k, (_, _, size) in enumerate(batches))
+    assert counts[0] == counts[1] == counts[2] == 9  # same number of steps on every rank
+    assert sorted(seen) == list(range(n))  # the last global batch of 7 is split, none dropped or repeated
+    # A last global batch smaller than the world size is dropped (on every rank).
+    small = InMemorySplit(torch.zeros(25, 1, 2, 2, dtype=torch.uint8), torch.arange(25))
+    assert len(list(small.train_batches(12, torch.Generator().manual_seed(5), 0, 3, epoch=1, seed=0))) == 2
+
+
+def _evaluate_rank(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from harness.config import TrainConfig
+    from harness.data import load_data
+    from harness.distributed import Dist
+    from harness.train import build_trainer, evaluate
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    config = TrainConfig(model="lenet_relu", dataset="digits", epochs=1, batch_size=16, eval_batch_size=50, seed=1)
+    data = load_data(config)
+    t = build_trainer(config, data, Dist(rank, world, rank, world, "gloo"))
+    result = evaluate(t, data.test)
+    if rank == 0:
+        torch.save({"loss": result.loss, "acc": result.acc, "confusion": result.confusion, "n": result.samples}, out)
+    dist.destroy_process_group()
+
+
+def test_sharded_evaluation_counts_every_sample_once(tmp_path: Path) -> None:
+    from harness.config import TrainConfig
+    from harness.data import load_data
+    from harness.train import build_trainer, evaluate
+
+    config = TrainConfig(model="lenet_relu", dataset="digits", epochs=1, batch_size=16, eval_batch_size=50, seed=1)
+    data = load_data(config)
+    assert len(data.test) % 2 == 1, "the point is a split that 2 ranks cannot share evenly"
+    single = evaluate(build_trainer(config, data), data.test)
+    out = tmp_path / "rank0.pt"
+    torch.multiprocessing.spawn(_evaluate_rank, args=(2, _free_port(), str(out)), nprocs=2)
+    sharded = torch.load(out, weights_only=True)
+    assert sharded["n"] == len(data.test)
+    assert torch.equal(sharded["confusion"], single.confusion)
+    assert sharded["acc"] == single.acc
+    assert sharded["loss"] == pytest.approx(single.loss, rel=1e-6)
+
+
+# ----------------------------------------------------------------- what the user can get wrong
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--nproc-per-node", "0"], "--nproc-per-node must be at least 1"),
+    (["--nproc-per-node", "two"], "--nproc-per-node must be a number of processes or auto"),
+    (["--nproc-per-node", "3"], "batch_size 32 does not split evenly over 3 processes"),
+    (["--nproc-per-node", "2", "--dist-backend", "nccl"], "nccl backend needs CUDA GPUs"),
+    (["--nproc-per-node", "2", "--device", "cuda"], "more GPUs than this machine has (0)"),
+    (["--nproc-per-node", "2", "--dist-backend", "mpi"], "Unknown distributed backend 'mpi'"),
+])
+def test_bad_launch_options_are_one_line(workdir: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                         expected: str) -> None:
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from harness.cli import main
+
+    sys.argv = ["harness", "run", "quickstart", *args]
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in one_error_line(err), err
+    assert not (workdir / "mlflow.db").exists() or not children(f"sqlite:///{workdir}/mlflow.db")
+
+
+def test_nproc_per_node_under_torchrun_is_refused(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.cli import main
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    sys.argv = ["harness", "run", "quickstart", "--nproc-per-node", "2"]
+    with pytest.raises(SystemExit):
+        main()
+    assert "started by torchrun already" in one_error_line(capsys.readouterr().err)

@@ -49,6 +49,10 @@ def _resolve(name: str, overrides: list[str] | None, device: str | None = None):
     return exp, exp.resolve(parsed)
 
 
+GLOBAL_BATCH_NOTE = ("batch_size is the global batch: with N processes (--nproc-per-node, torchrun) each takes "
+                     "batch_size / N, so a recipe means the same at any world size; lr is never rescaled.")
+
+
 @app.command("list")
 def list_cmd() -> None:
     """List the experiments found in the experiments folder.
@@ -92,7 +96,7 @@ def show(
     space = describe(exp.search_space)
     if as_json:
         typer.echo(json.dumps({"name": exp.name, "description": exp.description, "variants": resolved,
-                               "search_space": space}, indent=2))
+                               "search_space": space, "notes": [GLOBAL_BATCH_NOTE]}, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -106,6 +110,7 @@ def show(
     console = Console()
     console.print(table)
     console.print("search space (harness tune): " + "; ".join(f"{k}: {v}" for k, v in space.items()))
+    console.print(GLOBAL_BATCH_NOTE)
 
 
 @app.command()
@@ -115,7 +120,10 @@ def run(
     data_dir: DataDirOption = None,
     tracking_uri: TrackingOption = None,
     device: DeviceOption = None,
-    resume: Annotated[bool, typer.Option(help="Continue the latest interrupted run from its checkpoints.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the latest interrupted run from its checkpoints; `--resume auto`: "
+                                              "that run if there is one, else a new run (one fixed command for a "
+                                              "scheduler's requeue script).")] = False,
+    resume_auto: Annotated[bool, typer.Option("--resume-auto", hidden=True)] = False,  # `--resume auto`, see main()
     repeat: Annotated[Optional[int], typer.Option(help="Train every variant K times, seeds from its config seed upwards.")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Train every variant once per seed, e.g. 0,1,2.")] = None,
     nproc_per_node: Annotated[Optional[str], typer.Option(
@@ -148,6 +156,7 @@ def run(
                       *(["--data-dir", str(data_dir)] if data_dir else []),
                       *(["--tracking-uri", tracking_uri] if tracking_uri else []),
                       *(["--device", device] if device else []), *(["--resume"] if resume else []),
+                      *(["--resume-auto"] if resume_auto else []),
                       *(["--repeat", str(repeat)] if repeat is not None else []),
                       *(["--seeds", seeds] if seeds else []), "--dist-backend", dist_backend]
             raise typer.Exit(launch.launch(nproc, worker, name, tracking_uri))
@@ -163,7 +172,8 @@ def run(
     launched = bool(os.environ.get(LAUNCH_ENV))
     tracker = open_for(tracking_uri, dist)
     try:
-        outcome = run_experiment(tracker, exp, configs, data_dir=data_dir, resume=resume, seeds=plan, dist=dist)
+        outcome = run_experiment(tracker, exp, configs, data_dir=data_dir, resume="auto" if resume_auto else resume,
+                                 seeds=plan, dist=dist)
     except KeyboardInterrupt as exc:
         if dist.is_main and not (launched and isinstance(exc, Terminated)):
             typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} --resume`.",
@@ -388,8 +398,21 @@ def ui(
         raise typer.Exit(130) from None
 
 
+def _spell_resume_auto(argv: list[str]) -> list[str]:
+    """`--resume auto` (or `--resume=auto`) as the hidden flag `--resume-auto`: Typer's boolean
+    flags take no value, and `--resume` alone must keep working."""
+    out: list[str] = []
+    for arg in argv:
+        if arg == "auto" and out and out[-1] == "--resume":
+            out[-1] = "--resume-auto"
+        else:
+            out.append("--resume-auto" if arg == "--resume=auto" else arg)
+    return out
+
+
 def main() -> None:
     """The commands: user errors end in one line on stderr and exit code 2."""
+    sys.argv[1:] = _spell_resume_auto(sys.argv[1:])
     try:
         app()
     except HarnessError as exc:

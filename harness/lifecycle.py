@@ -31,7 +31,7 @@ from harness.config import TrainConfig
 from harness.data import Data, data_key, load_data
 from harness.data.transforms import Preprocess
 from harness.distributed import SINGLE, Dist, GroupFailure, is_shared
-from harness.errors import HarnessError, first_line
+from harness.errors import HarnessError, Terminated, first_line
 from harness.process_clock import seconds_since_process_start
 from harness.tracking import Tracker, TrackingError, now_ms
 from harness.uris import redact_text
@@ -164,8 +164,9 @@ def train_variant(
         tracker.log_metrics(run_id, metrics, step=state.epoch)
         if state.stop_reason:
             tracker.set_tags(run_id, {STOP_TAG: state.stop_reason})
-    except KeyboardInterrupt:
-        close_run(tracker, run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM); resume with --resume")
+    except KeyboardInterrupt as exc:
+        how = exc.signal if isinstance(exc, Terminated) else "Ctrl-C"
+        close_run(tracker, run_id, "KILLED", f"interrupted ({how}); resume with --resume")
         raise
     except TrackingError as exc:
         if not exc.unreachable:

@@ -1,7 +1,7 @@
 """`harness run`: train every variant of an experiment (once per seed) into one MLflow parent run.
 
 Each (variant, seed) is a child run whose life is `harness.lifecycle`'s. A failing variant is
-marked FAILED and the others go on; Ctrl-C or SIGTERM marks it and the parent KILLED and stops.
+marked FAILED and the others go on; Ctrl-C, SIGTERM or SIGUSR1 marks it and the parent KILLED and stops.
 The parent gets the comparison table `harness compare` shows for it.
 """
 
@@ -85,7 +85,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def run_experiment(
     tracker: Tracker, exp: Experiment, configs: dict[str, TrainConfig], data_dir: Path | None = None,
-    resume: bool = False, seeds: SeedPlan | None = None, dist: Dist = SINGLE,
+    resume: bool | str = False, seeds: SeedPlan | None = None, dist: Dist = SINGLE,
 ) -> RunOutcome:
     """Train every variant (once per seed of `seeds`) under one parent run, log the comparison
     table on it and return the results with that table. A resumed run follows the seed plan its
@@ -93,13 +93,18 @@ def run_experiment(
     a second `--resume` of it refuses. However the command ends, the parent is not left RUNNING
     (unless the store itself is down: then `--resume` finishes the record later).
 
-    With several processes (`dist`) every rank calls this alike: rank 0 creates and ends the
-    runs, holds the lock and logs the comparison; all ranks train every variant together."""
+    `resume="auto"` continues the latest interrupted run if there is one and starts a new run
+    otherwise. With several processes (`dist`) every rank calls this alike: rank 0 creates and
+    ends the runs, holds the lock and logs the comparison; all ranks train every variant together."""
     plan = seeds or SeedPlan()
     plan.check(configs)  # seeds out of range fail before any run is created
     for config in configs.values():
         check_world(config, dist.world_size)
     experiment_id = tracker.ensure_experiment(exp.name, exp.description)
+    if resume == "auto":
+        resume = dist.from_main(lambda: tracker.local.latest_parent_run(experiment_id, unfinished_only=True) is not None)
+        if not resume:
+            print(f"No interrupted run of {exp.name}: starting a new one.", flush=True)
     device = next(iter(configs.values())).device
     env_tags = tracking.environment_tags(device, exp.source_file)
     with ExitStack() as held:

@@ -363,3 +363,33 @@ def test_a_lock_of_a_dead_process_does_not_block(tmp_path: Path) -> None:
     assert (tmp_path / "r1.lock").exists()
     with run_lock("r1", tmp_path):
         pass
+
+
+def test_resume_auto_continues_the_interrupted_run_and_sigusr1_stops_it_like_sigterm(interrupted) -> None:
+    """A scheduler's requeue script runs one fixed command, `--resume auto`; SIGUSR1 (what SLURM
+    sends before preemption with --signal) checkpoints and marks the runs KILLED."""
+    cwd, env, run_id = interrupted
+    uri = env["MLFLOW_TRACKING_URI"]
+    proc = start("run", "stopped", "--resume", "auto", cwd=cwd, env=env)
+    deadline = time.time() + 120
+    while MlflowClient(uri).get_run(run_id).info.status != "RUNNING":
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "Resuming run" in out
+    assert "Traceback" not in err
+    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+    history = steps(uri, run_id)
+    assert history == sorted(set(history)), "an epoch was logged twice"
+    assert_nothing_running(uri)
+
+
+def test_resume_auto_without_an_interrupted_run_starts_a_new_one(tmp_path: Path, folder: dict[str, str]) -> None:
+    write_experiment(tmp_path, "fresh", epochs=1, limit=64)
+    result = harness("run", "fresh", "--resume=auto", cwd=tmp_path, env=folder)
+    assert result.returncode == 0, result.stderr
+    assert "No interrupted run of fresh: starting a new one." in result.stdout
+    assert child(folder["MLFLOW_TRACKING_URI"]).info.status == "FINISHED"

@@ -255,6 +255,20 @@ def test_a_one_process_checkpoint_resumes_on_two(tmp_path: Path) -> None:
     assert [s for s, _ in history(env["MLFLOW_TRACKING_URI"], run.info.run_id, "train_loss")] == list(range(1, 5))
 
 
+def test_ctrl_c_stops_every_process_and_marks_the_runs_killed(tmp_path: Path) -> None:
+    env = setup(tmp_path, "dpstop", ONE_VARIANT, epochs=50, batch=4)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "dpstop", "--nproc-per-node", "2"], cwd=tmp_path,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    wait_for_checkpoint(proc, tmp_path / "ckpt")
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    out, err = proc.communicate(timeout=KILL_BOUND_SECONDS)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("Interrupted: runs marked KILLED"), err
+    runs = all_runs(env["MLFLOW_TRACKING_URI"])
+    assert {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
+
+
 # ----------------------------------------------------------------- torchrun, two "machines"
 
 

@@ -152,14 +152,8 @@ def run(
         nproc = launch.parse_nproc(nproc_per_node, device_name)
         if nproc > 1:
             launch.check_launch(configs, nproc, dist_backend, device_name)
-            worker = ["run", name, *[a for item in set_ or [] for a in ("--set", item)],
-                      *(["--data-dir", str(data_dir)] if data_dir else []),
-                      *(["--tracking-uri", tracking_uri] if tracking_uri else []),
-                      *(["--device", device] if device else []), *(["--resume"] if resume else []),
-                      *(["--resume-auto"] if resume_auto else []),
-                      *(["--repeat", str(repeat)] if repeat is not None else []),
-                      *(["--seeds", seeds] if seeds else []), "--dist-backend", dist_backend]
-            raise typer.Exit(launch.launch(nproc, worker, name, tracking_uri))
+            raise typer.Exit(launch.launch(nproc, launch.worker_args(sys.argv[1:]), name, tracking_uri,
+                                           f"harness run {name} --resume --nproc-per-node {nproc}"))
     dist = distributed.init_from_env(device_name, dist_backend)
     if not dist.is_main:  # one process speaks: rank 0 (errors still reach stderr from any rank)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
@@ -240,25 +234,50 @@ def tune(
     device: DeviceOption = None,
     retrain_best: Annotated[bool, typer.Option(help="Afterwards, train the best params on train+validation and test once.")] = False,
     heartbeat: Annotated[int, typer.Option(help="Seconds between trial heartbeats; a trial silent for 3 is failed and retried.")] = 10,
+    nproc_per_node: Annotated[Optional[str], typer.Option(
+        help="Train each trial data-parallel on N processes on this machine (one Optuna trial each); auto = one "
+             "per GPU.")] = None,
+    dist_backend: Annotated[str, typer.Option(help="With several processes: auto, gloo or nccl.")] = "auto",
 ) -> None:
     """Search the experiment's search space with Optuna; every trial is a nested MLflow run."""
     exp, configs = _resolve(name, set_, device)
-    from harness.tracking import Tracker
+    from harness import distributed
+    from harness.tracking import open_for
     from harness.tune import TuneOptions, best_summary, pick_variant
     from harness.tune import tune as run_study
 
     chosen = pick_variant(exp, variant)
     options = TuneOptions(trials=trials, timeout=timeout, study_name=study_name, storage=storage, sampler=sampler,
                           pruner=pruner, n_jobs=n_jobs, seed=seed, retrain_best=retrain_best, heartbeat_seconds=heartbeat)
-    tracker = Tracker.open(tracking_uri)
+    device_name = configs[chosen].device
+    if nproc_per_node is not None:
+        from harness import launch
+
+        nproc = launch.parse_nproc(nproc_per_node, device_name)
+        if nproc > 1:
+            if n_jobs > 1:
+                raise HarnessError("--n-jobs above 1 cannot be combined with --nproc-per-node; each trial already "
+                                   "uses every process.")
+            launch.check_launch({chosen: configs[chosen]}, nproc, dist_backend, device_name)
+            raise typer.Exit(launch.launch(nproc, launch.worker_args(sys.argv[1:]), name, tracking_uri,
+                                           "the same command (the study goes on)"))
+    dist = distributed.init_from_env(device_name, dist_backend)
+    if not dist.is_main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+    tracker = open_for(tracking_uri, dist)
     try:
-        outcome = run_study(tracker, exp, chosen, configs[chosen], options, data_dir=data_dir)
+        outcome = run_study(tracker, exp, chosen, configs[chosen], options, data_dir=data_dir, dist=dist)
     except KeyboardInterrupt:
-        typer.echo("Interrupted: re-run the same command to continue the study.", err=True)
+        if dist.is_main:
+            typer.echo("Interrupted: re-run the same command to continue the study.", err=True)
         raise typer.Exit(130) from None
+    finally:
+        distributed.shutdown()
+    if outcome is None:  # a rank other than 0: it trained, rank 0 reports
+        return
     typer.echo(best_summary(outcome.study) + f" (MLflow parent run {outcome.parent_run_id})")
     if outcome.retrained is not None:
-        _print_comparison(tracker, exp.name, outcome.parent_run_id, only=[outcome.retrained.run_id])
+        _print_comparison(tracker.local, exp.name, outcome.parent_run_id, only=[outcome.retrained.run_id])
         if outcome.retrained.status != "FINISHED":
             typer.echo(f"error: retrain-best {outcome.retrained.status}: {outcome.retrained.reason}", err=True)
             raise typer.Exit(1)

@@ -52,6 +52,21 @@ def parse_nproc(value: str, device: str) -> int:
     return n
 
 
+def worker_args(argv: Sequence[str]) -> list[str]:
+    """The command line each process runs: this one without `--nproc-per-node` (each process
+    is one of the N)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            out.append(arg)
+    return out
+
+
 def check_launch(configs: dict[str, TrainConfig], nproc: int, backend: str, device: str) -> None:
     """What would fail in every process fails here once, before any is started."""
     from harness.distributed import choose_backend
@@ -61,7 +76,7 @@ def check_launch(configs: dict[str, TrainConfig], nproc: int, backend: str, devi
         check_world(config, nproc)
 
 
-def launch(nproc: int, worker_args: Sequence[str], experiment: str, tracking_uri: str | None) -> int:
+def launch(nproc: int, worker_args: Sequence[str], experiment: str, tracking_uri: str | None, continue_with: str) -> int:
     """Run `python -m harness <worker_args>` in `nproc` local processes; returns the exit code.
 
     Ctrl-C reaches every process (they mark their runs KILLED). A process that dies without a
@@ -92,8 +107,7 @@ def launch(nproc: int, worker_args: Sequence[str], experiment: str, tracking_uri
             return 130
         reason = f"the launcher received {signal.Signals(signum).name}"
     unrecorded = _end_launched_runs(tracking_uri, experiment, launch_id, reason)
-    raise HarnessError(f"{reason}; {unrecorded or 'its runs are marked FAILED'}. Continue with "
-                       f"`harness run {experiment} --resume --nproc-per-node {nproc}`.")
+    raise HarnessError(f"{reason}; {unrecorded or 'its runs are marked FAILED'}. Continue with `{continue_with}`.")
 
 
 def _root_cause(failures: dict[int, Any]) -> tuple[int, Any]:

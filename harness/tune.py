@@ -31,6 +31,7 @@ import torch
 
 from harness import reports, tracking
 from harness.config import TrainConfig
+from harness.distributed import SINGLE, Dist
 from harness.errors import HarnessError, first_line, retry
 from harness.experiment import Experiment
 from harness.lifecycle import RunContext, VariantResult, ended_on_error, open_run, train_variant
@@ -170,6 +171,32 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
 
 
+def train_on_every_rank(ctx: RunContext, variant: str, config: TrainConfig, label: str, tags: dict[str, str],
+                        test: bool, callbacks: list[Callback] = (), on_run: Any = None) -> VariantResult:
+    """Open and train one child run on every rank: rank 0 (which runs the study) hands the job to
+    the other ranks (`follow_trials`) first. `on_run(run_id)` is called once the run exists."""
+    if ctx.dist.enabled:
+        ctx.dist.broadcast(("train", variant, config, label, tags, test))
+    run_id = open_run(ctx, label, config, tags)
+    if on_run is not None:
+        on_run(run_id)
+    return train_variant(ctx, run_id, variant, config, label=label, callbacks=callbacks, test=test,
+                         plain_progress=not test)
+
+
+def follow_trials(ctx: RunContext) -> None:
+    """What every rank but 0 does in `harness tune --nproc-per-node N`: train each trial rank 0
+    sampled, in step with it (rank 0's pruning decision reaches every rank at the end of each
+    epoch, see `train.fit_epoch`), until rank 0 says the study is over."""
+    while True:
+        message = ctx.dist.broadcast(None)
+        if message[0] == "stop":
+            return
+        _, variant, config, label, tags, test = message
+        run_id = open_run(ctx, label, config, tags)
+        train_variant(ctx, run_id, variant, config, label=label, test=test, plain_progress=not test)
+
+
 class Objective:
     """One trial: sample params, train with pruning into the trial's own MLflow run."""
 
@@ -180,14 +207,20 @@ class Objective:
         config = self.base.override(**suggest(trial, self.exp.search_space))
         label = f"trial-{trial.number}"
         tags = {tracking.KIND_TAG: "trial", "optuna.study_name": self.study_name, "optuna.trial_number": str(trial.number)}
-        run_id = open_run(self.ctx, label, config, tags)
-        trial.set_user_attr(TRIAL_RUN_ATTR, run_id)
         pruning = OptunaPruning(trial)
+        run_ids: list[str] = []
+
+        def record(run_id: str) -> None:
+            run_ids.append(run_id)
+            trial.set_user_attr(TRIAL_RUN_ATTR, run_id)
+
         try:
-            result = train_variant(self.ctx, run_id, label, config, label=label, callbacks=[pruning], test=False,
-                                   plain_progress=True)
+            result = train_on_every_rank(self.ctx, label, config, label, tags, test=False, callbacks=[pruning],
+                                         on_run=record)
+            run_id = run_ids[0]
         except KeyboardInterrupt:
-            self._state(run_id, optuna.trial.TrialState.FAIL)  # as Optuna records it; the run is KILLED
+            if run_ids:
+                self._state(run_ids[0], optuna.trial.TrialState.FAIL)  # as Optuna records it; the run is KILLED
             raise
         if result.status == "FINISHED" and not pruning.pruned:
             self._state(run_id, optuna.trial.TrialState.COMPLETE)
@@ -257,16 +290,45 @@ class TuneOutcome:
 
 
 def tune(tracker: Tracker, exp: Experiment, variant: str | None, base: TrainConfig, options: TuneOptions,
-         data_dir: Path | None = None) -> TuneOutcome:
+         data_dir: Path | None = None, dist: Dist = SINGLE) -> TuneOutcome | None:
     """Run (or continue) the study until it has `options.trials` finished trials.
 
     The study's MLflow parent run never stays RUNNING once this returns or raises: Ctrl-C ends
     it KILLED, any other error FAILED, and while it runs it beats (`parent_heartbeat`) so that a
     worker killed without a chance to end it is recognised by the next one.
+
+    With several processes (`dist`) rank 0 alone holds the study: it samples each trial and
+    hands it to the other ranks, which train it with it (`follow_trials`; they return None), so
+    each trial is one Optuna trial and one MLflow run whatever the number of processes.
     """
     variant = pick_variant(exp, variant)
     if base.val_fraction == 0:
         raise HarnessError("Tuning selects on validation accuracy; set val_fraction above 0 (e.g. --set val_fraction=0.1).")
+    if dist.enabled:
+        opened: list[tuple[optuna.Study, RunContext]] = []
+        ids = dist.from_main(lambda: _open_study(tracker.local, exp, variant, base, options, data_dir, opened))
+        ctx = RunContext(tracker, *ids, exp.source_file, data_dir, dist=dist)
+        if not dist.is_main:
+            follow_trials(ctx)
+            return None
+        study = opened[0][0]
+        try:
+            return _tune_in(tracker.local, study, ctx, base, exp, variant, options)
+        finally:
+            try:
+                dist.broadcast(("stop",))
+            except Exception:  # noqa: BLE001 - the group is gone: the other ranks have ended already
+                pass
+    opened = []
+    _open_study(tracker, exp, variant, base, options, data_dir, opened)
+    study, ctx = opened[0]
+    return _tune_in(tracker, study, ctx, base, exp, variant, options)
+
+
+def _open_study(tracker: Tracker, exp: Experiment, variant: str, base: TrainConfig, options: TuneOptions,
+                data_dir: Path | None, opened: list[tuple[optuna.Study, RunContext]]) -> tuple[str, str, dict[str, str]]:
+    """Open (or create) the study and start its MLflow parent run; appends (study, context) to
+    `opened` and returns (experiment id, parent run id, environment tags)."""
     pruner = PRUNERS.get(options.pruner)()
     study_name = options.study_name or default_study_name(exp, variant)
     storage = open_storage(options.storage, options.heartbeat_seconds, tracker)
@@ -285,7 +347,14 @@ def tune(tracker: Tracker, exp: Experiment, variant: str | None, base: TrainConf
                                   {tracking.KIND_TAG: "study", "optuna.study_name": study_name,
                                    HEARTBEAT_TAG: str(now_ms()), HEARTBEAT_INTERVAL_TAG: str(options.heartbeat_seconds),
                                    **env_tags})
-    ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir)
+    opened.append((study, RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir)))
+    return experiment_id, parent_id, env_tags
+
+
+def _tune_in(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: TrainConfig, exp: Experiment,
+             variant: str, options: TuneOptions) -> TuneOutcome:
+    """The study under its parent run, which ends however this does."""
+    parent_id = ctx.parent_id
     with ended_on_error(tracker, parent_id, secret=options.storage or ""), \
             parent_heartbeat(tracker, parent_id, options.heartbeat_seconds):
         retrained = _run_study(tracker, study, ctx, base, exp, variant, options)
@@ -301,8 +370,9 @@ def _run_study(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: Tra
                                        "trials": str(options.trials), "n_jobs": str(options.n_jobs),
                                        "storage": redact(options.storage or DEFAULT_STORAGE)})
     remaining = options.trials - finished_trials(study)
-    # Split the cores between parallel trials instead of oversubscribing them.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.n_jobs))
+    if not ctx.dist.enabled:  # (with several processes, each already has its share of the cores)
+        # Split the cores between parallel trials instead of oversubscribing them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.n_jobs))
     if remaining > 0:
         with _quiet_interrupted_trials():
             study.optimize(
@@ -318,7 +388,7 @@ def _run_study(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: Tra
         return None
     config = base.override(**study.best_params, val_fraction=0.0)  # train + validation
     tags = {tracking.KIND_TAG: "variant", tracking.VARIANT_TAG: "retrain-best", tracking.SEED_TAG: str(config.seed)}
-    return train_variant(ctx, open_run(ctx, "retrain-best", config, tags), "retrain-best", config)
+    return train_on_every_rank(ctx, "retrain-best", config, "retrain-best", tags, test=True)
 
 
 class _InterruptedTrialFilter(logging.Filter):

@@ -389,3 +389,33 @@ def test_nproc_per_node_under_torchrun_is_refused(workdir: Path, capsys: pytest.
     with pytest.raises(SystemExit):
         main()
     assert "started by torchrun already" in one_error_line(capsys.readouterr().err)
+
+
+# ----------------------------------------------------------------- harness tune --nproc-per-node 2
+
+
+def test_tune_on_two_processes_runs_one_trial_per_trial_and_prunes_on_both_ranks(tmp_path: Path) -> None:
+    import optuna
+
+    (tmp_path / "experiments").mkdir()
+    shutil.copy(Path(__file__).resolve().parent.parent / "experiments" / "quickstart.py", tmp_path / "experiments")
+    env = environment(tmp_path)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    # Seed 0 with 3-epoch trials prunes trial 2 after epoch 2 (training is deterministic on this CPU).
+    result = harness("tune", "quickstart", "--trials", "3", "--nproc-per-node", "2", "--set", "epochs=3",
+                     "--storage", storage, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    study = optuna.load_study(study_name="quickstart-lenet_relu", storage=storage)
+    assert len(study.trials) == 3  # not 6: rank 1 samples nothing
+    runs = {r.data.tags["optuna.trial_number"]: r for r in children(env["MLFLOW_TRACKING_URI"])}
+    assert sorted(runs) == ["0", "1", "2"]
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, [t.state for t in study.trials]
+    for trial in study.trials:
+        run = runs[str(trial.number)]
+        assert run.data.params["world_size"] == "2"
+        # Both ranks stopped where rank 0's pruner did (a rank training on would hang the group).
+        epochs = [s for s, _ in history(env["MLFLOW_TRACKING_URI"], run.info.run_id, "train_loss")]
+        assert epochs == list(range(1, trial.last_step + 1)), (trial.number, trial.state, epochs)
+    assert result.stdout.count("trial 2 PRUNED") == 1

@@ -35,8 +35,8 @@ TWO_VARIANTS = '{"a": base, "b": base.override(lr=0.05)}'
 ONE_VARIANT = '{"net": base}'
 EPOCHS = 3
 # Test accuracy of 2 processes vs 1 with the same global batch and seed: the gradients are the
-# same up to float summation order, but dropout-free LeNet still drifts through augmentation
-# draws (each rank has its own stream). Measured: within 0.01 on this data.
+# same up to float summation order, but the runs drift apart through the augmentation draws
+# (each rank has its own stream). Measured: 0.9995 vs 0.9995 and 0.9955 vs 0.9850.
 ACCURACY_TOLERANCE = 0.03
 KILL_EPOCHS = 5  # the killed run's: it is killed after its first
 KILL_BOUND_SECONDS = 60  # a rank killed with -9: the command must end within this

@@ -23,6 +23,7 @@ the driver. Each times `fit_epoch` for `epochs` epochs; images/s is the median a
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import statistics
@@ -69,14 +70,16 @@ def plan_contenders(device: str, nproc: int | None = None, cores: int | None = N
     host N ranks gets a plan without contenders and a note."""
     import torch
 
+    from harness.device import resolve_device
+
     cores = cores or os.cpu_count() or 1
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         n = nproc or gpus
         if gpus < 2 or n < 2 or n > gpus:
-            return Plan("cuda", notes=(f"scaling skipped: 1 GPU against {n} needs at least 2 GPUs and this machine "
-                                      f"has {gpus}",))
+            return Plan("cuda", notes=(f"scaling skipped: 1 GPU against {max(n, 2)} needs at least {max(n, 2)} GPUs "
+                                      f"and this machine has {gpus}",))
         one = Contender(1, cores)
         return Plan("cuda", (one, Contender(n, max(1, cores // n))), baseline=one, reference=one)
     # Anything else (cpu, auto without CUDA, mps) runs on CPU processes: gloo ranks train on the CPU.
@@ -86,8 +89,8 @@ def plan_contenders(device: str, nproc: int | None = None, cores: int | None = N
                                   f"machine has {cores}",))
     share = cores // n
     baseline, reference = Contender(1, share), Contender(1, cores)
-    notes = () if device in ("auto", "cpu") else (f"scaling measured on CPU processes (device {device} has no "
-                                                   "multi-process backend here)",)
+    notes = () if resolve_device(device).type == "cpu" else (
+        f"scaling measured on CPU processes ({resolve_device(device)} has no multi-process backend here)",)
     # The pair compared by the ratio runs back to back (the machine's speed drifts).
     return Plan("cpu", (baseline, reference, Contender(n, share)), baseline=baseline, reference=reference,
                 notes=notes)
@@ -218,3 +221,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    # Then end as `harness run` does (cli.console_main): exit handlers and flushes, but not the
+    # interpreter's teardown, in which gloo's threads now and then abort a rank that finished
+    # cleanly ("terminate called without an active exception"), failing the whole launch.
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -34,7 +34,9 @@ from harness.config import TrainConfig
 from harness.distributed import SINGLE, Dist
 from harness.errors import HarnessError, first_line, retry
 from harness.experiment import Experiment
-from harness.lifecycle import RunContext, VariantResult, ended_on_error, open_run, train_variant
+from harness.checkpoint import LAST, saved_config
+from harness.checkpoint import load as load_checkpoint
+from harness.lifecycle import RunContext, VariantResult, checkpoint_root, ended_on_error, open_run, train_variant
 from harness.registry import Registry
 from harness.search_space import suggest
 from harness.study_liveness import (
@@ -54,6 +56,8 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 TRIAL_RUN_ATTR = "mlflow_run_id"
+CONTINUES_ATTR = "continues_trial"  # a retried trial that continued the dead trial's checkpoint and run
+CONTINUES_ATTR_TAG = "harness.continues_trial"
 OBJECTIVE_NAME = "val_acc"  # how optuna-dashboard and Optuna's plots label the objective
 
 SAMPLERS: Registry[Any] = Registry("sampler")
@@ -160,6 +164,11 @@ class OptunaPruning(Callback):
         self.trial = trial
         self.pruned = False
 
+    def on_fit_start(self, t: Trainer, state: FitState) -> None:
+        # A retried trial continuing a dead one's checkpoint: its epochs so far are this trial's too.
+        for epoch, record in enumerate(state.history, start=1):
+            self.trial.report(record["val_acc"], epoch)
+
     def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
         self.trial.report(record["val_acc"], state.epoch)
         if self.trial.should_prune():
@@ -172,16 +181,18 @@ def finished_trials(study: optuna.Study) -> int:
 
 
 def train_on_every_rank(ctx: RunContext, variant: str, config: TrainConfig, label: str, tags: dict[str, str],
-                        test: bool, callbacks: list[Callback] = (), on_run: Any = None) -> VariantResult:
-    """Open and train one child run on every rank: rank 0 (which runs the study) hands the job to
-    the other ranks (`follow_trials`) first. `on_run(run_id)` is called once the run exists."""
+                        test: bool, callbacks: list[Callback] = (), on_run: Any = None,
+                        resume_run: str | None = None) -> VariantResult:
+    """Open and train one child run (or continue `resume_run` from its checkpoint) on every rank:
+    rank 0 (which runs the study) hands the job to the other ranks (`follow_trials`) first.
+    `on_run(run_id)` is called once the run exists."""
     if ctx.dist.enabled:
-        ctx.dist.broadcast(("train", variant, config, label, tags, test))
-    run_id = open_run(ctx, label, config, tags)
+        ctx.dist.broadcast(("train", variant, config, label, tags, test, resume_run))
+    run_id = resume_run or open_run(ctx, label, config, tags)
     if on_run is not None:
         on_run(run_id)
     return train_variant(ctx, run_id, variant, config, label=label, callbacks=callbacks, test=test,
-                         plain_progress=not test)
+                         plain_progress=not test, resume=resume_run is not None)
 
 
 def follow_trials(ctx: RunContext) -> None:
@@ -192,9 +203,10 @@ def follow_trials(ctx: RunContext) -> None:
         message = ctx.dist.broadcast(None)
         if message[0] == "stop":
             return
-        _, variant, config, label, tags, test = message
-        run_id = open_run(ctx, label, config, tags)
-        train_variant(ctx, run_id, variant, config, label=label, test=test, plain_progress=not test)
+        _, variant, config, label, tags, test, resume_run = message
+        run_id = resume_run or open_run(ctx, label, config, tags)
+        train_variant(ctx, run_id, variant, config, label=label, test=test, plain_progress=not test,
+                      resume=resume_run is not None)
 
 
 class Objective:
@@ -214,9 +226,10 @@ class Objective:
             run_ids.append(run_id)
             trial.set_user_attr(TRIAL_RUN_ATTR, run_id)
 
+        resume_run = self._continued_run(trial, label, config)
         try:
             result = train_on_every_rank(self.ctx, label, config, label, tags, test=False, callbacks=[pruning],
-                                         on_run=record)
+                                         on_run=record, resume_run=resume_run)
             run_id = run_ids[0]
         except KeyboardInterrupt:
             if run_ids:
@@ -234,6 +247,39 @@ class Objective:
 
     def _state(self, run_id: str, state: optuna.trial.TrialState) -> None:
         self.ctx.tracker.set_tags(run_id, {tracking.TRIAL_STATE_TAG: state.name})
+
+    def _continued_run(self, trial: optuna.Trial, label: str, config: TrainConfig) -> str | None:
+        """The MLflow run to continue when `trial` retries a trial whose worker died (Optuna's
+        heartbeat re-queued its params, with its user attributes): that run, if its checkpoint is
+        reachable from here (`HARNESS_CHECKPOINT_DIR` on storage every worker sees) and was trained
+        with this `config`. The trial records which trial it continues (`continues_trial`); the
+        run keeps one uninterrupted history. Otherwise the trial starts over, saying why."""
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        history = optuna.storages.RetryFailedTrialCallback.retry_history(frozen)
+        dead_run = frozen.user_attrs.get(TRIAL_RUN_ATTR)
+        if not history or not dead_run:
+            return None
+        dead = history[-1]
+        last = checkpoint_root() / dead_run / LAST
+        why_not = None
+        if not last.is_file():
+            why_not = (f"its checkpoint {last} is not reachable from here (put HARNESS_CHECKPOINT_DIR on storage "
+                       "every worker shares to continue instead)")
+        else:
+            try:
+                saved = saved_config(load_checkpoint(last))
+            except HarnessError as exc:
+                saved, why_not = None, str(exc)
+            changed = [k for k, v in config.to_dict().items() if k != "device" and saved and saved.to_dict()[k] != v]
+            if changed:
+                why_not = f"its checkpoint was trained with other settings ({', '.join(changed)})"
+        if why_not:
+            print(f"{label}: retries trial {dead}, but {why_not}: it starts over.", flush=True)
+            return None
+        print(f"{label}: retries trial {dead}: continues its checkpoint and MLflow run {dead_run}.", flush=True)
+        trial.set_user_attr(CONTINUES_ATTR, dead)
+        self.ctx.tracker.set_tags(dead_run, {"optuna.trial_number": str(trial.number), CONTINUES_ATTR_TAG: str(dead)})
+        return dead_run
 
 
 class TrialFailed(RuntimeError):

@@ -10,6 +10,7 @@ the one-line errors, which train nothing, start all at once to keep the file fas
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +203,68 @@ def test_worker_killed_9_its_study_run_is_recognised_as_dead(tmp_path: Path) -> 
     trials = _trials(storage)
     assert trials[dead.number].state == optuna.trial.TrialState.FAIL
     assert any(t.params == dead.params and t.number != dead.number for t in trials)
+    _nothing_running(folder)
+
+
+def test_a_retried_trial_continues_the_dead_trials_checkpoint_and_run(tmp_path: Path) -> None:
+    """A worker killed -9 mid-trial, checkpoints on storage the next worker reaches: the retry
+    (a new Optuna trial with the same params) continues that checkpoint in the same MLflow run,
+    so the run has one history with no epoch trained twice, and says which trial it continues."""
+    folder = _folder(tmp_path)
+    storage = f"sqlite:///{folder}/optuna.db"
+    command = ("tune", "quickstart", "--trials", "1", "--pruner", "none", "--heartbeat", "1", "--set", "epochs=25")
+    proc = _harness(folder, *command)
+    deadline = time.time() + 120
+    while not list((folder / "checkpoints").glob("*/last.pt")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.kill()
+    proc.communicate(timeout=60)
+    (dead,) = _trials(storage)
+    dead_run = dead.user_attrs["mlflow_run_id"]
+    time.sleep(3.5)  # past 3 heartbeats of 1 s: the next worker fails the dead trial and retries it
+
+    worker = _harness(folder, *command)
+    out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0 and not err.strip(), err
+    assert f"trial-1: retries trial 0: continues its checkpoint and MLflow run {dead_run}." in out, out
+    assert "resuming after epoch" in out
+    first, retry = _trials(storage)
+    assert first.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.params == dead.params and retry.user_attrs["continues_trial"] == 0
+    assert retry.user_attrs["mlflow_run_id"] == dead_run  # one MLflow run for both
+    assert sorted(retry.intermediate_values) == list(range(1, 26))  # the dead trial's epochs count for the pruner
+    runs = {r.info.run_id: r for r in _runs(folder)}
+    run = runs[dead_run]
+    assert run.info.status == "FINISHED" and run.data.tags["harness.trial_state"] == "COMPLETE"
+    assert run.data.tags["optuna.trial_number"] == "1" and run.data.tags["harness.continues_trial"] == "0"
+    epochs = [m.step for m in MlflowClient(f"sqlite:///{folder}/mlflow.db").get_metric_history(dead_run, "train_loss")]
+    assert sorted(epochs) == list(range(1, 26)), epochs  # continuous, no epoch twice
+    assert len([r for r in runs.values() if r.data.tags.get("harness.kind") == "trial"]) == 1
+    _nothing_running(folder)
+
+
+def test_a_retry_whose_checkpoint_is_unreachable_starts_over_saying_so(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    storage = f"sqlite:///{folder}/optuna.db"
+    command = ("tune", "quickstart", "--trials", "1", "--pruner", "none", "--heartbeat", "1", "--set", "epochs=25")
+    proc = _harness(folder, *command)
+    deadline = time.time() + 120
+    while not list((folder / "checkpoints").glob("*/last.pt")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.kill()
+    proc.communicate(timeout=60)
+    (dead,) = _trials(storage)
+    shutil.rmtree(folder / "checkpoints")  # another machine's local disk, as far as this worker can tell
+    time.sleep(3.5)
+    worker = _harness(folder, "tune", "quickstart", "--trials", "1", "--heartbeat", "1", "--set", "epochs=2")
+    out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0 and not err.strip(), err
+    assert "trial-1: retries trial 0, but its checkpoint" in out and "is not reachable from here" in out, out
+    retry = _trials(storage)[1]
+    assert retry.user_attrs["mlflow_run_id"] != dead.user_attrs["mlflow_run_id"]
+    assert "continues_trial" not in retry.user_attrs
     _nothing_running(folder)
 
 

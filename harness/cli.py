@@ -126,16 +126,18 @@ def run(
     resume_auto: Annotated[bool, typer.Option("--resume-auto", hidden=True)] = False,  # `--resume auto`, see main()
     repeat: Annotated[Optional[int], typer.Option(help="Train every variant K times, seeds from its config seed upwards.")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Train every variant once per seed, e.g. 0,1,2.")] = None,
-    nproc_per_node: Annotated[Optional[str], typer.Option(
-        help="Train data-parallel on N processes on this machine (PyTorch's torchrun launcher); auto = one per GPU "
-             "(1 without). batch_size stays the global batch.")] = None,
-    dist_backend: Annotated[str, typer.Option(help="With several processes: auto (nccl on CUDA, gloo on CPU), "
-                                                   "gloo or nccl.")] = "auto",
+    nproc_per_node: NprocOption = None,
+    nnodes: NnodesOption = 1,
+    node_rank: NodeRankOption = 0,
+    rdzv_endpoint: RdzvEndpointOption = None,
+    rdzv_timeout: RdzvTimeoutOption = 120,
+    dist_backend: BackendOption = "auto",
 ) -> None:
     """Train every variant of an experiment and record it in MLflow (one parent run, a child per variant and seed).
 
     Under torchrun (`torchrun ... -m harness run NAME`), every process trains each variant
     data-parallel; rank 0 records the runs."""
+    _quiet_launcher(nproc_per_node, nnodes)
     from harness.seeds import SeedPlan
 
     plan = SeedPlan.parse(repeat, seeds)  # bad values fail before any data is touched
@@ -143,20 +145,10 @@ def run(
     from harness import distributed
 
     device_name = next(iter(configs.values())).device
-    if nproc_per_node is not None:
-        if distributed.env_world() is not None:
-            raise HarnessError("This process was started by torchrun already; leave out --nproc-per-node "
-                               "(torchrun's own --nproc-per-node sets the processes).")
-        from harness import launch
-
-        nproc = launch.parse_nproc(nproc_per_node, device_name)
-        if nproc > 1:
-            launch.check_launch(configs, nproc, dist_backend, device_name)
-            raise typer.Exit(launch.launch(nproc, launch.worker_args(sys.argv[1:]), name, tracking_uri,
-                                           f"harness run {name} --resume --nproc-per-node {nproc}"))
-    dist = distributed.init_from_env(device_name, dist_backend)
-    if not dist.is_main:  # one process speaks: rank 0 (errors still reach stderr from any rank)
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+    dist = _launch_or_join(
+        nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout, dist_backend, configs, device_name, name,
+        tracking_uri, f"harness run {name} --resume --nproc-per-node {nproc_per_node} --nnodes {nnodes}"
+        if nnodes > 1 else f"harness run {name} --resume --nproc-per-node {nproc_per_node}")
     from harness.errors import Terminated
     from harness.runner import run_experiment
     from harness.tracking import LAUNCH_ENV, open_for
@@ -207,6 +199,52 @@ def _print_tables(outcome) -> None:  # noqa: ANN001
         console.print(table)
 
 
+NprocOption = Annotated[Optional[str], typer.Option(
+    help="Train data-parallel on N processes per machine (PyTorch's torchrun launcher); auto = one per GPU (1 "
+         "without). batch_size stays the global batch.")]
+NnodesOption = Annotated[int, typer.Option(help="Machines taking part (run the same command on each, with --node-rank "
+                                                "and --rdzv-endpoint); or use torchrun ... -m harness.")]
+NodeRankOption = Annotated[int, typer.Option(help="This machine's number, 0 to nnodes-1 (0 records the runs).")]
+RdzvEndpointOption = Annotated[Optional[str], typer.Option(help="HOST:PORT of machine 0, where the machines meet.")]
+RdzvTimeoutOption = Annotated[int, typer.Option(help="Seconds to wait for the other machines before giving up.")]
+BackendOption = Annotated[str, typer.Option(help="With several processes: auto (nccl on CUDA, gloo on CPU), gloo or "
+                                                 "nccl.")]
+
+
+def _quiet_launcher(nproc_per_node: str | None, nnodes: int) -> None:
+    """In a process that will launch others: PyTorch's C++ side logs every failed rendezvous
+    connection with a stack trace, and the launcher reports that in one line. Its log level is
+    read once, when torch loads (so this comes first); the processes launched log as usual."""
+    if (nproc_per_node is not None or nnodes > 1) and "WORLD_SIZE" not in os.environ \
+            and "TORCH_CPP_LOG_LEVEL" not in os.environ and "torch" not in sys.modules:
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
+        os.environ["HARNESS_LAUNCHER_QUIET"] = "1"  # `launch` takes both back out of the workers' environment
+
+
+def _launch_or_join(nproc_per_node: str | None, nnodes: int, node_rank: int, rdzv_endpoint: str | None,
+                    rdzv_timeout: int, backend: str, configs: dict, device: str, name: str,
+                    tracking_uri: str | None, continue_with: str):  # noqa: ANN202
+    """Start this machine's processes (`--nproc-per-node`: this process waits for them and the
+    command ends here), or join the process group the launcher set up (a no-op for one process).
+    Returns this process's `Dist`; only rank 0 writes to stdout."""
+    from harness import distributed
+
+    if nproc_per_node is not None or nnodes > 1:
+        if distributed.env_world() is not None:
+            raise HarnessError("This process was started by torchrun already; leave out --nproc-per-node and "
+                               "--nnodes (torchrun's own options set the processes).")
+        from harness import launch
+
+        plan = launch.LaunchPlan.parse(nproc_per_node or "1", nnodes, node_rank, rdzv_endpoint, rdzv_timeout, device)
+        if plan.world_size > 1:
+            launch.check_launch(configs, plan.world_size, backend, device)
+            raise typer.Exit(launch.launch(plan, launch.worker_args(sys.argv[1:]), name, tracking_uri, continue_with))
+    dist = distributed.init_from_env(device, backend)
+    if not dist.is_main:  # one process speaks: rank 0 (errors still reach stderr from any rank)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+    return dist
+
+
 StorageOption = Annotated[
     Optional[str],
     typer.Option(help="Optuna storage: a SQLAlchemy URL (default sqlite:///optuna.db, fine for several processes on "
@@ -234,12 +272,15 @@ def tune(
     device: DeviceOption = None,
     retrain_best: Annotated[bool, typer.Option(help="Afterwards, train the best params on train+validation and test once.")] = False,
     heartbeat: Annotated[int, typer.Option(help="Seconds between trial heartbeats; a trial silent for 3 is failed and retried.")] = 10,
-    nproc_per_node: Annotated[Optional[str], typer.Option(
-        help="Train each trial data-parallel on N processes on this machine (one Optuna trial each); auto = one "
-             "per GPU.")] = None,
-    dist_backend: Annotated[str, typer.Option(help="With several processes: auto, gloo or nccl.")] = "auto",
+    nproc_per_node: NprocOption = None,
+    nnodes: NnodesOption = 1,
+    node_rank: NodeRankOption = 0,
+    rdzv_endpoint: RdzvEndpointOption = None,
+    rdzv_timeout: RdzvTimeoutOption = 120,
+    dist_backend: BackendOption = "auto",
 ) -> None:
     """Search the experiment's search space with Optuna; every trial is a nested MLflow run."""
+    _quiet_launcher(nproc_per_node, nnodes)
     exp, configs = _resolve(name, set_, device)
     from harness import distributed
     from harness.tracking import open_for
@@ -250,20 +291,12 @@ def tune(
     options = TuneOptions(trials=trials, timeout=timeout, study_name=study_name, storage=storage, sampler=sampler,
                           pruner=pruner, n_jobs=n_jobs, seed=seed, retrain_best=retrain_best, heartbeat_seconds=heartbeat)
     device_name = configs[chosen].device
-    if nproc_per_node is not None:
-        from harness import launch
-
-        nproc = launch.parse_nproc(nproc_per_node, device_name)
-        if nproc > 1:
-            if n_jobs > 1:
-                raise HarnessError("--n-jobs above 1 cannot be combined with --nproc-per-node; each trial already "
-                                   "uses every process.")
-            launch.check_launch({chosen: configs[chosen]}, nproc, dist_backend, device_name)
-            raise typer.Exit(launch.launch(nproc, launch.worker_args(sys.argv[1:]), name, tracking_uri,
-                                           "the same command (the study goes on)"))
-    dist = distributed.init_from_env(device_name, dist_backend)
-    if not dist.is_main:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+    if n_jobs > 1 and (nproc_per_node not in (None, "1") or nnodes > 1):
+        raise HarnessError("--n-jobs above 1 cannot be combined with --nproc-per-node; each trial already "
+                           "uses every process.")
+    dist = _launch_or_join(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout, dist_backend,
+                           {chosen: configs[chosen]}, device_name, name, tracking_uri,
+                           "the same command (the study goes on)")
     tracker = open_for(tracking_uri, dist)
     try:
         outcome = run_study(tracker, exp, chosen, configs[chosen], options, data_dir=data_dir, dist=dist)

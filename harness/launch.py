@@ -15,13 +15,14 @@ import os
 import signal
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from harness.config import TrainConfig
 from harness.distributed import PEER_LOST_EXIT
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.tracking import LAUNCH_ENV, Tracker
 from harness.train import check_world
 
@@ -31,6 +32,46 @@ HANDLED_EXIT_CODES = (1, 2, 130)
 # How a process ends when it was stopped because of another one: it lost its peer, or the
 # launcher sent it SIGTERM (-15). Not the cause of a failure.
 COLLATERAL_EXIT_CODES = (PEER_LOST_EXIT, 130, -signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How many processes, on how many machines, meeting where."""
+
+    nproc_per_node: int
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+    rdzv_timeout: int = 120
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @classmethod
+    def parse(cls, nproc: str, nnodes: int, node_rank: int, rdzv_endpoint: str | None, rdzv_timeout: int,
+              device: str) -> LaunchPlan:
+        """The options as given, each checked (one line per mistake)."""
+        if nnodes < 1:
+            raise HarnessError(f"--nnodes must be at least 1 (got {nnodes}).")
+        if not 0 <= node_rank < nnodes:
+            raise HarnessError(f"--node-rank must be from 0 to {nnodes - 1} for --nnodes {nnodes} (got {node_rank}).")
+        if rdzv_timeout < 1:
+            raise HarnessError(f"--rdzv-timeout must be at least 1 second (got {rdzv_timeout}).")
+        if nnodes > 1:
+            host, _, port = (rdzv_endpoint or "").rpartition(":")
+            if not host or not port.isdigit():
+                raise HarnessError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT, machine 0's address and a "
+                                   f"free port, the same on every machine (got {rdzv_endpoint!r}).")
+        return cls(parse_nproc(nproc, device), nnodes, node_rank, rdzv_endpoint, rdzv_timeout)
+
+    def launcher_args(self) -> list[str]:
+        """`torchrun`'s options for this plan."""
+        args = [f"--nproc-per-node={self.nproc_per_node}", "--monitor-interval=0.5"]
+        if self.nnodes == 1:
+            return ["--standalone", *args]
+        return [*args, f"--nnodes={self.nnodes}", f"--node-rank={self.node_rank}",
+                f"--rdzv-endpoint={self.rdzv_endpoint}", f"--rdzv-conf=timeout={self.rdzv_timeout}"]
 
 
 def parse_nproc(value: str, device: str) -> int:
@@ -52,17 +93,20 @@ def parse_nproc(value: str, device: str) -> int:
     return n
 
 
+LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint", "--rdzv-timeout")
+
+
 def worker_args(argv: Sequence[str]) -> list[str]:
-    """The command line each process runs: this one without `--nproc-per-node` (each process
-    is one of the N)."""
+    """The command line each process runs: this one without the launcher's own options (each
+    process is one of the N)."""
     out: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--nproc-per-node":
+        elif arg in LAUNCH_OPTIONS:
             skip = True
-        elif not arg.startswith("--nproc-per-node="):
+        elif not arg.startswith(tuple(f"{option}=" for option in LAUNCH_OPTIONS)):
             out.append(arg)
     return out
 
@@ -76,26 +120,36 @@ def check_launch(configs: dict[str, TrainConfig], nproc: int, backend: str, devi
         check_world(config, nproc)
 
 
-def launch(nproc: int, worker_args: Sequence[str], experiment: str, tracking_uri: str | None, continue_with: str) -> int:
-    """Run `python -m harness <worker_args>` in `nproc` local processes; returns the exit code.
+def launch(plan: LaunchPlan, worker_args: Sequence[str], experiment: str, tracking_uri: str | None,
+           continue_with: str) -> int:
+    """Run `python -m harness <worker_args>` in `plan.nproc_per_node` local processes (machine
+    `plan.node_rank` of `plan.nnodes`); returns the exit code. Machines that do not meet within
+    `plan.rdzv_timeout` seconds are one line.
 
     Ctrl-C reaches every process (they mark their runs KILLED). A process that dies without a
     word (a signal, a crash) ends the others through the launcher, and this process then marks
     the launch's unfinished runs FAILED with the reason and says how to continue."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    if os.environ.pop("HARNESS_LAUNCHER_QUIET", None):  # see cli._quiet_launcher: for this process only
+        os.environ.pop("TORCH_CPP_LOG_LEVEL", None)
     launch_id = uuid.uuid4().hex
     os.environ[LAUNCH_ENV] = launch_id
     # torchrun prints a banner unless the thread count is set; each process takes its share.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we report failures ourselves
-    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--monitor-interval=0.5",
-                       "--module", "harness", *worker_args])
+    args = parse_args([*plan.launcher_args(), "--module", "harness", *worker_args])
     try:
         run(args)
         return 0
+    except (torch.distributed.DistError, RendezvousError) as exc:  # the machines did not meet
+        raise HarnessError(
+            f"The machines did not meet at --rdzv-endpoint {plan.rdzv_endpoint} within {plan.rdzv_timeout} s "
+            f"({type(exc).__name__}: {first_line(exc, 120)}); start the same command on every machine, with machine "
+            "0's reachable address and a free port.") from None
     except ChildFailedError as exc:
         rank, failure = _root_cause(exc.failures)
         if rank == 0 and failure.exitcode in HANDLED_EXIT_CODES:

@@ -278,12 +278,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_machines_through_torchrun_train_one_variant_into_one_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("launcher", ["torchrun", "harness"])
+def test_two_machines_train_one_variant_into_one_run(tmp_path: Path, launcher: str) -> None:
+    """Two "machines" on one host: `torchrun --nnodes 2 ... -m harness run dp` on each, or the
+    harness's own `harness run dp --nnodes 2 --node-rank R --rdzv-endpoint ...`."""
     env = setup(tmp_path, "dp", ONE_VARIANT, epochs=1)
     port = _free_port()
+    options = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-endpoint", f"127.0.0.1:{port}"]
+    commands = {
+        "torchrun": lambda rank: ["-m", "torch.distributed.run", *options, "--node-rank", str(rank), "-m", "harness",
+                                  "run", "dp"],
+        "harness": lambda rank: ["-m", "harness", "run", "dp", *options, "--node-rank", str(rank)],
+    }
     nodes = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node",
-         "1", "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "harness", "run", "dp"],
+        [sys.executable, *commands[launcher](rank)],
         cwd=tmp_path, env={**os.environ, **env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True) for rank in (0, 1)]
     outcomes = [node.communicate(timeout=300) for node in nodes]
@@ -363,6 +371,8 @@ def test_sharded_evaluation_counts_every_sample_once(tmp_path: Path) -> None:
     (["--nproc-per-node", "2", "--dist-backend", "nccl"], "nccl backend needs CUDA GPUs"),
     (["--nproc-per-node", "2", "--device", "cuda"], "more GPUs than this machine has (0)"),
     (["--nproc-per-node", "2", "--dist-backend", "mpi"], "Unknown distributed backend 'mpi'"),
+    (["--nproc-per-node", "1", "--nnodes", "2"], "--nnodes 2 needs --rdzv-endpoint HOST:PORT"),
+    (["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1"], "--node-rank must be from 0 to 1"),
 ])
 def test_bad_launch_options_are_one_line(workdir: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                                          expected: str) -> None:
@@ -377,6 +387,18 @@ def test_bad_launch_options_are_one_line(workdir: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert expected in one_error_line(err), err
     assert not (workdir / "mlflow.db").exists() or not children(f"sqlite:///{workdir}/mlflow.db")
+
+
+def test_an_unreachable_rendezvous_endpoint_is_one_line_after_a_bounded_wait(tmp_path: Path) -> None:
+    env = setup(tmp_path, "dp", ONE_VARIANT, epochs=1)
+    start = time.monotonic()
+    result = harness("run", "dp", "--nnodes", "2", "--node-rank", "1", "--nproc-per-node", "1", "--rdzv-endpoint",
+                     f"127.0.0.1:{_free_port()}", "--rdzv-timeout", "3", cwd=tmp_path, env=env, timeout=120)
+    assert time.monotonic() - start < 60
+    assert result.returncode == 2
+    line = one_error_line(result.stderr)
+    assert "did not meet at --rdzv-endpoint 127.0.0.1:" in line and "within 3 s" in line, line
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was started
 
 
 def test_nproc_per_node_under_torchrun_is_refused(workdir: Path, capsys: pytest.CaptureFixture[str],

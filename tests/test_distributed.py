@@ -227,6 +227,22 @@ def test_a_rank_killed_with_sigkill_ends_the_command_in_bounded_time_and_resume_
         assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-5, abs=1e-6), key
 
 
+def test_rank_0_killed_leaves_the_launcher_to_mark_the_runs_failed(tmp_path: Path) -> None:
+    """Rank 0 (the one that records) dies without a word: the launcher process ends the runs."""
+    env = setup(tmp_path, "dpkill", ONE_VARIANT, epochs=50, batch=4)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "dpkill", "--nproc-per-node", "2"], cwd=tmp_path,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(proc, tmp_path / "ckpt")
+    os.kill(worker_pid(proc.pid, 0), signal.SIGKILL)
+    out, err = proc.communicate(timeout=KILL_BOUND_SECONDS)
+    assert proc.returncode == 2
+    line = one_error_line(err)
+    assert "process of rank 0 was killed by SIGKILL" in line, line
+    runs = all_runs(env["MLFLOW_TRACKING_URI"])
+    assert {r.info.status for r in runs} == {"FAILED"}, [(r.info.run_name, r.info.status) for r in runs]
+    assert all("rank 0 was killed by SIGKILL" in r.data.tags[FAILURE_TAG] for r in runs)
+
+
 def test_a_two_process_checkpoint_resumes_on_one_process_saying_what_changed(killed_run, tmp_path: Path) -> None:
     template, _, _ = killed_run
     root, env = copy(template, tmp_path / "b")

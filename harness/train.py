@@ -109,7 +109,8 @@ def build_trainer(config: TrainConfig, data: Data, dist: Dist = SINGLE) -> Train
     predict = torch.compile(model) if config.compile else model
     forward, aug_rng = predict, None
     if dist.enabled:
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  gradient_as_bucket_view=True)
         forward = torch.compile(ddp) if config.compile else ddp
         torch.manual_seed(dist.rank_seed(config.seed, 0))  # dropout: each rank its own masks
         aug_rng = torch.Generator().manual_seed(dist.rank_seed(config.seed, 1))

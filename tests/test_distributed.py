@@ -27,7 +27,7 @@ EXPERIMENT = """
 from harness.config import TrainConfig
 from harness.experiment import Experiment
 
-base = TrainConfig(model="lenet_relu", dataset="synthetic", epochs={epochs}, train_limit=800, batch_size={batch},
+base = TrainConfig(model="lenet_relu", dataset="synthetic", epochs={epochs}, train_limit={limit}, batch_size={batch},
                    augment=True, lr=0.02, seed=3)
 experiment = Experiment(name="{name}", description="data-parallel test", variants={variants})
 """
@@ -42,11 +42,11 @@ KILL_EPOCHS = 5  # the killed run's: it is killed after its first
 KILL_BOUND_SECONDS = 60  # a rank killed with -9: the command must end within this
 
 
-def setup(root: Path, name: str, variants: str, epochs: int = EPOCHS, batch: int = 16) -> dict[str, str]:
+def setup(root: Path, name: str, variants: str, epochs: int = EPOCHS, batch: int = 16, limit: int = 800) -> dict[str, str]:
     """A working folder with one experiment; returns the environment to run `harness` in."""
     (root / "experiments").mkdir(parents=True, exist_ok=True)
     (root / "experiments" / f"{name}.py").write_text(EXPERIMENT.format(name=name, epochs=epochs, variants=variants,
-                                                                       batch=batch))
+                                                                       batch=batch, limit=limit))
     return environment(root)
 
 
@@ -256,7 +256,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process_saying_what_changed(kil
 
 def test_a_one_process_checkpoint_resumes_on_two(tmp_path: Path) -> None:
     # Small steps (batch 4) so that the stop comes well before the last epoch.
-    env = setup(tmp_path, "dpkill", ONE_VARIANT, epochs=4, batch=4)
+    env = setup(tmp_path, "dpkill", ONE_VARIANT, epochs=4, batch=4, limit=400)
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "dpkill"], cwd=tmp_path,
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_checkpoint(proc, tmp_path / "ckpt")

@@ -392,3 +392,22 @@ def test_loaders_read_only_the_data_fields(flat_folder: Path, tmp_path: Path) ->
         recorder = _RecordingConfig(config)
         DATASETS.get(config.dataset)(recorder, data_dir or tmp_path)  # type: ignore[arg-type]
         assert recorder.read <= set(DATA_FIELDS), (config.dataset, recorder.read - set(DATA_FIELDS))
+
+
+def test_image_folder_shards_for_data_parallel_training(flat_folder: Path) -> None:
+    """Training: PyTorch's DistributedSampler (same steps on every rank, reshuffled per epoch);
+    evaluation: contiguous shards, every image exactly once."""
+    from harness.data.image_folder import FolderImages, StreamedSplit, scan
+
+    files = scan(flat_folder)[0][:23]  # an odd count: 2 ranks cannot share it evenly
+    split = StreamedSplit(FolderImages(files, list(range(23)), 8), num_workers=0, pin_memory=False)  # label = index
+    parts = [list(split.train_batches(6, torch.Generator(), rank, 2, epoch=1, seed=0)) for rank in (0, 1)]
+    assert len(parts[0]) == len(parts[1]) == 4
+    seen = [i for part in parts for _, y, _ in part for i in y.tolist()]
+    assert set(seen) == set(range(23)) and len(seen) == 24  # the sampler repeats one image to even the ranks out
+    assert all(size == 2 * len(y) for part in parts for _, y, size in part)
+    again = [i for _, y, _ in split.train_batches(6, torch.Generator(), 0, 2, epoch=1, seed=0) for i in y.tolist()]
+    other = [i for _, y, _ in split.train_batches(6, torch.Generator(), 0, 2, epoch=2, seed=0) for i in y.tolist()]
+    assert again == [i for _, y, _ in parts[0] for i in y.tolist()] and other != again  # set_epoch reshuffles
+    shards = [split.shard(rank, 2) for rank in (0, 1)]
+    assert sorted(i for s in shards for _, y in s.batches(5, False, None) for i in y.tolist()) == list(range(23))

@@ -380,6 +380,19 @@ def test_sharded_evaluation_counts_every_sample_once(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- what the user can get wrong
 
 
+def test_sync_batchnorm_on_cpu_processes_is_one_line() -> None:
+    from harness.config import TrainConfig
+    from harness.data import load_data
+    from harness.distributed import Dist
+    from harness.errors import HarnessError
+    from harness.train import build_trainer
+
+    config = TrainConfig(model="resnet18", dataset="digits", sync_batchnorm=True, device="cpu")
+    with pytest.raises(HarnessError, match="sync_batchnorm=true needs CUDA devices"):
+        build_trainer(config, load_data(config), Dist(0, 2, 0, 2, "gloo"))
+
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (["--nproc-per-node", "0"], "--nproc-per-node must be at least 1"),
     (["--nproc-per-node", "two"], "--nproc-per-node must be a number of processes or auto"),

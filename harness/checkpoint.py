@@ -70,6 +70,7 @@ def training_state(t: Trainer, state: FitState, ranks: list[dict[str, Any]] | No
     order, with several processes), config, fit state and the world size."""
     return {
         "model": t.model.state_dict(),
+        "ema": t.ema.state_dict() if t.ema is not None else None,
         "optimizer": t.optimizer.state_dict(),
         "scheduler": t.scheduler.state_dict(),
         "scaler": t.scaler.state_dict(),
@@ -86,9 +87,10 @@ def training_state(t: Trainer, state: FitState, ranks: list[dict[str, Any]] | No
 
 
 def model_state(t: Trainer, epoch: int) -> dict[str, Any]:
-    """Weights plus what explains them: config, epoch, classes and preprocessing."""
+    """The weights kept as best (the EMA's when on) plus what explains them: config, epoch,
+    classes and preprocessing."""
     return {
-        "model": t.model.state_dict(),
+        "model": t.best_weights.state_dict(),
         "config": t.config.to_dict(),
         "epoch": epoch,
         "classes": list(t.data.classes),
@@ -122,6 +124,8 @@ def restore(t: Trainer, ckpt: dict[str, Any]) -> FitState:
     when the checkpoint was written by as many processes; otherwise they are derived afresh from
     seed, rank and epoch (`world_size_change` says so)."""
     t.model.load_state_dict(ckpt["model"])
+    if t.ema is not None and ckpt.get("ema") is not None:
+        t.ema.load_state_dict(ckpt["ema"])
     t.optimizer.load_state_dict(ckpt["optimizer"])
     t.scheduler.load_state_dict(ckpt["scheduler"])
     t.scaler.load_state_dict(ckpt["scaler"])

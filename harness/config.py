@@ -70,6 +70,13 @@ class TrainConfig:
     dropout: float | None = None  # None = the model's own default
     grad_clip: float | None = None  # max gradient L2 norm; None = off
     label_smoothing: float = 0.0
+    random_erasing: float = 0.0  # probability per image of erasing one random rectangle (torchvision RandomErasing)
+    mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha); 0 = off
+    cutmix_alpha: float = 0.0  # CutMix's Beta(alpha, alpha); 0 = off (both on: one of the two per batch)
+    mix_prob: float = 1.0  # probability that a batch is mixed when mixup or cutmix is on
+    ema_decay: float | None = None  # exponential moving average of the weights, updated every step; None = off
+    accumulate_steps: int = 1  # batches per optimizer step: the effective batch is batch_size * accumulate_steps
+    min_lr: float = 0.0  # cosine: the lr it decays to (at most lr)
     pretrained: bool = False  # torchvision models only: start from ImageNet weights
     freeze_backbone: bool = False  # train only the new classification head
     data_path: str | None = None  # image_folder only
@@ -156,6 +163,14 @@ def _check_values(c: TrainConfig) -> None:
     _number("dropout", c.dropout, c.dropout is None or 0 <= c.dropout < 1, "in [0, 1) or none")
     _number("grad_clip", c.grad_clip, c.grad_clip is None or c.grad_clip > 0, "greater than 0 or none")
     _number("label_smoothing", c.label_smoothing, 0 <= c.label_smoothing < 1, "in [0, 1)")
+    _number("random_erasing", c.random_erasing, 0 <= c.random_erasing <= 1, "a probability in [0, 1]")
+    _number("mixup_alpha", c.mixup_alpha, c.mixup_alpha >= 0, "0 (off) or more")
+    _number("cutmix_alpha", c.cutmix_alpha, c.cutmix_alpha >= 0, "0 (off) or more")
+    _number("mix_prob", c.mix_prob, 0 <= c.mix_prob <= 1, "a probability in [0, 1]")
+    _number("ema_decay", c.ema_decay, c.ema_decay is None or 0 < c.ema_decay < 1, "in (0, 1), e.g. 0.999, or none")
+    _integer("accumulate_steps", c.accumulate_steps, 1, MAX_BATCH_SIZE, f"at least 1 and at most {MAX_BATCH_SIZE:,}")
+    # Not tied to lr: `harness tune` samples lr, and a floor above it is simply lr (see optim).
+    _number("min_lr", c.min_lr, c.min_lr >= 0, "0 or more")
     _integer("num_workers", c.num_workers, 0, MAX_NUM_WORKERS, f"0 or more and at most {MAX_NUM_WORKERS}")
     _require(
         bool(_DEVICE_PATTERN.match(c.device)),

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from harness.config import TrainConfig
 
 OPTIMIZERS: Registry[Callable[[Iterable[nn.Parameter], TrainConfig], Optimizer]] = Registry("optimizer")
-SCHEDULERS: Registry[Callable[[Optimizer, TrainConfig, int], LRScheduler | None]] = Registry("scheduler")
+# (optimizer, config, epochs after warmup, optimizer steps per epoch) -> schedule
+SCHEDULERS: Registry[Callable[[Optimizer, TrainConfig, int, int], LRScheduler | None]] = Registry("scheduler")
 INITS: Registry[Callable[[nn.Module], None]] = Registry("init")
 
 
@@ -51,28 +52,39 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> Optimizer:
 # ------------------------------------------------------------------ schedules (stepped once per epoch)
 
 # `epochs` is the number of epochs the main schedule spans (after warmup).
-SCHEDULERS.add("none", lambda opt, c, epochs: None)
-SCHEDULERS.add("step", lambda opt, c, epochs: _torch().optim.lr_scheduler.StepLR(opt, step_size=c.step_size, gamma=c.gamma))
+SCHEDULERS.add("none", lambda opt, c, epochs, steps: None)
+SCHEDULERS.add("step", lambda opt, c, epochs, steps: _torch().optim.lr_scheduler.StepLR(
+    opt, step_size=c.step_size, gamma=c.gamma))
 SCHEDULERS.add(
     "multistep",
-    lambda opt, c, epochs: _torch().optim.lr_scheduler.MultiStepLR(
+    lambda opt, c, epochs, steps: _torch().optim.lr_scheduler.MultiStepLR(
         opt, milestones=[max(m - c.warmup_epochs, 1) for m in c.milestones], gamma=c.gamma
     ),
 )
-SCHEDULERS.add("cosine", lambda opt, c, epochs: _torch().optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1)))
-SCHEDULERS.add("exponential", lambda opt, c, epochs: _torch().optim.lr_scheduler.ExponentialLR(opt, gamma=c.gamma))
+SCHEDULERS.add("cosine", lambda opt, c, epochs, steps: _torch().optim.lr_scheduler.CosineAnnealingLR(
+    opt, T_max=max(epochs, 1), eta_min=min(c.min_lr, c.lr)))
+# One-cycle (Smith & Topin): stepped after every optimizer step, not every epoch (`PER_STEP`). Its
+# rising phase is the warmup: warmup_epochs of the epochs when given, else 30% (PyTorch's default).
+SCHEDULERS.add("onecycle", lambda opt, c, epochs, steps: _torch().optim.lr_scheduler.OneCycleLR(
+    opt, max_lr=c.lr, total_steps=max(c.epochs * steps, 2),
+    pct_start=c.warmup_epochs / c.epochs if c.warmup_epochs else 0.3))
+PER_STEP = ("onecycle",)
+SCHEDULERS.add("exponential", lambda opt, c, epochs, steps: _torch().optim.lr_scheduler.ExponentialLR(
+    opt, gamma=c.gamma))
 
 
-def build_scheduler(optimizer: Optimizer, config: TrainConfig) -> LRScheduler:
-    """Per-epoch schedule: linear warmup over `warmup_epochs`, then the named schedule.
+def build_scheduler(optimizer: Optimizer, config: TrainConfig, steps_per_epoch: int = 1) -> LRScheduler:
+    """Per-epoch schedule: linear warmup over `warmup_epochs`, then the named schedule; or, for
+    `onecycle` (in `PER_STEP`), one per-step schedule over `epochs * steps_per_epoch` optimizer
+    steps whose rising phase is the warmup.
 
     Always returns a scheduler (a constant one for `none`), so checkpoints have one shape.
     """
     lr_scheduler = _torch().optim.lr_scheduler
-    main = SCHEDULERS.get(config.scheduler)(optimizer, config, config.epochs - config.warmup_epochs)
+    main = SCHEDULERS.get(config.scheduler)(optimizer, config, config.epochs - config.warmup_epochs, steps_per_epoch)
     if main is None:
         main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if config.warmup_epochs == 0:
+    if config.warmup_epochs == 0 or config.scheduler in PER_STEP:
         return main
     # Epoch e (0-based) of warmup trains at lr * (e + 1) / (warmup_epochs + 1).
     warmup = lr_scheduler.LinearLR(

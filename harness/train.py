@@ -6,11 +6,12 @@ they never fork the loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,12 +21,13 @@ from torch import Tensor, nn
 from harness.config import TrainConfig
 from harness.data import Data
 from harness.data.in_memory import InMemorySplit, Split
+from harness.data.batch_augment import mix_batch
 from harness.data.transforms import BatchTransform, Preprocess
 from harness.device import resolve_device, seed_everything
 from harness.distributed import SINGLE, Dist
 from harness.errors import HarnessError
 from harness.models import build_model
-from harness.optim import INITS, build_optimizer, build_scheduler
+from harness.optim import INITS, PER_STEP, build_optimizer, build_scheduler
 from harness.validation import check_config
 
 # How often (in batches) running loss/accuracy are read back for progress and NaN checks;
@@ -54,6 +56,10 @@ class Trainer:
     predict: nn.Module  # what evaluation calls: `model` or its compiled form, never DDP-wrapped
     dist: Dist = SINGLE  # this process's place among data-parallel ranks
     aug_rng: torch.Generator | None = None  # augmentation draws: this rank's own (None: `data_rng`)
+    ddp: nn.parallel.DistributedDataParallel | None = None  # the DDP wrapper, with several ranks
+    # Exponential moving average of the weights (`ema_decay`): validated beside them, and what is
+    # checkpointed as best, tested and exported.
+    ema: torch.optim.swa_utils.AveragedModel | None = None
 
     @property
     def image_size(self) -> int:
@@ -62,6 +68,21 @@ class Trainer:
     @property
     def use_amp(self) -> bool:
         return self.config.amp and self.device.type == "cuda"
+
+    @property
+    def mixing(self) -> bool:
+        """Whether batches are mixed (MixUp / CutMix)."""
+        return self.config.mixup_alpha > 0 or self.config.cutmix_alpha > 0
+
+    @property
+    def per_step_schedule(self) -> bool:
+        """Whether the lr schedule steps after every optimizer step (one-cycle), not every epoch."""
+        return self.config.scheduler in PER_STEP
+
+    @property
+    def best_weights(self) -> nn.Module:
+        """The weights that are checkpointed as best, tested and exported: the EMA's when on."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 def check_world(config: TrainConfig, world_size: int) -> None:
@@ -101,13 +122,19 @@ def build_trainer(config: TrainConfig, data: Data, dist: Dist = SINGLE) -> Train
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config)
+    steps_per_epoch = math.ceil(math.ceil(len(data.train) / config.batch_size) / config.accumulate_steps)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
     transform = BatchTransform(Preprocess(data.mean, data.std, image_size), device, config.augment, data.hflip,
-                               channels_last)
+                               channels_last, config.random_erasing)
     data_rng = torch.Generator().manual_seed(config.seed)
+    ema = None
+    if config.ema_decay is not None:  # BatchNorm statistics are averaged too (use_buffers)
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     predict = torch.compile(model) if config.compile else model
-    forward, aug_rng = predict, None
+    forward, aug_rng, ddp = predict, None, None
     if dist.enabled:
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                   gradient_as_bucket_view=True)
@@ -115,7 +142,7 @@ def build_trainer(config: TrainConfig, data: Data, dist: Dist = SINGLE) -> Train
         torch.manual_seed(dist.rank_seed(config.seed, 0))  # dropout: each rank its own masks
         aug_rng = torch.Generator().manual_seed(dist.rank_seed(config.seed, 1))
     return Trainer(config, data, device, model, optimizer, scheduler, scaler, transform, data_rng, forward, predict,
-                   dist, aug_rng)
+                   dist, aug_rng, ddp, ema)
 
 
 # In-memory datasets up to this size are copied to the GPU once, so batches never cross the bus
@@ -170,41 +197,75 @@ def global_totals(t: Trainer, totals: EpochTotals) -> EpochTotals:
     return EpochTotals(torch.tensor(loss_sum), torch.tensor(round(correct)), round(seen))
 
 
+def _groups(batches: Iterator[tuple[Tensor, Tensor, int]], size: int) -> Iterator[list[tuple[Tensor, Tensor, int]]]:
+    """`batches` in lists of `size` (the last may be shorter): the batches of one optimizer step."""
+    group: list[tuple[Tensor, Tensor, int]] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def train_one_epoch(t: Trainer, callbacks: Sequence[Callback] = (), epoch: int = 1) -> EpochTotals:
     """One pass over the training split; returns summed loss and correct counts (over all ranks).
 
-    With several ranks each takes its share of every global batch of `batch_size`; its loss is
-    weighted by its share so that DDP's average over ranks is the gradient of the global batch's
-    mean loss, as one process would compute it."""
+    One optimizer step per `accumulate_steps` batches. Each batch's loss is weighted by its share
+    of the step's images (and, with several ranks, of each global batch), so the gradient is that
+    of the mean loss over all the step's images, as one process with one big batch would compute
+    it; DDP syncs gradients once per step. The EMA (if on) and a one-cycle schedule follow every
+    optimizer step."""
     t.model.train()
     totals = EpochTotals(torch.zeros((), device=t.device), torch.zeros((), device=t.device, dtype=torch.long))
     num_batches = math.ceil(len(t.data.train) / t.config.batch_size)
     params = [p for p in t.model.parameters() if p.requires_grad]
     world = t.dist.world_size
+    rng = t.aug_rng or t.data_rng
     batches = t.data.train.train_batches(t.config.batch_size, t.data_rng, t.dist.rank, world, epoch, t.config.seed)
-    for i, (images, labels, global_size) in enumerate(batches):
-        x = t.transform(images, train=True, generator=t.aug_rng or t.data_rng)
-        y = labels.to(t.device, non_blocking=True)
-        with torch.autocast(t.device.type, dtype=torch.float16, enabled=t.use_amp):
-            logits = t.forward(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=t.config.label_smoothing)
-        grad_loss = loss * (len(y) * world / global_size) if world > 1 else loss
+    i = 0  # batches so far
+    for group in _groups(batches, t.config.accumulate_steps):
+        step_images = sum(size for _, _, size in group)
         t.optimizer.zero_grad(set_to_none=True)
-        t.scaler.scale(grad_loss).backward()
+        for j, (images, labels, _) in enumerate(group):
+            x = t.transform(images, train=True, generator=rng)
+            y = labels.to(t.device, non_blocking=True)
+            target = None
+            if t.mixing:  # soft targets; accuracy counts the dominant label of each mixed image
+                c = t.config
+                x, target, y = mix_batch(x, y, len(t.data.classes), c.mixup_alpha, c.cutmix_alpha, c.mix_prob, rng,
+                                         c.label_smoothing)
+            # Gradients are all-reduced once, after the step's last batch.
+            sync = t.ddp is None or j == len(group) - 1
+            with contextlib.nullcontext() if sync else t.ddp.no_sync():  # type: ignore[union-attr]
+                with torch.autocast(t.device.type, dtype=torch.float16, enabled=t.use_amp):
+                    logits = t.forward(x)
+                    if target is None:
+                        loss = F.cross_entropy(logits, y, label_smoothing=t.config.label_smoothing)
+                    else:  # smoothing is in the targets already
+                        loss = F.cross_entropy(logits, target)
+                weight = len(y) * world / step_images
+                t.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+            totals.loss_sum.add_(loss.detach(), alpha=len(y))  # in place: one op, no temporary
+            totals.correct.add_((logits.argmax(1) == y).sum())
+            totals.seen += len(y)
+            i += 1
+            if i % SYNC_EVERY == 0 or i == num_batches:
+                running = global_totals(t, totals)  # all ranks check the same number: they stop together
+                if not math.isfinite(running.loss):
+                    raise NonFiniteLossError(f"training loss became {running.loss} in batch {i}")
+                for cb in callbacks:
+                    cb.on_batch_end(i, num_batches, running.loss, running.acc)
         if t.config.grad_clip is not None:
             t.scaler.unscale_(t.optimizer)
             nn.utils.clip_grad_norm_(params, t.config.grad_clip)
         t.scaler.step(t.optimizer)
         t.scaler.update()
-        totals.loss_sum.add_(loss.detach(), alpha=len(y))  # in place: one op, no temporary
-        totals.correct.add_((logits.argmax(1) == y).sum())
-        totals.seen += len(y)
-        if (i + 1) % SYNC_EVERY == 0 or i + 1 == num_batches:
-            running = global_totals(t, totals)  # all ranks check the same number: they stop together
-            if not math.isfinite(running.loss):
-                raise NonFiniteLossError(f"training loss became {running.loss} in batch {i + 1}")
-            for cb in callbacks:
-                cb.on_batch_end(i + 1, num_batches, running.loss, running.acc)
+        if t.ema is not None:
+            t.ema.update_parameters(t.model)
+        if t.per_step_schedule:
+            t.scheduler.step()
     return global_totals(t, totals)
 
 
@@ -230,7 +291,7 @@ def evaluate(t: Trainer, split: Split, model: nn.Module | None = None) -> EvalRe
     model = model or t.predict
     model.eval()
     if t.dist.enabled:
-        t.dist.sync_buffers(t.model)
+        t.dist.sync_buffers(model)
         split = split.shard(t.dist.rank, t.dist.world_size)
     k = len(t.data.classes)
     start = time.perf_counter()
@@ -289,13 +350,15 @@ class FitState:
 
     def best_metrics(self) -> dict[str, float]:
         """`best_epoch` and the best epoch's own validation (else training) loss and accuracy as
-        `best_val_loss` / `best_val_acc` (or `best_train_*` without a validation split)."""
+        `best_val_loss` / `best_val_acc` (or `best_train_*` without a validation split); with
+        EMA, the EMA's validation numbers."""
         record = self.best_record
         if record is None:
             return {}
         split = "val" if "val_loss" in record else "train"
-        return {"best_epoch": self.best_epoch, f"best_{split}_loss": record[f"{split}_loss"],
-                f"best_{split}_acc": record[f"{split}_acc"]}
+        ema = "_ema" if "val_loss_ema" in record else ""  # the EMA's weights are the ones kept
+        return {"best_epoch": self.best_epoch, f"best_{split}_loss": record[f"{split}_loss{ema}"],
+                f"best_{split}_acc": record[f"{split}_acc{ema}"]}
 
     def to_dict(self) -> dict[str, object]:
         return {"epoch": self.epoch, "history": self.history, "val_confusions": self.val_confusions,
@@ -307,11 +370,14 @@ class FitState:
 
 
 def monitored(config: TrainConfig, record: dict[str, float]) -> tuple[str, float, bool]:
-    """(metric name, value, higher is better) used for best epoch and early stopping."""
+    """(metric name, value, higher is better) used for best epoch and early stopping: the EMA's
+    (`val_loss_ema`, `val_acc_ema`) when it is on, as its weights are the ones kept."""
     if "val_loss" not in record:  # no validation split: the training loss is all there is
         return "train_loss", record["train_loss"], False
     name = config.early_stopping_metric
-    return name, record[name], name == "val_acc"
+    if "val_loss_ema" in record:
+        name += "_ema"
+    return name, record[name], name.startswith("val_acc")
 
 
 class Callback:
@@ -343,8 +409,12 @@ def fit_epoch(t: Trainer, state: FitState, callbacks: Sequence[Callback] = ()) -
     if t.data.val is not None:
         val = evaluate(t, t.data.val)
         record.update(val_loss=val.loss, val_acc=val.acc)
+        if t.ema is not None:  # the EMA's confusion is kept: its weights are the ones tested
+            val = evaluate(t, t.data.val, t.ema.module)
+            record.update(val_loss_ema=val.loss, val_acc_ema=val.acc)
         state.val_confusions.append(val.confusion)
-    t.scheduler.step()
+    if not t.per_step_schedule:
+        t.scheduler.step()
     record.update(epoch_seconds=t.dist.max(time.perf_counter() - start), images_per_second=totals.seen / train_seconds)
     if not all(math.isfinite(v) for v in record.values()):
         bad = ", ".join(f"{k}={v}" for k, v in record.items() if not math.isfinite(v))

@@ -85,6 +85,15 @@ INVALID_VALUES = [
     {"step_size": 1_000_001},
     {"milestones": (1_000_001,)},
     {"early_stopping_patience": 1_000_001},
+    # training recipes
+    {"mixup_alpha": -0.2},
+    {"cutmix_alpha": float("nan")},
+    {"mix_prob": 1.5},
+    {"random_erasing": -0.1},
+    {"ema_decay": 1.0},
+    {"ema_decay": 0.0},
+    {"accumulate_steps": 0},
+    {"min_lr": -1e-4},
 ]
 # Combinations only `check_config` can reject: they depend on what the model supports.
 INVALID_FOR_MODEL = [

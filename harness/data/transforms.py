@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.data.batch_augment import random_erasing
+
 
 class Preprocess(nn.Module):
     """Float images in [0, 1] at native size -> resized to `image_size` and normalised."""
@@ -49,7 +51,7 @@ class BatchTransform:
     """uint8 CPU batches -> normalised float batches on `device`, augmented when training."""
 
     def __init__(self, preprocess: Preprocess, device: torch.device, augment: bool, hflip: bool,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, erase_p: float = 0.0) -> None:
         self.preprocess = preprocess.to(device)
         # uint8 -> normalised float in two in-place ops: x * 1/(255 std) + (-mean/std).
         self.scale = (1 / (255 * preprocess.std)).to(device)
@@ -57,6 +59,7 @@ class BatchTransform:
         self.device = device
         self.augment = augment
         self.hflip = hflip
+        self.erase_p = erase_p  # random erasing: probability per image (after normalising: erased to the mean)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
@@ -71,4 +74,7 @@ class BatchTransform:
             x = random_crop(x, max(1, self.preprocess.image_size // 8), generator)
             if self.hflip:
                 x = random_hflip(x, generator)
+        if train and self.erase_p:
+            assert generator is not None
+            x = random_erasing(x, self.erase_p, generator)
         return x.contiguous(memory_format=self.memory_format)

@@ -263,7 +263,7 @@ def tune(
     study_name: Annotated[Optional[str], typer.Option(help="Default: EXPERIMENT-VARIANT.")] = None,
     storage: StorageOption = None,
     sampler: Annotated[str, typer.Option(help="tpe, random, cmaes or gp.")] = "tpe",
-    pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = "median",
+    pruner: Annotated[str, typer.Option(help="median, hyperband, wilcoxon (compares seeds: needs --repeat) or none.")] = "median",
     n_jobs: Annotated[int, typer.Option(help="Trials run at once in this process (torch threads are split).")] = 1,
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
     set_: SetOption = None,
@@ -272,6 +272,9 @@ def tune(
     device: DeviceOption = None,
     retrain_best: Annotated[bool, typer.Option(help="Afterwards, train the best params on train+validation and test once.")] = False,
     heartbeat: Annotated[int, typer.Option(help="Seconds between trial heartbeats; a trial silent for 3 is failed and retried.")] = 10,
+    repeat: Annotated[Optional[int], typer.Option(help="Train each trial at K seeds (from the config seed up); its "
+                                                       "value is their mean.")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Train each trial at these seeds, e.g. 0,1,2.")] = None,
     nproc_per_node: NprocOption = None,
     nnodes: NnodesOption = 1,
     node_rank: NodeRankOption = 0,
@@ -288,8 +291,11 @@ def tune(
     from harness.tune import tune as run_study
 
     chosen = pick_variant(exp, variant)
+    from harness.seeds import SeedPlan
+
     options = TuneOptions(trials=trials, timeout=timeout, study_name=study_name, storage=storage, sampler=sampler,
-                          pruner=pruner, n_jobs=n_jobs, seed=seed, retrain_best=retrain_best, heartbeat_seconds=heartbeat)
+                          pruner=pruner, n_jobs=n_jobs, seed=seed, retrain_best=retrain_best, heartbeat_seconds=heartbeat,
+                          seeds=SeedPlan.parse(repeat, seeds))
     device_name = configs[chosen].device
     if n_jobs > 1 and (nproc_per_node not in (None, "1") or nnodes > 1):
         raise HarnessError("--n-jobs above 1 cannot be combined with --nproc-per-node; each trial already "

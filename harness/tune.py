@@ -34,11 +34,9 @@ from harness.config import TrainConfig
 from harness.distributed import SINGLE, Dist
 from harness.errors import HarnessError, first_line, retry
 from harness.experiment import Experiment
-from harness.checkpoint import LAST, saved_config
-from harness.checkpoint import load as load_checkpoint
-from harness.lifecycle import RunContext, VariantResult, checkpoint_root, ended_on_error, open_run, train_variant
+from harness.lifecycle import RunContext, VariantResult, ended_on_error
 from harness.registry import Registry
-from harness.search_space import suggest
+from harness.seeds import SeedPlan
 from harness.study_liveness import (
     DEAD_WORKER_REASON,
     HEARTBEAT_INTERVAL_TAG,
@@ -47,7 +45,7 @@ from harness.study_liveness import (
     parent_heartbeat,
 )
 from harness.tracking import Tracker, now_ms
-from harness.train import Callback, FitState, Trainer
+from harness.trial import STD_ATTR, TRIAL_RUN_ATTR, Objective, follow_trials, train_on_every_rank
 from harness.uris import redact, redact_text
 
 # Heartbeats and the matplotlib plots are marked experimental; they are what we rely on.
@@ -55,9 +53,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-TRIAL_RUN_ATTR = "mlflow_run_id"
-CONTINUES_ATTR = "continues_trial"  # a retried trial that continued the dead trial's checkpoint and run
-CONTINUES_ATTR_TAG = "harness.continues_trial"
 OBJECTIVE_NAME = "val_acc"  # how optuna-dashboard and Optuna's plots label the objective
 
 SAMPLERS: Registry[Any] = Registry("sampler")
@@ -73,6 +68,10 @@ PRUNERS: Registry[Any] = Registry("pruner")
 PRUNERS.add("median", lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2))
 PRUNERS.add("hyperband", lambda: optuna.pruners.HyperbandPruner(min_resource=1))
 PRUNERS.add("none", lambda: optuna.pruners.NopPruner())
+# Compares a trial's seeds with the best trial's, seed by seed (a signed-rank test): needs
+# --repeat / --seeds, and stops a trial whose seeds are significantly worse.
+PRUNERS.add("wilcoxon", lambda: optuna.pruners.WilcoxonPruner(p_threshold=0.1))
+BY_SEED_PRUNERS = ("wilcoxon",)
 
 
 @dataclass(frozen=True)
@@ -89,6 +88,7 @@ class TuneOptions:
     seed: int = 0
     retrain_best: bool = False
     heartbeat_seconds: int = 10
+    seeds: SeedPlan = SeedPlan()  # --repeat / --seeds: each trial at several seeds
 
     def __post_init__(self) -> None:
         """Reject impossible values with one sentence each, before any store is opened."""
@@ -103,6 +103,9 @@ class TuneOptions:
             raise HarnessError(f"--heartbeat must be at least 1 second (got {self.heartbeat_seconds}).")
         SAMPLERS.get(self.sampler)  # unknown names: one "did you mean" line
         PRUNERS.get(self.pruner)
+        if self.pruner in BY_SEED_PRUNERS and len(self.seeds.seeds or range(self.seeds.repeat or 1)) < 2:
+            raise HarnessError(f"--pruner {self.pruner} compares a trial's seeds: add --repeat K (K >= 2) or "
+                               "--seeds a,b,...")
 
 
 def open_storage(url: str | None, heartbeat_seconds: int = 10, tracker: Tracker | None = None) -> optuna.storages.BaseStorage:
@@ -156,140 +159,19 @@ class StaleTrialRetry:
         self._retry(study, trial)
 
 
-class OptunaPruning(Callback):
-    """Reports validation accuracy each epoch; when the pruner says so, ends training (the
-    objective then raises `optuna.TrialPruned`)."""
-
-    def __init__(self, trial: optuna.Trial) -> None:
-        self.trial = trial
-        self.pruned = False
-
-    def on_fit_start(self, t: Trainer, state: FitState) -> None:
-        # A retried trial continuing a dead one's checkpoint: its epochs so far are this trial's too.
-        for epoch, record in enumerate(state.history, start=1):
-            self.trial.report(record["val_acc"], epoch)
-
-    def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
-        self.trial.report(record["val_acc"], state.epoch)
-        if self.trial.should_prune():
-            self.pruned = True
-            state.stop_reason = f"pruned after epoch {state.epoch} (val_acc {record['val_acc']:.4f})"
-
-
 def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
-
-
-def train_on_every_rank(ctx: RunContext, variant: str, config: TrainConfig, label: str, tags: dict[str, str],
-                        test: bool, callbacks: list[Callback] = (), on_run: Any = None,
-                        resume_run: str | None = None) -> VariantResult:
-    """Open and train one child run (or continue `resume_run` from its checkpoint) on every rank:
-    rank 0 (which runs the study) hands the job to the other ranks (`follow_trials`) first.
-    `on_run(run_id)` is called once the run exists."""
-    if ctx.dist.enabled:
-        ctx.dist.broadcast(("train", variant, config, label, tags, test, resume_run))
-    run_id = resume_run or open_run(ctx, label, config, tags)
-    if on_run is not None:
-        on_run(run_id)
-    return train_variant(ctx, run_id, variant, config, label=label, callbacks=callbacks, test=test,
-                         plain_progress=not test, resume=resume_run is not None)
-
-
-def follow_trials(ctx: RunContext) -> None:
-    """What every rank but 0 does in `harness tune --nproc-per-node N`: train each trial rank 0
-    sampled, in step with it (rank 0's pruning decision reaches every rank at the end of each
-    epoch, see `train.fit_epoch`), until rank 0 says the study is over."""
-    while True:
-        message = ctx.dist.broadcast(None)
-        if message[0] == "stop":
-            return
-        _, variant, config, label, tags, test, resume_run = message
-        run_id = resume_run or open_run(ctx, label, config, tags)
-        train_variant(ctx, run_id, variant, config, label=label, test=test, plain_progress=not test,
-                      resume=resume_run is not None)
-
-
-class Objective:
-    """One trial: sample params, train with pruning into the trial's own MLflow run."""
-
-    def __init__(self, ctx: RunContext, base: TrainConfig, exp: Experiment, study_name: str) -> None:
-        self.ctx, self.base, self.exp, self.study_name = ctx, base, exp, study_name
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        config = self.base.override(**suggest(trial, self.exp.search_space))
-        label = f"trial-{trial.number}"
-        tags = {tracking.KIND_TAG: "trial", "optuna.study_name": self.study_name, "optuna.trial_number": str(trial.number)}
-        pruning = OptunaPruning(trial)
-        run_ids: list[str] = []
-
-        def record(run_id: str) -> None:
-            run_ids.append(run_id)
-            trial.set_user_attr(TRIAL_RUN_ATTR, run_id)
-
-        resume_run = self._continued_run(trial, label, config)
-        try:
-            result = train_on_every_rank(self.ctx, label, config, label, tags, test=False, callbacks=[pruning],
-                                         on_run=record, resume_run=resume_run)
-            run_id = run_ids[0]
-        except KeyboardInterrupt:
-            if run_ids:
-                self._state(run_ids[0], optuna.trial.TrialState.FAIL)  # as Optuna records it; the run is KILLED
-            raise
-        if result.status == "FINISHED" and not pruning.pruned:
-            self._state(run_id, optuna.trial.TrialState.COMPLETE)
-            return result.metrics["best_val_acc"]
-        if pruning.pruned or result.diverged:
-            # A diverged trial says "this region is bad": pruned, so the sampler learns from it.
-            self._state(run_id, optuna.trial.TrialState.PRUNED)
-            raise optuna.TrialPruned(result.stop_reason or result.reason)
-        self._state(run_id, optuna.trial.TrialState.FAIL)
-        raise TrialFailed(result.reason or "failed")
-
-    def _state(self, run_id: str, state: optuna.trial.TrialState) -> None:
-        self.ctx.tracker.set_tags(run_id, {tracking.TRIAL_STATE_TAG: state.name})
-
-    def _continued_run(self, trial: optuna.Trial, label: str, config: TrainConfig) -> str | None:
-        """The MLflow run to continue when `trial` retries a trial whose worker died (Optuna's
-        heartbeat re-queued its params, with its user attributes): that run, if its checkpoint is
-        reachable from here (`HARNESS_CHECKPOINT_DIR` on storage every worker sees) and was trained
-        with this `config`. The trial records which trial it continues (`continues_trial`); the
-        run keeps one uninterrupted history. Otherwise the trial starts over, saying why."""
-        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-        history = optuna.storages.RetryFailedTrialCallback.retry_history(frozen)
-        dead_run = frozen.user_attrs.get(TRIAL_RUN_ATTR)
-        if not history or not dead_run:
-            return None
-        dead = history[-1]
-        last = checkpoint_root() / dead_run / LAST
-        why_not = None
-        if not last.is_file():
-            why_not = (f"its checkpoint {last} is not reachable from here (put HARNESS_CHECKPOINT_DIR on storage "
-                       "every worker shares to continue instead)")
-        else:
-            try:
-                saved = saved_config(load_checkpoint(last))
-            except HarnessError as exc:
-                saved, why_not = None, str(exc)
-            changed = [k for k, v in config.to_dict().items() if k != "device" and saved and saved.to_dict()[k] != v]
-            if changed:
-                why_not = f"its checkpoint was trained with other settings ({', '.join(changed)})"
-        if why_not:
-            print(f"{label}: retries trial {dead}, but {why_not}: it starts over.", flush=True)
-            return None
-        print(f"{label}: retries trial {dead}: continues its checkpoint and MLflow run {dead_run}.", flush=True)
-        trial.set_user_attr(CONTINUES_ATTR, dead)
-        self.ctx.tracker.set_tags(dead_run, {"optuna.trial_number": str(trial.number), CONTINUES_ATTR_TAG: str(dead)})
-        return dead_run
-
-
-class TrialFailed(RuntimeError):
-    """A trial's training failed (the reason is on its MLflow run); Optuna records it as FAIL."""
 
 
 def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     """One line per finished trial: number, state, the epoch it stopped at, params, value."""
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
     epoch = f" at epoch {trial.last_step}" if trial.last_step is not None else ""
+    if "seeds" in trial.user_attrs:  # with seeds, the steps are seeds (Wilcoxon) or the first seed's epochs
+        done = len(trial.user_attrs.get("seed_values", []))
+        epoch = f" after {done} of {len(trial.user_attrs['seeds'])} seeds"
+        if not done and trial.state == optuna.trial.TrialState.PRUNED:  # an epoch pruner stopped the first seed
+            epoch = f" at epoch {trial.last_step} of its first seed"
     value = f": {OBJECTIVE_NAME} {trial.value:.4f}" if trial.value is not None else ""
     return f"trial {trial.number} {trial.state.name}{epoch}{value} with {params}"
 
@@ -320,11 +202,16 @@ def load_study(storage_url: str | None, study_name: str) -> optuna.Study:
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """Number, state, value, params, duration and MLflow run of every trial."""
+    """Number, state, value, params, duration and MLflow run of every trial; with seeds, the
+    value as "mean ± std" over them."""
     frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration", "user_attrs"))
     frame = frame.rename(columns=lambda c: c.removeprefix("params_").removeprefix("user_attrs_"))
     if "duration" in frame:
         frame["duration"] = frame["duration"].dt.total_seconds()
+    value = next((c for c in frame.columns if c == "value" or c.startswith("value_")), None)
+    if STD_ATTR in frame and value is not None:
+        frame.insert(frame.columns.get_loc(value) + 1, "mean ± std", [
+            f"{v:.4f} ± {s:.4f}" if pd.notna(v) and pd.notna(s) else "" for v, s in zip(frame[value], frame[STD_ATTR])])
     return frame
 
 
@@ -414,7 +301,8 @@ def _run_study(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: Tra
     # The storage is a param so the study can be found again; never with its password.
     tracker.log_params(ctx.parent_id, {"variant": variant, "sampler": options.sampler, "pruner": options.pruner,
                                        "trials": str(options.trials), "n_jobs": str(options.n_jobs),
-                                       "storage": redact(options.storage or DEFAULT_STORAGE)})
+                                       "storage": redact(options.storage or DEFAULT_STORAGE),
+                                       **options.seeds.to_params()})
     remaining = options.trials - finished_trials(study)
     if not ctx.dist.enabled:  # (with several processes, each already has its share of the cores)
         # Split the cores between parallel trials instead of oversubscribing them.
@@ -422,7 +310,8 @@ def _run_study(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: Tra
     if remaining > 0:
         with _quiet_interrupted_trials():
             study.optimize(
-                Objective(ctx, base, exp, study.study_name), n_trials=remaining, timeout=options.timeout,
+                Objective(ctx, base, exp, study.study_name, options.seeds, options.pruner in BY_SEED_PRUNERS),
+                n_trials=remaining, timeout=options.timeout,
                 n_jobs=options.n_jobs, catch=(Exception,),
                 callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=FINISHED_STATES),
                            lambda s, trial: print(trial_line(s, trial), flush=True)],

@@ -82,6 +82,54 @@ def test_small_study_is_recorded_in_optuna_and_mlflow(workdir: Path, monkeypatch
     assert shown.exit_code == 0 and "8 finished trials" in shown.output and "PRUNED" in shown.output
 
 
+def test_seeds_nest_under_each_trial_and_the_value_is_their_mean(workdir: Path) -> None:
+    """`--repeat 2 --pruner wilcoxon`: study parent -> trial run -> one run per seed; Optuna holds
+    the mean as the value and the std as a user attribute; `harness study` shows mean ± std."""
+    result = CliRunner().invoke(app, ["tune", "quickstart", "--trials", "3", "--repeat", "2", "--pruner", "wilcoxon",
+                                      "--set", "epochs=2"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="quickstart-lenet_relu", storage=f"sqlite:///{workdir}/optuna.db")
+    assert len(study.trials) == 3
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_id = {r.info.run_id: r for r in runs}
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE  # 3 trials of 2 seeds: too few for Wilcoxon to prune
+        trial_run = by_id[trial.user_attrs["mlflow_run_id"]]
+        assert trial_run.data.tags["harness.kind"] == "trial"
+        assert by_id[trial_run.data.tags["mlflow.parentRunId"]].data.tags["harness.kind"] == "study"
+        seeds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == trial_run.info.run_id]
+        assert sorted(r.data.tags["harness.seed"] for r in seeds) == ["0", "1"]
+        assert all(r.data.tags["harness.kind"] == "seed" and r.info.status == "FINISHED" for r in seeds)
+        values = [r.data.metrics["best_val_acc"] for r in sorted(seeds, key=lambda r: r.data.tags["harness.seed"])]
+        assert trial.value == pytest.approx(sum(values) / 2)
+        assert trial.user_attrs["val_acc_std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+        assert trial.user_attrs["seed_values"] == pytest.approx(values)
+        assert trial.intermediate_values == pytest.approx(dict(enumerate(values)))  # Wilcoxon: one step per seed
+        assert trial_run.data.metrics["best_val_acc"] == pytest.approx(trial.value)
+    shown = CliRunner().invoke(app, ["study", "quickstart"])
+    assert shown.exit_code == 0 and "mean ± std" in shown.output and " ± " in shown.output
+
+
+def test_with_seeds_the_median_pruner_judges_the_first_seed_only(workdir: Path) -> None:
+    # Sampler seed 0 and 3-epoch trials: trial 2 is pruned in its first seed (training is deterministic here).
+    result = CliRunner().invoke(app, ["tune", "quickstart", "--trials", "4", "--repeat", "2", "--set", "epochs=3"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="quickstart-lenet_relu", storage=f"sqlite:///{workdir}/optuna.db")
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, [t.state for t in study.trials]
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("quickstart")
+    for trial in study.trials:
+        seeds = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = "
+                                   f"'{trial.user_attrs['mlflow_run_id']}'")
+        assert len(seeds) == (1 if trial in pruned else 2), trial.number
+        assert max(trial.intermediate_values) <= 3  # epochs of the first seed are the steps
+    line = next(l for l in result.output.splitlines() if l.startswith(f"trial {pruned[0].number} "))
+    assert f"PRUNED at epoch {pruned[0].last_step} of its first seed" in line, line
+
+
 def test_retrain_best_trains_on_train_plus_val_and_tests_once(workdir: Path) -> None:
     result = CliRunner().invoke(app, ["tune", "quickstart", "--trials", "2", "--retrain-best", *SMALL])
     assert result.exit_code == 0, result.output
@@ -144,6 +192,8 @@ def test_killed_study_resumes_to_exactly_n_finished_trials(workdir: Path) -> Non
         (["--pruner", "medain"], "Unknown pruner 'medain'. Did you mean 'median'"),
         (["--storage", "postgresql://nobody@127.0.0.1:9/none"], "Cannot open Optuna storage"),
         (["--variant", "resnet"], "Unknown variant of 'quickstart' 'resnet'"),
+        (["--pruner", "wilcoxon"], "--pruner wilcoxon compares a trial's seeds: add --repeat K"),
+        (["--repeat", "0"], "--repeat must be at least 1"),
     ],
 )
 def test_bad_tune_input_is_one_clear_line(workdir: Path, args: list[str], expected: str) -> None:

@@ -24,7 +24,8 @@ from harness.config import TrainConfig
 from harness.data import Data
 from harness.search_space import SearchSpace, suggest
 from harness.train import FitState, NonFiniteLossError, build_trainer, fit
-from harness.tune import PRUNERS, SAMPLERS, OptunaPruning
+from harness.trial import OptunaPruning
+from harness.tune import PRUNERS, SAMPLERS
 
 DEFAULT_STRATEGIES: tuple[tuple[str, str], ...] = (("tpe", "median"), ("random", "none"), ("tpe", "none"),
                                                    ("random", "median"))

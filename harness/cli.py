@@ -322,6 +322,38 @@ def tune(
             raise typer.Exit(1)
 
 
+@app.command("lr-find")
+def lr_find_cmd(
+    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    variant: VariantOption = None,
+    set_: SetOption = None,
+    min_lr: Annotated[float, typer.Option(help="Learning rate of the first step.")] = 1e-5,
+    max_lr: Annotated[float, typer.Option(help="Learning rate the test grows to (it stops earlier if the loss diverges).")] = 10.0,
+    steps: Annotated[int, typer.Option(help="Optimizer steps from --min-lr to --max-lr.")] = 100,
+    data_dir: DataDirOption = None,
+    tracking_uri: TrackingOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Learning-rate range test: train with an exponentially growing lr until the loss diverges,
+    and suggest an lr (one MLflow run with the plot and the curve; the experiment is not changed)."""
+    exp, configs = _resolve(name, set_, device)
+    from harness.lr_find import RULE, lr_find
+    from harness.tracking import Tracker
+    from harness.tune import pick_variant
+
+    chosen = pick_variant(exp, variant)
+    try:
+        outcome = lr_find(Tracker.open(tracking_uri), exp, chosen, configs[chosen], min_lr, max_lr, steps, data_dir)
+    except KeyboardInterrupt:
+        typer.echo("Interrupted: the lr-find run is marked KILLED.", err=True)
+        raise typer.Exit(130) from None
+    found = f"suggested lr {outcome.suggestion:.3g}" if outcome.suggestion is not None else "no suggestion (too few steps before the loss rose)"
+    typer.echo(f"{chosen}: {found} ({RULE}); {len(outcome.test.lrs)} steps, stopped because {outcome.stop_reason}. "
+               f"Plot and curve: MLflow run {outcome.run_id} (lr_find.png, lr_find.csv).")
+    if outcome.suggestion is not None:
+        typer.echo(f"Try it: harness run {name} --set {chosen}.lr={outcome.suggestion:.3g}")
+
+
 @app.command()
 def study(
     name: Annotated[str, typer.Argument(help="Experiment name.")],

@@ -23,6 +23,7 @@ from harness.errors import HarnessError
 from harness.registry import unknown_name_message
 
 EARLY_STOPPING_METRICS = ("val_loss", "val_acc")
+AUTO_AUGMENT_POLICIES = ("autoaugment", "randaugment", "trivialaugment")  # harness.data.auto_augment.POLICIES
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 # Upper bounds on integers: each is far beyond any real run, and a larger value is a typo that
@@ -70,6 +71,8 @@ class TrainConfig:
     dropout: float | None = None  # None = the model's own default
     grad_clip: float | None = None  # max gradient L2 norm; None = off
     label_smoothing: float = 0.0
+    auto_augment: str | None = None  # randaugment | trivialaugment | autoaugment (per image); None = off
+    randaugment_magnitude: int = 9  # RandAugment's magnitude bin, 0-30
     random_erasing: float = 0.0  # probability per image of erasing one random rectangle (torchvision RandomErasing)
     mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha); 0 = off
     cutmix_alpha: float = 0.0  # CutMix's Beta(alpha, alpha); 0 = off (both on: one of the two per batch)
@@ -163,6 +166,10 @@ def _check_values(c: TrainConfig) -> None:
     _number("dropout", c.dropout, c.dropout is None or 0 <= c.dropout < 1, "in [0, 1) or none")
     _number("grad_clip", c.grad_clip, c.grad_clip is None or c.grad_clip > 0, "greater than 0 or none")
     _number("label_smoothing", c.label_smoothing, 0 <= c.label_smoothing < 1, "in [0, 1)")
+    if c.auto_augment is not None and c.auto_augment not in AUTO_AUGMENT_POLICIES:
+        raise HarnessError(unknown_name_message("auto_augment policy", c.auto_augment, AUTO_AUGMENT_POLICIES)
+                           + " (or none)")
+    _integer("randaugment_magnitude", c.randaugment_magnitude, 0, 30)
     _number("random_erasing", c.random_erasing, 0 <= c.random_erasing <= 1, "a probability in [0, 1]")
     _number("mixup_alpha", c.mixup_alpha, c.mixup_alpha >= 0, "0 (off) or more")
     _number("cutmix_alpha", c.cutmix_alpha, c.cutmix_alpha >= 0, "0 (off) or more")

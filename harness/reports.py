@@ -348,6 +348,28 @@ def learning_curve_figure(history: Sequence[dict[str, float]], title: str, best_
     return _fit(fig)
 
 
+def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggestion: float | None,
+                   title: str) -> Figure:
+    """The learning-rate range test: training loss (raw and smoothed) against lr on a log axis,
+    the suggested lr marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    ax.plot(lrs, losses, color="0.75", linewidth=1, label="loss per step")
+    ax.plot(lrs, smoothed, linewidth=2, label="smoothed loss")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="tab:red", linestyle="--", linewidth=1, label=f"suggested lr {suggestion:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    finite = [v for v in smoothed if np.isfinite(v)]
+    if finite:  # the diverging tail would flatten the useful part of the curve
+        ax.set_ylim(min(finite) * 0.95 if min(finite) > 0 else None, min(max(finite), 4 * min(finite)) * 1.05 or None)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.suptitle(_wrap(title, 6.8, _title_points()))
+    return _fit(fig)
+
+
 def overlay_curves_figure(curves: pd.DataFrame, title: str, best_epochs: Mapping[str, float] | None = None) -> Figure:
     """Every variant's train/validation loss and accuracy against epoch, 2x2, one colour each.
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from harness.config import TrainConfig
 from harness.data import Data
 from harness.data.in_memory import InMemorySplit, Split
+from harness.data.auto_augment import batch_auto_augment
 from harness.data.batch_augment import mix_batch
 from harness.data.transforms import BatchTransform, Preprocess
 from harness.device import resolve_device, seed_everything
@@ -125,8 +126,9 @@ def build_trainer(config: TrainConfig, data: Data, dist: Dist = SINGLE) -> Train
     steps_per_epoch = math.ceil(math.ceil(len(data.train) / config.batch_size) / config.accumulate_steps)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+    policy = batch_auto_augment(config.auto_augment, config.randaugment_magnitude) if config.auto_augment else None
     transform = BatchTransform(Preprocess(data.mean, data.std, image_size), device, config.augment, data.hflip,
-                               channels_last, config.random_erasing)
+                               channels_last, config.random_erasing, policy)
     data_rng = torch.Generator().manual_seed(config.seed)
     ema = None
     if config.ema_decay is not None:  # BatchNorm statistics are averaged too (use_buffers)
@@ -223,10 +225,12 @@ def train_one_epoch(t: Trainer, callbacks: Sequence[Callback] = (), epoch: int =
     params = [p for p in t.model.parameters() if p.requires_grad]
     world = t.dist.world_size
     rng = t.aug_rng or t.data_rng
+    stepwise = [cb for cb in callbacks if type(cb).on_step_end is not Callback.on_step_end]
     batches = t.data.train.train_batches(t.config.batch_size, t.data_rng, t.dist.rank, world, epoch, t.config.seed)
     i = 0  # batches so far
     for group in _groups(batches, t.config.accumulate_steps):
         step_images = sum(size for _, _, size in group)
+        step_loss = torch.zeros((), device=t.device)
         t.optimizer.zero_grad(set_to_none=True)
         for j, (images, labels, _) in enumerate(group):
             x = t.transform(images, train=True, generator=rng)
@@ -248,6 +252,8 @@ def train_one_epoch(t: Trainer, callbacks: Sequence[Callback] = (), epoch: int =
                 weight = len(y) * world / step_images
                 t.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
             totals.loss_sum.add_(loss.detach(), alpha=len(y))  # in place: one op, no temporary
+            if stepwise:
+                step_loss.add_(loss.detach(), alpha=len(y) * world / step_images)
             totals.correct.add_((logits.argmax(1) == y).sum())
             totals.seen += len(y)
             i += 1
@@ -266,6 +272,8 @@ def train_one_epoch(t: Trainer, callbacks: Sequence[Callback] = (), epoch: int =
             t.ema.update_parameters(t.model)
         if t.per_step_schedule:
             t.scheduler.step()
+        for cb in stepwise:
+            cb.on_step_end(t, step_loss)
     return global_totals(t, totals)
 
 
@@ -389,6 +397,10 @@ class Callback:
     def on_epoch_start(self, t: Trainer, state: FitState, epoch: int) -> None: ...
 
     def on_batch_end(self, batch: int, num_batches: int, loss: float, acc: float) -> None: ...
+
+    def on_step_end(self, t: Trainer, loss: Tensor) -> None:
+        """After every optimizer step, with the step's mean training loss (a device tensor on this
+        rank). Only callbacks that override it are called: reading the loss syncs the device."""
 
     def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None: ...
 

@@ -100,3 +100,54 @@ def test_every_mixing_and_erasing_setting_trains_and_repeats_exactly(changes: di
     assert runs[0] == runs[1]
     assert all(math.isfinite(v) for r in runs[0] for v in r.values())
     assert runs[0][0]["train_loss"] != plain[0]["train_loss"]
+
+
+@pytest.mark.parametrize("policy", ["randaugment", "trivialaugment", "autoaugment"])
+def test_auto_augment_policies_train_per_image_and_repeat_exactly(policy: str) -> None:
+    from harness.config import AUTO_AUGMENT_POLICIES
+    from harness.data.auto_augment import POLICIES
+
+    assert set(AUTO_AUGMENT_POLICIES) == set(POLICIES)
+    config = _config(epochs=1, train_limit=300, auto_augment=policy, augment=True)
+    data = load_data(config)
+    t = build_trainer(config, data)
+    same = data.train.images[:1].repeat(16, 1, 1, 1)  # identical images: each draws its own ops
+    out = t.transform(same, train=True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (16, 1, t.image_size, t.image_size) and out.dtype == torch.float32
+    assert len({tuple(img.flatten().tolist()) for img in out}) > 4
+    assert torch.equal(t.transform(same, train=False), t.transform(same, train=False))  # evaluation is untouched
+    timing = ("epoch_seconds", "images_per_second")
+    runs = [[{k: v for k, v in r.items() if k not in timing} for r in fit(build_trainer(config, data)).history]
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_lr_find_on_the_quickstart_logs_one_run_with_the_plot_and_a_suggestion(workdir: Path) -> None:
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    before = (workdir / "experiments" / "quickstart.py").read_text()
+    result = CliRunner().invoke(app, ["lr-find", "quickstart", "--steps", "60", "--min-lr", "1e-4", "--max-lr", "10"])
+    assert result.exit_code == 0, result.output
+    assert "suggested lr" in result.output and "steepest descent of the smoothed loss" in result.output
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("quickstart")
+    (run,) = client.search_runs([exp.experiment_id], filter_string="tags.`harness.kind` = 'lr_find'")
+    assert run.info.status == "FINISHED"
+    suggestion = run.data.metrics["suggested_lr"]
+    assert 1e-4 <= suggestion <= 10 and math.isfinite(suggestion)
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"lr_find.png", "lr_find.csv"}
+    assert (workdir / "experiments" / "quickstart.py").read_text() == before  # the experiment is never changed
+    bad = CliRunner().invoke(app, ["lr-find", "quickstart", "--min-lr", "1", "--max-lr", "0.1"])
+    assert "0 < min-lr < max-lr" in str(bad.exception)  # a HarnessError: `harness` prints it as one line, exit 2
+
+
+def test_range_test_suggests_the_steepest_descent_before_the_minimum() -> None:
+    from harness.lr_find import suggest_lr
+
+    lrs = [10 ** (-5 + i * 0.1) for i in range(50)]
+    smoothed = [2.3 - 2.0 / (1 + math.exp(-(i - 20) / 2)) if i < 40 else 0.3 + (i - 40) for i in range(50)]
+    assert suggest_lr(lrs, smoothed) == pytest.approx(lrs[20])  # the steepest fall, not the diverging tail
+    assert suggest_lr(lrs[:2], smoothed[:2]) is None

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.data.auto_augment import BatchAutoAugment
 from harness.data.batch_augment import random_erasing
 
 
@@ -51,7 +52,7 @@ class BatchTransform:
     """uint8 CPU batches -> normalised float batches on `device`, augmented when training."""
 
     def __init__(self, preprocess: Preprocess, device: torch.device, augment: bool, hflip: bool,
-                 channels_last: bool = False, erase_p: float = 0.0) -> None:
+                 channels_last: bool = False, erase_p: float = 0.0, policy: BatchAutoAugment | None = None) -> None:
         self.preprocess = preprocess.to(device)
         # uint8 -> normalised float in two in-place ops: x * 1/(255 std) + (-mean/std).
         self.scale = (1 / (255 * preprocess.std)).to(device)
@@ -60,9 +61,36 @@ class BatchTransform:
         self.augment = augment
         self.hflip = hflip
         self.erase_p = erase_p  # random erasing: probability per image (after normalising: erased to the mean)
+        self.policy = policy  # per-image auto-augment policy, on [0, 1] images before normalising
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
+        if train and self.policy is not None:
+            assert generator is not None
+            x = self._auto_augmented(images, generator)
+        else:
+            x = self._normalised(images, train, generator)
+        if train and self.erase_p:
+            assert generator is not None
+            x = random_erasing(x, self.erase_p, generator)
+        return x.contiguous(memory_format=self.memory_format)
+
+    def _auto_augmented(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """torchvision's order: resize, crop/flip (padding black), the policy on [0, 1] images,
+        then normalise."""
+        x = images.to(self.device, non_blocking=True).float().div_(255)
+        size = self.preprocess.image_size
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
+        if self.augment:
+            x = random_crop(x, max(1, size // 8), generator)
+            if self.hflip:
+                x = random_hflip(x, generator)
+        x = self.policy(x, generator)  # type: ignore[misc]
+        return (x - self.preprocess.mean) / self.preprocess.std
+
+    def _normalised(self, images: Tensor, train: bool, generator: torch.Generator | None) -> Tensor:
+        """uint8 -> normalised float, resized, then crop/flip when training with `augment`."""
         x = images.to(self.device, non_blocking=True).float().mul_(self.scale).add_(self.shift)
         size = self.preprocess.image_size
         if x.shape[-1] != size or x.shape[-2] != size:
@@ -74,7 +102,4 @@ class BatchTransform:
             x = random_crop(x, max(1, self.preprocess.image_size // 8), generator)
             if self.hflip:
                 x = random_hflip(x, generator)
-        if train and self.erase_p:
-            assert generator is not None
-            x = random_erasing(x, self.erase_p, generator)
-        return x.contiguous(memory_format=self.memory_format)
+        return x

@@ -88,6 +88,8 @@ def test_ema_and_accumulation_resume_with_the_identical_history(tmp_path: Path) 
 @pytest.mark.parametrize("changes", [
     {"mixup_alpha": 0.2}, {"cutmix_alpha": 1.0}, {"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_prob": 0.5},
     {"random_erasing": 0.5, "augment": True}, {"label_smoothing": 0.1, "mixup_alpha": 0.4},
+    {"auto_augment": "randaugment", "augment": True, "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "random_erasing": 0.3,
+     "ema_decay": 0.9, "accumulate_steps": 2, "scheduler": "onecycle", "label_smoothing": 0.1},  # all at once
 ])
 def test_every_mixing_and_erasing_setting_trains_and_repeats_exactly(changes: dict) -> None:
     """Same seed, same metrics, with the primitive on; and it does change training."""

@@ -32,6 +32,8 @@ def format_record(record: dict[str, float]) -> str:
     parts = [f"train_loss {record['train_loss']:.4f}", f"train_acc {record['train_acc']:.4f}"]
     if "val_loss" in record:
         parts += [f"val_loss {record['val_loss']:.4f}", f"val_acc {record['val_acc']:.4f}"]
+    if "val_loss_ema" in record:
+        parts += [f"ema val_loss {record['val_loss_ema']:.4f}", f"ema val_acc {record['val_acc_ema']:.4f}"]
     parts += [f"lr {record['lr']:.3g}", f"{record['images_per_second']:.0f} img/s", f"{record['epoch_seconds']:.1f}s"]
     return "  ".join(parts)
 

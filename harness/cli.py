@@ -391,18 +391,23 @@ def bench(
     study_seeds: Annotated[int, typer.Option(help="Sampler seeds per strategy in the study comparison.")] = 3,
     scaling: Annotated[bool, typer.Option(help="Measure data-parallel scaling: LeNet and ResNet-18 in 1 process vs "
                                                "N (2 CPU processes, or every GPU) at the same global batch.")] = True,
+    recipes: Annotated[bool, typer.Option(help="Measure what each recipe primitive (auto-augment, MixUp, CutMix, "
+                                               "random erasing, EMA) costs per training image vs the plain path.")] = True,
+    folders: Annotated[bool, typer.Option(help="Measure the streamed image-folder path (2,000 generated JPEGs) vs "
+                                               "torchvision's ImageFolder tutorial pipeline, and what limits it.")] = True,
     out: Annotated[Path, typer.Option(help="Where to write the results as JSON.")] = Path("bench-results.json"),
 ) -> None:
     """Measure training images/s (harness vs a tutorial-style loop vs the compute floor, in one run),
-    start-up time, data-parallel scaling, and how fast TPE + pruning vs random search find a good
-    configuration."""
+    start-up time, data-parallel scaling, the cost of each training-recipe primitive, the streamed
+    image-folder path vs torchvision's tutorial pipeline, and how fast TPE + pruning vs random
+    search find a good configuration."""
     import pandas as pd
 
     from harness.bench import run_benchmark
 
     report = run_benchmark(epochs=epochs, device=device, cifar=cifar, out=out, log=lambda m: typer.echo(m, err=True),
                            startup=startup, study_budget=study_budget, study_seeds=tuple(range(study_seeds)),
-                           scaling=scaling)
+                           scaling=scaling, recipes=recipes, folders=folders)
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:,.2f}".format):
         if "startup" in report:
             s = report["startup"]
@@ -416,6 +421,12 @@ def bench(
             typer.echo(pd.DataFrame(report["scaling"]).to_string(index=False))
         for note in report.get("scaling_notes", []):
             typer.echo(f"note: {note}")
+        if report.get("recipes"):
+            typer.echo(pd.DataFrame(report["recipes"]).to_string(index=False))
+        for note in report.get("recipes_notes", []):
+            typer.echo(f"note: {note}")
+        if report.get("folders"):
+            typer.echo(pd.DataFrame(report["folders"]).to_string(index=False))
         if "study" in report:
             typer.echo(pd.DataFrame(report["study"]).to_string(index=False))
     typer.echo(f"results written to {out}")

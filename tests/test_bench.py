@@ -82,3 +82,36 @@ def test_bad_bench_options_are_one_line_and_exit_2() -> None:
         proc = subprocess.run([sys.executable, "-m", "harness.cli", "bench", *args], capture_output=True, text=True)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and expected in proc.stderr
+
+
+def test_recipe_costs_cover_every_primitive_against_plain() -> None:
+    from harness.bench.recipes import LENET_RECIPES, measure_recipes
+
+    config = TrainConfig(model="lenet_relu", dataset="synthetic", batch_size=64, train_limit=128, val_fraction=0.0,
+                         seed=0)
+    rows = measure_recipes(Case("tiny", config), load_data(config), LENET_RECIPES, epochs=2, log=lambda _: None)
+    assert [r["recipe"] for r in rows] == ["plain", "trivialaugment", "randaugment", "mixup", "cutmix",
+                                           "random_erasing", "ema"]
+    for r in rows:
+        assert r["case"] == "tiny" and r["images"] == 128 and r["images_per_second"] > 0 and r["spread"] >= 0
+        assert r["ratio_vs_plain"] == pytest.approx(r["images_per_second"] / rows[0]["images_per_second"])
+        assert r["cost"] == pytest.approx(1 - r["ratio_vs_plain"])
+    assert rows[0]["ratio_vs_plain"] == 1.0 and rows[0]["changes"] == "-"
+
+
+def test_folder_benchmark_trains_both_pipelines_on_generated_jpegs(tmp_path) -> None:
+    from harness.bench.folders import FolderCase, folder_data, measure_folder, write_jpeg_folder
+
+    root = write_jpeg_folder(tmp_path / "catdog", count=30, size=40)
+    assert sorted(p.name for p in root.iterdir()) == ["cat", "dog"] and len(list(root.rglob("*.jpg"))) == 30
+    config = TrainConfig(model="lenet_relu", dataset="image_folder", data_path=str(root), image_size=16, batch_size=8,
+                         val_fraction=0.0, num_workers=1, device="cpu", seed=0)
+    case = FolderCase("tiny", config, train_images=16)
+    data = folder_data(case)
+    assert len(data.train) == 16 and len(data.classes) == 2
+    row = measure_folder(case, data, epochs=2, log=lambda _: None)
+    for key in ("harness", "tutorial", "in_memory", "harness_1thread", "harness_loading", "tutorial_loading",
+                "decode_1core", "harness_worker_1core", "tutorial_worker_1core"):
+        assert row[key] > 0, key
+    assert row["harness/tutorial"] == pytest.approx(row["harness"] / row["tutorial"])
+    assert row["images"] == 16 and row["image_size"] == 16 and row["bound"] in ("compute", "loading")

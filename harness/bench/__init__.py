@@ -4,6 +4,10 @@
 - `startup`: `harness run`'s time to its first training step against a tracked PyTorch script's floor;
 - `scaling`: data-parallel images/s of 1 process against N (CPU processes, or GPUs) at the same global batch;
 - `study`: how fast each sampler + pruner finds a good configuration for a fixed epoch budget;
+- `recipes`: what each training-recipe primitive (auto-augment, MixUp/CutMix, random erasing,
+  EMA) costs per training image against the plain path;
+- `folders`: the streamed image-folder path (JPEGs on disk) against torchvision's tutorial
+  pipeline, and whether decoding, resizing or compute limits it;
 - `mnist_sample`: the real MNIST sample the benchmarks (and tests) train on, offline.
 
 The product never imports this package (only the CLI's `bench` command, lazily); this package
@@ -26,12 +30,14 @@ __all__ = ["run_benchmark"]
 
 def run_benchmark(epochs: int = 4, device: str = "auto", cifar: bool = True, out: Path | None = None,
                   log: Callable[[str], None] = print, startup: bool = True, study_budget: int = 0,
-                  study_seeds: tuple[int, ...] = (0, 1, 2), scaling: bool = True) -> dict[str, Any]:
-    """Run every throughput case (and the start-up, data-parallel scaling and study-efficiency
-    measurements when asked), and write everything as JSON to `out`. The report has `startup`
-    (when measured), `throughput` (one row per case), `scaling` (when asked: one row per case and
-    process count; `scaling_notes` says why rows are missing or what they ran on) and `study`
-    (when `study_budget` > 0)."""
+                  study_seeds: tuple[int, ...] = (0, 1, 2), scaling: bool = True, recipes: bool = True,
+                  folders: bool = True) -> dict[str, Any]:
+    """Run every throughput case (and the start-up, data-parallel scaling, recipe-cost,
+    image-folder and study-efficiency measurements when asked), and write everything as JSON to
+    `out`. The report has `startup` (when measured), `throughput` (one row per case), `scaling`
+    (when asked: one row per case and process count; `scaling_notes` says why rows are missing or
+    what they ran on), `recipes` (when asked: one row per case and recipe; `recipes_notes`),
+    `folders` (when asked: one row per image size) and `study` (when `study_budget` > 0)."""
     if epochs < 2:
         raise HarnessError(f"--epochs must be at least 2 (one warm-up epoch, then measured ones); got {epochs}.")
     if study_budget < 0:
@@ -60,6 +66,14 @@ def run_benchmark(epochs: int = 4, device: str = "auto", cifar: bool = True, out
             from harness.bench.scaling import run_scaling
 
             report["scaling"], report["scaling_notes"] = run_scaling(data_dir, device, epochs, log)
+        if recipes:
+            from harness.bench.recipes import run_recipes
+
+            report["recipes"], report["recipes_notes"] = run_recipes(data_dir, device, epochs, cifar, log)
+        if folders:
+            from harness.bench.folders import run_folders
+
+            report["folders"] = run_folders(device, epochs, log)
         if study_budget:
             from harness.bench.study import compare_strategies, study_case
             from harness.search_space import DEFAULT_SEARCH_SPACE

@@ -206,20 +206,27 @@ def test_worker_killed_9_its_study_run_is_recognised_as_dead(tmp_path: Path) -> 
     _nothing_running(folder)
 
 
-def test_a_retried_trial_continues_the_dead_trials_checkpoint_and_run(tmp_path: Path) -> None:
-    """A worker killed -9 mid-trial, checkpoints on storage the next worker reaches: the retry
-    (a new Optuna trial with the same params) continues that checkpoint in the same MLflow run,
-    so the run has one history with no epoch trained twice, and says which trial it continues."""
-    folder = _folder(tmp_path)
-    storage = f"sqlite:///{folder}/optuna.db"
-    command = ("tune", "quickstart", "--trials", "1", "--pruner", "none", "--heartbeat", "1", "--set", "epochs=25")
-    proc = _harness(folder, *command)
+RETRY_COMMAND = ("tune", "quickstart", "--trials", "1", "--pruner", "none", "--heartbeat", "1", "--set", "epochs=25")
+
+
+def _kill_after_first_checkpoint(proc: subprocess.Popen, folder: Path) -> None:
+    """kill -9 the tune worker `proc` once its trial has written its first checkpoint."""
     deadline = time.time() + 120
     while not list((folder / "checkpoints").glob("*/last.pt")):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.02)
     proc.kill()
     proc.communicate(timeout=60)
+
+
+def test_a_retried_trial_continues_the_dead_trials_checkpoint_and_run(tmp_path: Path) -> None:
+    """A worker killed -9 mid-trial, checkpoints on storage the next worker reaches: the retry
+    (a new Optuna trial with the same params) continues that checkpoint in the same MLflow run,
+    so the run has one history with no epoch trained twice, and says which trial it continues."""
+    folder = _folder(tmp_path)
+    storage = f"sqlite:///{folder}/optuna.db"
+    command = RETRY_COMMAND
+    _kill_after_first_checkpoint(_harness(folder, *command), folder)
     (dead,) = _trials(storage)
     dead_run = dead.user_attrs["mlflow_run_id"]
     time.sleep(3.5)  # past 3 heartbeats of 1 s: the next worker fails the dead trial and retries it
@@ -247,14 +254,8 @@ def test_a_retried_trial_continues_the_dead_trials_checkpoint_and_run(tmp_path: 
 def test_a_retry_whose_checkpoint_is_unreachable_starts_over_saying_so(tmp_path: Path) -> None:
     folder = _folder(tmp_path)
     storage = f"sqlite:///{folder}/optuna.db"
-    command = ("tune", "quickstart", "--trials", "1", "--pruner", "none", "--heartbeat", "1", "--set", "epochs=25")
-    proc = _harness(folder, *command)
-    deadline = time.time() + 120
-    while not list((folder / "checkpoints").glob("*/last.pt")):
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.02)
-    proc.kill()
-    proc.communicate(timeout=60)
+    command = RETRY_COMMAND
+    _kill_after_first_checkpoint(_harness(folder, *command), folder)
     (dead,) = _trials(storage)
     shutil.rmtree(folder / "checkpoints")  # another machine's local disk, as far as this worker can tell
     time.sleep(3.5)

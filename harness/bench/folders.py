@@ -48,9 +48,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from harness.bench.recipes import interleave, median_and_spread
+from harness.bench.recipes import median_and_spread
+from harness.bench.throughput import interleave, loader_epochs
 from harness.config import TrainConfig
 from harness.data import Data
 from harness.data.image_folder import StreamedSplit
@@ -179,17 +179,7 @@ def tutorial_epochs(config: TrainConfig, dataset: torch.utils.data.Dataset, num_
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
                                          num_workers=config.num_workers)
-    while True:
-        model.train()
-        start, seen = time.perf_counter(), 0
-        for x, y in loader:
-            loss = F.cross_entropy(model(x.to(device)), y.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen += len(y)
-        loss.item()  # the device has finished the epoch
-        yield seen / (time.perf_counter() - start)
+    yield from loader_epochs(model, optimizer, loader, device)
 
 
 def loading_epochs(batches: Callable[[], Iterator[Sequence[Any]]]) -> Iterator[float]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.bench.throughput import Case
+from harness.bench.throughput import Case, interleave
 from harness.config import TrainConfig
 from harness.data import Data
 
@@ -41,22 +41,6 @@ LENET_RECIPES: tuple[Recipe, ...] = (
 # ResNet-18 is ~50x LeNet's compute per image: only the primitives whose cost could still show.
 RESNET_RECIPES: tuple[Recipe, ...] = tuple(r for r in LENET_RECIPES
                                            if r[0] in ("plain", "trivialaugment", "randaugment", "random_erasing", "ema"))
-
-
-def interleave(contenders: dict[str, Iterator[float]], epochs: int, log: Callable[[str], None],
-               label: str) -> dict[str, list[float]]:
-    """Images/s of `epochs` epochs of every contender, alternating them epoch by epoch so that
-    machine noise hits all of them alike; closes every generator at the end (or on an error)."""
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
-    try:
-        for epoch in range(epochs):
-            log(f"{label}: epoch {epoch + 1}/{epochs}")
-            for name, gen in contenders.items():
-                rates[name].append(next(gen))
-    finally:
-        for gen in contenders.values():  # DataLoader workers, temporary folders: released now
-            gen.close()
-    return rates
 
 
 def median_and_spread(values: Sequence[float]) -> tuple[float, float]:

@@ -71,16 +71,41 @@ def tutorial_epochs(config: TrainConfig, data: Data) -> Iterator[float]:
                         image_size=data.native_size).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     loader = torch.utils.data.DataLoader(PilDataset(), batch_size=config.batch_size, shuffle=True, num_workers=2)
+    yield from loader_epochs(model, optimizer, loader, device)
+
+
+def loader_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: Any,
+                  device: torch.device) -> Iterator[float]:
+    """Images/s of each successive epoch of a plain loop over `loader` (the tutorial's way)."""
     while True:
         model.train()
         start, seen = time.perf_counter(), 0
+        loss = None
         for x, y in loader:
             loss = F.cross_entropy(model(x.to(device)), y.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             seen += len(y)
+        if loss is not None:
+            loss.item()  # the device has finished the epoch
         yield seen / (time.perf_counter() - start)
+
+
+def interleave(contenders: dict[str, Iterator[float]], epochs: int, log: Callable[[str], None],
+               label: str) -> dict[str, list[float]]:
+    """Images/s of `epochs` epochs of every contender, alternating them epoch by epoch so that
+    machine noise hits all of them alike; closes every generator at the end (or on an error)."""
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    try:
+        for epoch in range(epochs):
+            log(f"{label}: epoch {epoch + 1}/{epochs}")
+            for name, gen in contenders.items():
+                rates[name].append(next(gen))
+    finally:
+        for gen in contenders.values():  # MLflow flushes, DataLoader workers and temporary folders released now
+            gen.close()
+    return rates
 
 
 def floor_epochs(config: TrainConfig, data: Data) -> Iterator[float]:
@@ -161,15 +186,7 @@ def run_case(case: Case, data: Data, epochs: int, log: Callable[[str], None]) ->
         "harness": harness_epochs(case.config, data, True, eval_rates),
         "harness_untracked": harness_epochs(case.config, data, False, []),
     }
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
-    try:
-        for epoch in range(epochs):
-            log(f"{case.label}: epoch {epoch + 1}/{epochs}")
-            for name, gen in contenders.items():
-                rates[name].append(next(gen))
-    finally:
-        for gen in contenders.values():  # ends each run now: MLflow flushes, DataLoader workers stop
-            gen.close()
+    rates = interleave(contenders, epochs, log, case.label)
     results: dict[str, Any] = {"case": case.label, "batch_size": case.config.batch_size, "images": len(data.train)}
     for name, values in rates.items():
         measured = values[1:] if len(values) > 1 else values

@@ -13,12 +13,45 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture()
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh working folder with its own MLflow store, checkpoints and experiments (quickstart)."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)  # in-process runs set it globally
-    monkeypatch.setenv("HARNESS_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
-    monkeypatch.setenv("HARNESS_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
-    (tmp_path / "experiments").mkdir()
-    (tmp_path / "experiments" / "quickstart.py").write_text((REPO / "experiments" / "quickstart.py").read_text())
+    _point_at(monkeypatch, tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def _quickstart_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder, made once per test session, holding a finished `harness run quickstart` (2 epochs)
+    and a finished 3-trial `harness tune quickstart --retrain-best` (2 epochs each): the results that
+    predict, report, register and dashboard tests read. Building it costs about 30 s, once."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    folder = tmp_path_factory.mktemp("quickstart_store")
+    with pytest.MonkeyPatch.context() as mp:
+        _point_at(mp, folder)
+        for args in (["run", "quickstart", "--set", "epochs=2"],
+                     ["tune", "quickstart", "--trials", "3", "--set", "epochs=2", "--retrain-best"]):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 0, result.output
+    return folder
+
+
+def _point_at(mp: pytest.MonkeyPatch, folder: Path) -> None:
+    """Work in `folder` as `workdir` does: its own store, checkpoints and experiments (quickstart)."""
+    mp.chdir(folder)
+    uri = f"sqlite:///{folder}/mlflow.db"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mp.setenv("HARNESS_CHECKPOINT_DIR", str(folder / "checkpoints"))
+    mp.setenv("HARNESS_EXPERIMENTS_DIR", str(folder / "experiments"))
+    (folder / "experiments").mkdir(exist_ok=True)
+    (folder / "experiments" / "quickstart.py").write_text((REPO / "experiments" / "quickstart.py").read_text())
+
+
+@pytest.fixture()
+def quickstart_store(_quickstart_session: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The session's finished quickstart run and study, as the working folder. Shared by the tests
+    that use it: they may add to it (a registered model, a logged report) but never change or
+    delete what is there."""
+    _point_at(monkeypatch, _quickstart_session)
+    return _quickstart_session

@@ -159,9 +159,14 @@ def train_variant(
             tracker.log_metrics(run_id, {"startup_seconds": seconds_since_process_start()})
         state = fit(t, all_callbacks, state)
         metrics = summarize(state)
+        confusion = None
         if test:
-            metrics.update(finish(tracker, run_id, t, state, ckpt_dir, label))
+            tested, confusion = test_best(t, ckpt_dir)
+            metrics.update(tested)
+        # Before the model is logged: MLflow links the metrics at the model's step to its record.
         tracker.log_metrics(run_id, metrics, step=state.epoch)
+        if confusion is not None and main:
+            log_results(tracker, run_id, t, state, ckpt_dir, label, confusion)
         if state.stop_reason:
             tracker.set_tags(run_id, {STOP_TAG: state.stop_reason})
     except KeyboardInterrupt as exc:
@@ -316,22 +321,34 @@ def export_model(t: Trainer) -> nn.Module:
     return nn.Sequential(preprocess, net).eval()
 
 
-def finish(tracker: Tracker, run_id: str, t: Trainer, state: FitState, ckpt_dir: Path, label: str) -> dict[str, float]:
-    """Test the best epoch's weights once; log reports, the best checkpoint and the model.
-    Returns the test metrics."""
-    from harness import reports
-
+def test_best(t: Trainer, ckpt_dir: Path) -> tuple[dict[str, float], torch.Tensor]:
+    """Load the best epoch's weights (rank 0 reads the checkpoint and hands it to all) and score
+    them once on the test split; every rank takes part. Returns the test metrics and the test
+    confusion counts."""
     best = t.dist.from_main(lambda: checkpoint.load(ckpt_dir / checkpoint.BEST))
     t.model.load_state_dict(best["model"])
     test = evaluate(t, t.data.test)
     metrics = {"test_loss": test.loss, "test_acc": test.acc, "param_count": param_count(t.model)}
     if test.top5 is not None:
         metrics["test_top5"] = test.top5
-    if not t.dist.is_main:  # the reports and the model are rank 0's to log
-        return metrics
+    return metrics, test.confusion
+
+
+def model_metadata(t: Trainer) -> dict[str, Any]:
+    """What the logged model says of its input and output, for `harness predict`: class names in
+    output order, and the raw images it takes (channels, side, [0, 1] floats)."""
+    return {"classes": list(t.data.classes), "in_channels": t.data.in_channels, "image_size": t.data.native_size,
+            "dataset": t.config.dataset, "input": "float32 (N, C, H, W) images scaled to [0, 1], at image_size"}
+
+
+def log_results(tracker: Tracker, run_id: str, t: Trainer, state: FitState, ckpt_dir: Path, label: str,
+                test_confusion: torch.Tensor) -> None:
+    """Rank 0, after `test_best`: log the reports, the best checkpoint and the model (at step
+    `state.epoch`, where the final metrics were just logged, so its record links them)."""
+    from harness import reports
 
     classes = t.data.classes
-    confusion = test.confusion.numpy()
+    confusion = test_confusion.numpy()
     tracker.log_figure(run_id, reports.confusion_figure(confusion, classes, f"{label}: test confusion matrix"),
                        "confusion_matrix.png")
     tracker.log_text(run_id, reports.confusion_frame(confusion, classes).to_csv(), "confusion_matrix.csv")
@@ -346,6 +363,5 @@ def finish(tracker: Tracker, run_id: str, t: Trainer, state: FitState, ckpt_dir:
 
     images, _ = next(iter(t.data.test.batches(2, False, None)))
     example = (images.float() / 255).cpu().numpy()
-    tracker.log_model(run_id, export_model(t), example)
-    return metrics
+    tracker.log_model(run_id, export_model(t), example, metadata=model_metadata(t), step=state.epoch)
 

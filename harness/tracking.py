@@ -279,12 +279,15 @@ class Tracker:
             return None
 
     @_guarded("read runs")
-    def latest_parent_run(self, experiment_id: str, unfinished_only: bool = False, kind: str = "run") -> Run | None:
+    def latest_parent_run(self, experiment_id: str, unfinished_only: bool = False, kind: str = "run",
+                          finished_only: bool = False) -> Run | None:
         """The newest parent run of the experiment (`kind` "run" for `harness run`, "study" for
-        `harness tune`), optionally only unfinished ones."""
+        `harness tune`), optionally only unfinished (or only finished) ones."""
         filt = f"tags.`{KIND_TAG}` = '{kind}'"
         if unfinished_only:
             filt += " and attributes.status != 'FINISHED'"
+        if finished_only:
+            filt += " and attributes.status = 'FINISHED'"
         runs = self._client.search_runs([experiment_id], filter_string=filt,
                                         order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs else None
@@ -402,10 +405,14 @@ class Tracker:
         self.log_bytes(run_id, buffer.getvalue(), artifact_file)
 
     @_guarded("log the model")
-    def log_model(self, run_id: str, model: Any, input_example: Any) -> str:
-        """`mlflow.pytorch.log_model` into run `run_id` with a signature, an input example and
-        the model's real requirements (torch, plus torchvision only if one of its layers comes
-        from it); returns the model URI."""
+    def log_model(self, run_id: str, model: Any, input_example: Any, metadata: dict[str, Any] | None = None,
+                  step: int = 0) -> str:
+        """`mlflow.pytorch.log_model` into run `run_id` with a signature, an input example,
+        `metadata` (what `harness predict` needs: classes, channels, image size) and the model's
+        real requirements (torch, plus torchvision only if one of its layers comes from it);
+        returns the model URI. MLflow links the run's metrics logged at `step` to the
+        logged-model record (`search_logged_models` shows them): log the final metrics at
+        `step` first."""
         import mlflow.pytorch
         import torch
         from mlflow.models import infer_signature
@@ -422,9 +429,124 @@ class Tracker:
                                                   params=dict(run.data.params))
         with self._model_logging_uri():
             info = mlflow.pytorch.log_model(model, name="model", run_id=run_id, model_id=record.model_id,
-                                            signature=signature, input_example=input_example,
-                                            pip_requirements=model_requirements(model))
+                                            signature=signature, input_example=input_example, step=step,
+                                            metadata=metadata, pip_requirements=model_requirements(model))
         return info.model_uri
+
+    @_guarded("read the model")
+    def model_info(self, model_uri: str) -> dict[str, Any]:
+        """What a logged model says of itself: its `metadata` (see `log_model`), the run that
+        logged it (`run_id`) and its input signature (`inputs`, as text)."""
+        from mlflow.models import get_model_info
+
+        with self._model_logging_uri(), _quiet_downloads():
+            info = get_model_info(model_uri)
+        return {"metadata": dict(info.metadata or {}), "run_id": info.run_id,
+                "inputs": str(info.signature.inputs) if info.signature else ""}
+
+    @_guarded("load the model")
+    def load_model(self, model_uri: str) -> Any:
+        """The logged PyTorch model itself (`mlflow.pytorch.load_model`), on the CPU, in eval mode."""
+        import mlflow.pytorch
+
+        with self._model_logging_uri(), _quiet_downloads():
+            model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+        return model.eval()
+
+    @_guarded("load the model")
+    def load_pyfunc(self, model_uri: str) -> Any:
+        """MLflow's generic loader (`mlflow.pyfunc.load_model`): what a serving stack would call."""
+        import mlflow.pyfunc
+
+        with self._model_logging_uri(), _quiet_downloads():
+            return mlflow.pyfunc.load_model(model_uri)
+
+    # ------------------------------------------------------------- model registry
+
+    @_guarded("register the model")
+    def register_model(self, model_uri: str, name: str, tags: dict[str, str]) -> str:
+        """A new version of registered model `name` (created if missing) from `model_uri`, with
+        `tags`; returns the version number."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        run_id = model_uri.split("/")[1] if model_uri.startswith("runs:/") else None
+        with self._model_logging_uri():
+            version = self._client.create_model_version(name, model_uri, run_id=run_id,
+                                                        tags={k: str(v) for k, v in tags.items()})
+        return str(version.version)
+
+    @_guarded("read the model registry")
+    def alias_version(self, name: str, alias: str) -> tuple[str, dict[str, str]] | None:
+        """(version, tags) that alias `alias` of registered model `name` points at, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self._client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise
+        return str(version.version), dict(version.tags)
+
+    @_guarded("set a model alias")
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point alias `alias` of registered model `name` at `version`."""
+        self._client.set_registered_model_alias(name, alias, version)
+
+    @_guarded("tag a model version")
+    def tag_version(self, name: str, version: str, tags: dict[str, str]) -> None:
+        """Set tags on one version of a registered model."""
+        for key, value in tags.items():
+            self._client.set_model_version_tag(name, version, key, str(value))
+
+    @_guarded("search logged models")
+    def logged_models(self, experiment_id: str) -> list[Any]:
+        """MLflow 3's logged-model records of an experiment, with their linked metrics."""
+        return list(self._client.search_logged_models(experiment_ids=[experiment_id]))
+
+    # ------------------------------------------------------------- lineage and machine
+
+    @_guarded("log the datasets")
+    def log_datasets(self, run_id: str, datasets: list[dict[str, Any]]) -> None:
+        """Record each dataset the run read (`mlflow.log_input`: the UI's "Datasets used").
+        Each item: name, digest, source, context (train / validation / test) and profile (a dict,
+        e.g. sample and class counts)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d.get("source_type", "local"),
+                                       source=json.dumps({"uri": d["source"]}), profile=json.dumps(d.get("profile", {}))),
+                               tags=[InputTag("mlflow.data.context", d["context"])]) for d in datasets]
+        self._client.log_inputs(run_id, datasets=inputs)
+
+    @contextmanager
+    def system_metrics(self, run_id: str, interval: float = 10.0) -> Iterator[None]:
+        """MLflow's own system-metrics monitor (CPU, memory, disk, network; GPU when NVIDIA's
+        management library is installed) on run `run_id` while the block runs, sampled every
+        `interval` seconds ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins, as in MLflow). A run
+        shorter than one interval still gets one sample, taken as the block ends."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)  # no "started monitoring" lines
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+            try:
+                if not any(k.startswith("system/") for k in self._client.get_run(run_id).data.metrics):
+                    monitor.collect_metrics()
+                    monitor.publish_metrics(monitor.aggregate_metrics())
+                    monitor.mlflow_logger.flush()
+            except Exception:  # noqa: BLE001 - a missing sample must not fail the run it describes
+                pass
 
     @contextmanager
     def _model_logging_uri(self) -> Iterator[None]:
@@ -442,17 +564,23 @@ class Tracker:
         listed = {a.path for a in self._client.list_artifacts(run_id, None if parent == "." else parent)}
         if path not in listed:
             return None
-        # MLflow draws a progress bar on stderr for every download; a command that fetches a few
-        # small files per run would bury its own output under them.
-        previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-        try:
+        with _quiet_downloads():
             return Path(self._client.download_artifacts(run_id, path, str(dst)))
-        finally:
-            if previous is None:
-                del os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"]
-            else:
-                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """MLflow draws a progress bar on stderr for every artifact download; a command that fetches
+    small files (a model, a few reports) would bury its own output under them."""
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"]
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
 
 def no_runs_message(tracker: Tracker, experiment: str) -> str:

@@ -48,6 +48,7 @@ CURVE_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
 MAX_PANELS = 12  # figures show the best 12 variants or trials
 TOP_PAIRS = 3  # most-confused class pairs per variant, at the first and at the last epoch
 ARTIFACT_DIR = "compare"  # where the figures go on the parent run
+DIGEST_SHOWN = 8  # hex characters of the data digest in the table
 # Human-readable columns: table column -> header.
 DISPLAY_COLUMNS = {"best_val_acc": "val acc", "best_epoch": "best ep", "test_acc": "test acc", "test_loss": "test loss",
                    "epochs_run": "epochs", "wall_seconds": "wall s", "images_per_second": "img/s", "param_count": "params"}
@@ -75,6 +76,21 @@ class Comparison:
         parent = "study run" if self.kind == "study" else "run"
         spread = ", mean ± std over seeds" if self.repeated else ""
         return f"{self.experiment}: {n} {what} of {parent} {self.parent_run_id} ({self.parent_status}){spread}"
+
+    @property
+    def warnings(self) -> list[str]:
+        """What makes the table misleading: variants that read different data at the same seed. (Runs
+        at different seeds differ by design: the seed draws the validation split.)"""
+        if "data" not in self.runs:
+            return []
+        runs = self.runs.dropna(subset=["data"])
+        for _, group in runs.groupby(runs["seed"].fillna(-1)):
+            if group["data"].nunique() > 1:
+                by = group.groupby("data")["variant"].agg(lambda v: ", ".join(dict.fromkeys(v)))
+                which = "; ".join(f"{', '.join(sorted(set(by[d].split(', '))))}: {d}" for d in sorted(by.index))
+                return [f"variants did not read the same data ({which}): their metrics are not directly comparable "
+                        "(the MLflow UI's 'Datasets used' shows each split's digest)."]
+        return []
 
     @property
     def note(self) -> str:
@@ -161,7 +177,9 @@ def runs_frame(children: list[Run], hyperparameters: list[str], extra_metric: st
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
         row: dict[str, Any] = {"variant": tags.get(tracking.VARIANT_TAG) or run.info.run_name,
                                "seed": tracking.run_seed(run), "model": params.get("model"),
-                               "dataset": params.get("dataset")}
+                               "dataset": params.get("dataset"),
+                               # All its splits' digest (short): equal digests mean the same bytes.
+                               "data": tags.get(tracking.DATA_DIGEST_TAG, "")[:DIGEST_SHOWN] or None}
         row.update({k: _param_value(params.get(k)) for k in hyperparameters})
         if extra_metric:
             row[extra_metric] = metrics.get(extra_metric)
@@ -245,6 +263,8 @@ def display_frame(c: Comparison) -> pd.DataFrame:
     for column in ("model", "dataset"):
         if column in t and (column == "model" or t[column].nunique() > 1):
             out[column] = t[column]
+    if "data" in t and t["data"].notna().any():
+        out["data"] = t["data"].fillna("")
     for name in c.varying:
         out[name] = t[name].map(_show_param)
     columns = ([c.metric] if c.metric not in DISPLAY_COLUMNS else []) + list(DISPLAY_COLUMNS)
@@ -311,7 +331,7 @@ def render(outcome: CompareOutcome, fmt: str) -> str:
 def rich_tables(outcome: CompareOutcome) -> list[Any]:
     """The comparison (and the confused pairs) as rich Tables for the terminal."""
     c = outcome.comparison
-    tables = [reports.rich_table(display_frame(c), c.title, c.note)]
+    tables = [reports.rich_table(display_frame(c), c.title, " ".join([c.note, *(f"Warning: {w}" for w in c.warnings)]))]
     if outcome.pairs is not None:
         tables.append(reports.rich_table(pairs_display(outcome.pairs), "Most-confused class pairs", PAIRS_NOTE))
     return tables
@@ -485,7 +505,9 @@ def compare_experiment(tracker: Tracker, experiment: str, run_id: str | None = N
     out = out or Path("compare") / check_name(experiment)  # a plain name: compare/NAME stays under compare/
     check_out(out)
     comparison = load_comparison(tracker, experiment, run_id, study, metric)
-    return write_reports(tracker, comparison, out, confusion)
+    outcome = write_reports(tracker, comparison, out, confusion)
+    outcome.notes[:0] = [f"warning: {w}" for w in comparison.warnings]
+    return outcome
 
 
 def check_out(out: Path) -> None:

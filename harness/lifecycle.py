@@ -17,7 +17,7 @@ import statistics
 import threading
 import traceback
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,12 @@ from harness.data.transforms import Preprocess
 from harness.distributed import SINGLE, Dist, GroupFailure, is_shared
 from harness.errors import HarnessError, Terminated, first_line
 from harness.process_clock import seconds_since_process_start
-from harness.tracking import Tracker, TrackingError, now_ms
+from harness.tracking import DATA_DIGEST_TAG, Tracker, TrackingError, now_ms
 from harness.uris import redact_text
 from harness.train import Callback, FitState, NonFiniteLossError, Trainer, build_trainer, evaluate, fit, param_count
 
 STOP_TAG = "harness.stop_reason"  # why training ended before `epochs` (early stopping, pruning)
+SYSTEM_METRICS_INTERVAL = 10.0  # seconds; MLflow's own default
 
 
 class DataCache:
@@ -74,6 +75,8 @@ class RunContext:
     data_dir: Path | None = None
     data: DataCache = field(default_factory=DataCache)
     dist: Dist = SINGLE
+    # Seconds between MLflow system-metrics samples on each child run (None: off).
+    system_metrics: float | None = SYSTEM_METRICS_INTERVAL
 
 
 @dataclass
@@ -144,7 +147,10 @@ def train_variant(
     try:
         if ctx.dist.enabled:  # rank 0 first (a download is not raced); its error is every rank's
             ctx.dist.from_main(lambda: ctx.data.load(config, ctx.data_dir) and None)
-        t = build_trainer(config, ctx.data.load(config, ctx.data_dir), ctx.dist)
+        data = ctx.data.load(config, ctx.data_dir)
+        t = build_trainer(config, data, ctx.dist)
+        if main:
+            _log_lineage(ctx, run_id, config, data, test)
         ckpt_dir = checkpoint_root() / run_id
         if resume:
             state = _restore(ctx, run_id, t, ckpt_dir, variant, label) or state
@@ -157,7 +163,8 @@ def train_variant(
         all_callbacks += callbacks
         if startup:
             tracker.log_metrics(run_id, {"startup_seconds": seconds_since_process_start()})
-        state = fit(t, all_callbacks, state)
+        with _system_metrics(ctx, run_id):
+            state = fit(t, all_callbacks, state)
         metrics = summarize(state)
         confusion = None
         if test:
@@ -191,6 +198,25 @@ def train_variant(
                                          f"{type(exc).__name__}: {first_line(exc, 300)}", False))
     tracker.end_run(run_id, "FINISHED")
     return VariantResult(variant, config, run_id, "FINISHED", metrics, label=label, stop_reason=state.stop_reason)
+
+
+def _log_lineage(ctx: RunContext, run_id: str, config: TrainConfig, data: Data, test: bool) -> None:
+    """Record the splits the run reads (train, validation, and test if it is tested) as MLflow
+    dataset inputs, and their combined digest as a tag."""
+    from harness.data import default_data_dir
+    from harness.data.lineage import combined_digest, split_records
+
+    contexts = ("train", "validation", "test") if test else ("train", "validation")
+    records = split_records(config, data, ctx.data_dir or default_data_dir(), contexts)
+    ctx.tracker.log_datasets(run_id, [r.as_input() for r in records])
+    ctx.tracker.set_tags(run_id, {DATA_DIGEST_TAG: combined_digest(records)})
+
+
+def _system_metrics(ctx: RunContext, run_id: str) -> AbstractContextManager[None]:
+    """MLflow's system-metrics monitor on the run while it trains (rank 0's machine), if on."""
+    if ctx.system_metrics is None or not ctx.dist.is_main:
+        return nullcontext()
+    return ctx.tracker.local.system_metrics(run_id, ctx.system_metrics)
 
 
 def _agreed(ctx: RunContext, exc: BaseException, result: VariantResult) -> VariantResult:

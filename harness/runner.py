@@ -21,6 +21,7 @@ from harness.distributed import SINGLE, Dist
 from harness.errors import HarnessError, Terminated
 from harness.experiment import Experiment
 from harness.lifecycle import (
+    SYSTEM_METRICS_INTERVAL,
     RunContext,
     VariantResult,
     check_resumable,
@@ -29,6 +30,8 @@ from harness.lifecycle import (
     open_run,
     train_variant,
 )
+from harness.promotion import DEFAULT_ALIAS, METRIC, Promotion, check_names
+from harness.promotion import register as register_model
 from harness.runlock import run_lock
 from harness.seeds import Job, SeedPlan, plan_jobs
 from harness.tracking import Tracker
@@ -45,6 +48,7 @@ class RunOutcome:
     parent_run_id: str
     results: list[VariantResult]
     comparison: Comparison | None  # rank 0's to build and print (None on the other ranks)
+    promotion: Promotion | None = None  # `--register`: the new registry version (rank 0's)
 
     @property
     def failed(self) -> list[VariantResult]:
@@ -86,6 +90,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def run_experiment(
     tracker: Tracker, exp: Experiment, configs: dict[str, TrainConfig], data_dir: Path | None = None,
     resume: bool | str = False, seeds: SeedPlan | None = None, dist: Dist = SINGLE,
+    register: Registration | None = None, system_metrics: float | None = SYSTEM_METRICS_INTERVAL,
 ) -> RunOutcome:
     """Train every variant (once per seed of `seeds`) under one parent run, log the comparison
     table on it and return the results with that table. A resumed run follows the seed plan its
@@ -95,9 +100,15 @@ def run_experiment(
 
     `resume="auto"` continues the latest interrupted run if there is one and starts a new run
     otherwise. With several processes (`dist`) every rank calls this alike: rank 0 creates and
-    ends the runs, holds the lock and logs the comparison; all ranks train every variant together."""
+    ends the runs, holds the lock and logs the comparison; all ranks train every variant together.
+
+    `register` puts the best variant's model (best mean `best_val_acc`; its best seed) into the
+    model registry and moves the alias only on improvement (`harness.promotion`);
+    `system_metrics` is the seconds between MLflow system-metrics samples (None: off)."""
     plan = seeds or SeedPlan()
     plan.check(configs)  # seeds out of range fail before any run is created
+    if register is not None:
+        register.check(configs)
     for config in configs.values():
         check_world(config, dist.world_size)
     experiment_id = tracker.ensure_experiment(exp.name, exp.description)
@@ -115,7 +126,8 @@ def run_experiment(
         else:
             parent_id = tracker.start_run(experiment_id, f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                           {tracking.KIND_TAG: "run", **env_tags})
-        ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir, dist=dist)
+        ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir, dist=dist,
+                         system_metrics=system_metrics)
         with _sigterm_as_interrupt(), ended_on_error(tracker, parent_id, f"harness run {exp.name} --resume"):
             if not resume:
                 if dist.is_main:
@@ -126,10 +138,45 @@ def run_experiment(
                     tracker.log_file(parent_id, Path(exp.source_file), "source")
             results = _train_jobs(ctx, plan_jobs(configs, plan), existing)
             comparison = _log_comparison(tracker.local, exp.name, parent_id) if dist.is_main else None
+            promotion = register.promote(tracker.local, exp.name, parent_id, results) \
+                if register is not None and dist.is_main else None
         ok = all(r.status == "FINISHED" for r in results)
         tracker.end_run(parent_id, "FINISHED" if ok else "FAILED",
                         None if ok else "; ".join(f"{r.label or r.variant}: {r.reason}" for r in results if r.reason))
-    return RunOutcome(parent_id, results, comparison)
+    return RunOutcome(parent_id, results, comparison, promotion)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """`--register NAME [--alias ALIAS]`: where the best variant's model goes once trained."""
+
+    name: str
+    alias: str = DEFAULT_ALIAS
+
+    def check(self, configs: dict[str, TrainConfig]) -> None:
+        """Refuse before training: a name MLflow would refuse, or no validation split to compare on."""
+        check_names(self.name, self.alias)
+        if all(c.val_fraction == 0 for c in configs.values()):
+            raise HarnessError("--register compares models on their validation accuracy, but every variant has "
+                               "val_fraction=0; leave val_fraction above 0 to register.")
+
+    def promote(self, tracker: Tracker, experiment: str, parent_id: str, results: list[VariantResult]) -> Promotion | None:
+        """Register the best finished variant's model (None, with a note, if none finished)."""
+        import statistics
+
+        finished = [r for r in results if r.status == "FINISHED" and METRIC in r.metrics]
+        if not finished:
+            print(f"Nothing registered: no variant finished with a {METRIC}.", flush=True)
+            return None
+        by_variant: dict[str, list[VariantResult]] = {}
+        for r in finished:
+            by_variant.setdefault(r.variant, []).append(r)
+        best_variant = max(by_variant, key=lambda v: statistics.fmean(r.metrics[METRIC] for r in by_variant[v]))
+        best = max(by_variant[best_variant], key=lambda r: r.metrics[METRIC])
+        return register_model(tracker, f"runs:/{best.run_id}/model", self.name, best.metrics[METRIC], self.alias,
+                              {"harness.experiment": experiment, "harness.variant": best.variant,
+                               "harness.run_id": best.run_id, "harness.parent_run_id": parent_id,
+                               "test_acc": f"{best.metrics.get('test_acc', float('nan')):.6g}"})
 
 
 def _prepare_resume(tracker: Tracker, exp: Experiment, configs: dict[str, TrainConfig], experiment_id: str,

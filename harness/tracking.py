@@ -16,6 +16,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +43,7 @@ VARIANT_TAG = "harness.variant"
 TRIAL_STATE_TAG = "harness.trial_state"  # Optuna's own state name (COMPLETE, PRUNED, FAIL) on trial runs
 SEED_TAG = "harness.seed"  # the config seed of a child run (repeated runs train each variant at several)
 FAILURE_TAG = "harness.failure_reason"
+DATA_DIGEST_TAG = "harness.data_digest"  # all of a child run's splits in one digest (`harness compare`'s data column)
 # Runs started by one `harness run --nproc-per-node` launch carry its id, so that the launcher can
 # end them with the reason when a process died before it could (`harness.launch`).
 LAUNCH_ENV = "HARNESS_LAUNCH_ID"
@@ -534,7 +536,13 @@ class Tracker:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)  # no "started monitoring" lines
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, tracking_uri=self.uri)
+        try:
+            monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, tracking_uri=self.uri)
+        except Exception as exc:  # noqa: BLE001 - e.g. psutil missing: the run trains without them
+            print(f"warning: no system metrics for run {run_id} ({first_line(exc)}); "
+                  "install psutil, or pass --no-system-metrics", file=sys.stderr, flush=True)
+            yield
+            return
         monitor.start()
         try:
             yield

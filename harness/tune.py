@@ -34,7 +34,9 @@ from harness.config import TrainConfig
 from harness.distributed import SINGLE, Dist
 from harness.errors import HarnessError, first_line, retry
 from harness.experiment import Experiment
-from harness.lifecycle import RunContext, VariantResult, ended_on_error
+from harness.lifecycle import SYSTEM_METRICS_INTERVAL, RunContext, VariantResult, ended_on_error
+from harness.promotion import DEFAULT_ALIAS, Promotion, check_names
+from harness.promotion import register as register_model
 from harness.registry import Registry
 from harness.seeds import SeedPlan
 from harness.study_liveness import (
@@ -89,9 +91,16 @@ class TuneOptions:
     retrain_best: bool = False
     heartbeat_seconds: int = 10
     seeds: SeedPlan = SeedPlan()  # --repeat / --seeds: each trial at several seeds
+    register: str | None = None  # --register: the retrained best model into the registry, under this name
+    alias: str = DEFAULT_ALIAS  # moved to the new version only on improvement (`harness.promotion`)
+    system_metrics: float | None = SYSTEM_METRICS_INTERVAL  # seconds between samples on each trial's run; None: off
 
     def __post_init__(self) -> None:
         """Reject impossible values with one sentence each, before any store is opened."""
+        if self.register is not None and not self.retrain_best:
+            raise HarnessError("--register needs --retrain-best: the model registered is the best trial's params "
+                               "retrained on train + validation (trials keep no model).")
+        check_names(self.register, self.alias)
         if self.trials < 1:
             raise HarnessError(f"--trials must be at least 1 (got {self.trials}).")
         if self.n_jobs < 1:
@@ -220,6 +229,7 @@ class TuneOutcome:
     study: optuna.Study
     parent_run_id: str
     retrained: VariantResult | None
+    promotion: Promotion | None = None  # `--register`: the new registry version
 
 
 def tune(tracker: Tracker, exp: Experiment, variant: str | None, base: TrainConfig, options: TuneOptions,
@@ -240,7 +250,7 @@ def tune(tracker: Tracker, exp: Experiment, variant: str | None, base: TrainConf
     if dist.enabled:
         opened: list[tuple[optuna.Study, RunContext]] = []
         ids = dist.from_main(lambda: _open_study(tracker.local, exp, variant, base, options, data_dir, opened))
-        ctx = RunContext(tracker, *ids, exp.source_file, data_dir, dist=dist)
+        ctx = RunContext(tracker, *ids, exp.source_file, data_dir, dist=dist, system_metrics=options.system_metrics)
         if not dist.is_main:
             follow_trials(ctx)
             return None
@@ -280,7 +290,8 @@ def _open_study(tracker: Tracker, exp: Experiment, variant: str, base: TrainConf
                                   {tracking.KIND_TAG: "study", "optuna.study_name": study_name,
                                    HEARTBEAT_TAG: str(now_ms()), HEARTBEAT_INTERVAL_TAG: str(options.heartbeat_seconds),
                                    **env_tags})
-    opened.append((study, RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir)))
+    opened.append((study, RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir,
+                                     system_metrics=options.system_metrics)))
     return experiment_id, parent_id, env_tags
 
 
@@ -291,8 +302,18 @@ def _tune_in(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: Train
     with ended_on_error(tracker, parent_id, secret=options.storage or ""), \
             parent_heartbeat(tracker, parent_id, options.heartbeat_seconds):
         retrained = _run_study(tracker, study, ctx, base, exp, variant, options)
+        promotion = None
+        if options.register is not None and retrained is not None and retrained.status == "FINISHED":
+            # The retrained model has no validation split: it is judged by the study's best
+            # validation accuracy, the number that chose its params.
+            promotion = register_model(tracker, f"runs:/{retrained.run_id}/model", options.register,
+                                       float(study.best_value), options.alias,
+                                       {"harness.experiment": exp.name, "harness.variant": variant,
+                                        "harness.run_id": retrained.run_id, "harness.parent_run_id": parent_id,
+                                        "harness.study": study.study_name,
+                                        "test_acc": f"{retrained.metrics.get('test_acc', float('nan')):.6g}"})
     tracker.end_run(parent_id, "FINISHED" if retrained is None or retrained.status == "FINISHED" else "FAILED")
-    return TuneOutcome(study, parent_id, retrained)
+    return TuneOutcome(study, parent_id, retrained, promotion)
 
 
 def _run_study(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: TrainConfig, exp: Experiment,

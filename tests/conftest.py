@@ -8,6 +8,8 @@ import mlflow
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+QUICKSTART_MODEL = "quickstart-lenet"  # registered by the `quickstart_store` run
+QUICKSTART_TUNED_MODEL = "quickstart-tuned"  # registered by its study's retrain-best
 
 
 @pytest.fixture()
@@ -20,8 +22,9 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def _quickstart_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One folder, made once per test session, holding a finished `harness run quickstart` (2 epochs)
-    and a finished 3-trial `harness tune quickstart --retrain-best` (2 epochs each): the results that
-    predict, report, register and dashboard tests read. Building it costs about 30 s, once."""
+    and a finished 3-trial `harness tune quickstart --retrain-best` (2 epochs each), each with
+    `--register` (QUICKSTART_MODEL, QUICKSTART_TUNED_MODEL): the results that predict, report,
+    registry and dashboard tests read. Building it costs about 50 s, once."""
     from typer.testing import CliRunner
 
     from harness.cli import app
@@ -29,8 +32,9 @@ def _quickstart_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("quickstart_store")
     with pytest.MonkeyPatch.context() as mp:
         _point_at(mp, folder)
-        for args in (["run", "quickstart", "--set", "epochs=2"],
-                     ["tune", "quickstart", "--trials", "3", "--set", "epochs=2", "--retrain-best"]):
+        for args in (["run", "quickstart", "--set", "epochs=2", "--register", QUICKSTART_MODEL],
+                     ["tune", "quickstart", "--trials", "3", "--set", "epochs=2", "--retrain-best",
+                      "--register", QUICKSTART_TUNED_MODEL]):
             result = CliRunner().invoke(app, args)
             assert result.exit_code == 0, result.output
     return folder

@@ -71,6 +71,10 @@ class Data:
     mean: tuple[float, ...]  # per channel, on the [0, 1] scale
     std: tuple[float, ...]
     hflip: bool  # horizontal flip is a label-preserving augmentation for this data
+    # Where the data came from, for lineage (`harness.data.lineage`): a path, or how it was made;
+    # and the files read, whose sizes and times tell whether a cached digest still holds.
+    source: str = ""
+    source_files: tuple[Path, ...] = ()
 
 
 def default_data_dir() -> Path:

@@ -29,15 +29,21 @@ DIGITS_SIZE = 28
 def _read_digits() -> tuple[np.ndarray, np.ndarray]:
     """(1797, 64) pixels and (1797,) labels from scikit-learn's bundled CSV, read directly:
     importing sklearn.datasets costs about a second of start-up, reading the file milliseconds."""
-    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
-    csv = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
-    if csv is None or not csv.is_file():  # a different sklearn layout: take the slow, public way
+    csv = _csv_path()
+    if csv is None:  # a different sklearn layout: take the slow, public way
         from sklearn.datasets import load_digits as sk_load_digits
 
         bunch = sk_load_digits()
         return bunch.data, bunch.target
     table = np.loadtxt(csv, delimiter=",", dtype=np.float32)
     return table[:, :-1], table[:, -1].astype(np.int64)
+
+
+def _csv_path() -> Path | None:
+    """scikit-learn's bundled digits file, located without importing sklearn; None if elsewhere."""
+    spec = importlib.util.find_spec("sklearn")
+    csv = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    return csv if csv is not None and csv.is_file() else None
 
 
 @register_dataset("digits")
@@ -51,4 +57,6 @@ def load_digits(config: TrainConfig, data_dir: Path) -> Data:
     rest, test_idx = seeded_split(len(everything), config.test_fraction, TEST_SPLIT_SEED)
     train, val = train_val(everything.subset(rest), config)
     mean, std = channel_stats(train.images)
-    return Data(train, val, everything.subset(test_idx), [str(d) for d in range(10)], 1, DIGITS_SIZE, mean, std, hflip=False)
+    return Data(train, val, everything.subset(test_idx), [str(d) for d in range(10)], 1, DIGITS_SIZE, mean, std,
+                hflip=False, source=f"scikit-learn's bundled digits ({_csv_path() or 'sklearn.datasets.load_digits'})",
+                source_files=tuple(p for p in [_csv_path()] if p))

@@ -207,4 +207,4 @@ def load_image_folder(config: TrainConfig, data_path_unused: Path) -> Data:
     pick = lambda idx: ([train_files[i] for i in idx], [train_names[i] for i in idx])  # noqa: E731
     val = split(*pick(val_idx)) if len(val_idx) else None
     return Data(split(*pick(tr_idx)), val, split(test_files, test_names), classes, 3, size,
-                IMAGENET_MEAN, IMAGENET_STD, hflip=True)
+                IMAGENET_MEAN, IMAGENET_STD, hflip=True, source=str(root.resolve()))

@@ -202,7 +202,9 @@ def _register(name: str, class_name: str, hflip: bool, n_classes: int) -> None:
         test = InMemorySplit(_as_uint8_nchw(test_ds.data), torch.as_tensor(test_ds.targets))
         train, val = train_val(full, config)
         mean, std = channel_stats(train.images)
-        return Data(train, val, test, list(train_ds.classes), full.images.shape[1], full.images.shape[-1], mean, std, hflip)
+        files = tuple(_on_disk(cls, data_dir))
+        return Data(train, val, test, list(train_ds.classes), full.images.shape[1], full.images.shape[-1], mean, std,
+                    hflip, source=str(files[0].parent.resolve()), source_files=files)
 
     register_dataset(name)(load)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import socket
 import socketserver
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,13 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         self.server_name = str(self.server_address[0])
         self.server_port = int(self.server_address[1])
         self.setup_environ()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A browser that closes a kept-open connection (a tab closed, a reload) resets it: not an
+        # error worth a traceback in the terminal. Anything else still gets socketserver's report.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Server6(_Server):

@@ -30,6 +30,11 @@ DataDirOption = Annotated[
     Optional[Path], typer.Option(help="Where datasets are read/downloaded (default: $HARNESS_DATA_DIR, else ./data).")
 ]
 DeviceOption = Annotated[Optional[str], typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
+SystemMetricsOption = Annotated[bool, typer.Option(
+    help="Record MLflow's system metrics (CPU, memory, disk, network; GPU with the `gpu` extra) on every child run, "
+         "sampled every 10 s ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL to change).")]
+AliasOption = Annotated[str, typer.Option(help="With --register: the alias moved to the new version if it beats the "
+                                               "one the alias points at (on best_val_acc).")]
 
 
 def _resolve(name: str, overrides: list[str] | None, device: str | None = None):  # noqa: ANN202
@@ -132,6 +137,11 @@ def run(
     rdzv_endpoint: RdzvEndpointOption = None,
     rdzv_timeout: RdzvTimeoutOption = 120,
     dist_backend: BackendOption = "auto",
+    register: Annotated[Optional[str], typer.Option(
+        help="Register the best variant's model (best mean best_val_acc) in MLflow's model registry under this name; "
+             "then `harness predict models:/NAME@champion ...`.")] = None,
+    alias: AliasOption = "champion",
+    system_metrics: SystemMetricsOption = True,
 ) -> None:
     """Train every variant of an experiment and record it in MLflow (one parent run, a child per variant and seed).
 
@@ -142,6 +152,12 @@ def run(
 
     plan = SeedPlan.parse(repeat, seeds)  # bad values fail before any data is touched
     exp, configs = _resolve(name, set_, device)
+    registration = None
+    if register is not None:  # checked before any process starts (runner imports torch: only if asked)
+        from harness.runner import Registration
+
+        registration = Registration(register, alias)
+        registration.check(configs)
     from harness import distributed
 
     device_name = next(iter(configs.values())).device
@@ -150,6 +166,7 @@ def run(
         tracking_uri, f"harness run {name} --resume --nproc-per-node {nproc_per_node} --nnodes {nnodes}"
         if nnodes > 1 else f"harness run {name} --resume --nproc-per-node {nproc_per_node}")
     from harness.errors import Terminated
+    from harness.lifecycle import SYSTEM_METRICS_INTERVAL
     from harness.runner import run_experiment
     from harness.tracking import LAUNCH_ENV, open_for
 
@@ -159,7 +176,8 @@ def run(
     tracker = open_for(tracking_uri, dist)
     try:
         outcome = run_experiment(tracker, exp, configs, data_dir=data_dir, resume="auto" if resume_auto else resume,
-                                 seeds=plan, dist=dist)
+                                 seeds=plan, dist=dist, register=registration,
+                                 system_metrics=SYSTEM_METRICS_INTERVAL if system_metrics else None)
     except KeyboardInterrupt as exc:
         if dist.is_main and not (launched and isinstance(exc, Terminated)):
             typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} --resume`.",
@@ -175,6 +193,8 @@ def run(
 
     if outcome.comparison is not None:
         _print_tables(CompareOutcome(outcome.comparison))
+    if outcome.promotion is not None:
+        typer.echo(outcome.promotion.describe())
     for r in outcome.failed:
         typer.echo(f"error: variant '{r.label or r.variant}' {r.status}: {r.reason}", err=True)
     if outcome.failed:
@@ -281,12 +301,18 @@ def tune(
     rdzv_endpoint: RdzvEndpointOption = None,
     rdzv_timeout: RdzvTimeoutOption = 120,
     dist_backend: BackendOption = "auto",
+    register: Annotated[Optional[str], typer.Option(
+        help="With --retrain-best: register the retrained model in MLflow's model registry under this name (judged "
+             "by the study's best validation accuracy).")] = None,
+    alias: AliasOption = "champion",
+    system_metrics: SystemMetricsOption = True,
 ) -> None:
     """Search the experiment's search space with Optuna; every trial is a nested MLflow run."""
     _quiet_launcher(nproc_per_node, nnodes)
     exp, configs = _resolve(name, set_, device)
     from harness import distributed
     from harness.tracking import open_for
+    from harness.lifecycle import SYSTEM_METRICS_INTERVAL
     from harness.tune import TuneOptions, best_summary, pick_variant
     from harness.tune import tune as run_study
 
@@ -295,7 +321,8 @@ def tune(
 
     options = TuneOptions(trials=trials, timeout=timeout, study_name=study_name, storage=storage, sampler=sampler,
                           pruner=pruner, n_jobs=n_jobs, seed=seed, retrain_best=retrain_best, heartbeat_seconds=heartbeat,
-                          seeds=SeedPlan.parse(repeat, seeds))
+                          seeds=SeedPlan.parse(repeat, seeds), register=register, alias=alias,
+                          system_metrics=SYSTEM_METRICS_INTERVAL if system_metrics else None)
     device_name = configs[chosen].device
     if n_jobs > 1 and (nproc_per_node not in (None, "1") or nnodes > 1):
         raise HarnessError("--n-jobs above 1 cannot be combined with --nproc-per-node; each trial already "
@@ -320,6 +347,8 @@ def tune(
         if outcome.retrained.status != "FINISHED":
             typer.echo(f"error: retrain-best {outcome.retrained.status}: {outcome.retrained.reason}", err=True)
             raise typer.Exit(1)
+    if outcome.promotion is not None:
+        typer.echo(outcome.promotion.describe())
 
 
 @app.command("lr-find")
@@ -433,6 +462,40 @@ def bench(
 
 
 @app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="runs:/<run_id>/model, models:/<name>@<alias>, models:/<name>/<version>, "
+                                              "or an experiment name: the best variant (best_val_acc) of its latest "
+                                              "finished `harness run`.")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files and folders (searched recursively for .jpg .jpeg "
+                                                     ".png .bmp .webp, any case).")],
+    top_k: Annotated[int, typer.Option(help="Most probable classes shown per image.")] = 3,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv (path,class_1,prob_1,...) or json (a list of "
+                                                      "objects); csv and json go to stdout, messages to stderr.")] = "table",
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 256,
+    device: Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu or cuda.")] = "auto",
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Classify image files with a logged model: top-k classes and their probabilities (softmax) per image.
+
+    The logged model takes raw float images in [0, 1] at its dataset's native size and channel
+    count; each file is read with PIL, converted to the model's channels (grayscale or RGB) and
+    resized to that size. Unreadable files are listed on stderr and skipped: the command fails
+    only if no image could be read."""
+    from harness import predict as predicting
+    from harness.tracking import Tracker
+
+    predicting.check_options(fmt, top_k, batch_size, device)
+    outcome = predicting.predict(Tracker.open(tracking_uri), model, paths, top_k=top_k, batch_size=batch_size,
+                                 device=device, log=lambda m: typer.echo(m, err=True), progress=predicting.progress_bar)
+    if fmt == "table":
+        from rich.console import Console
+
+        Console(width=200 if not sys.stdout.isatty() else None).print(predicting.rich_table(outcome))
+    else:
+        typer.echo(predicting.render(outcome, fmt), nl=False)
+
+
+@app.command()
 def compare(
     name: Annotated[str, typer.Argument(help="Experiment name.")],
     run: Annotated[Optional[str], typer.Option(help="Parent run id (default: the latest `harness run`); a study's "
@@ -457,9 +520,32 @@ def compare(
     else:
         typer.echo(render(outcome, fmt), nl=False)
     for note in outcome.notes:
-        typer.echo(f"note: {note}", err=True)
+        typer.echo(note if note.startswith("warning:") else f"note: {note}", err=True)
     for path in outcome.files:  # stderr: keeps csv/json on stdout parseable
         typer.echo(f"wrote {path} (also on run {outcome.comparison.parent_run_id} as compare/{path.name})", err=True)
+
+
+@app.command()
+def report(
+    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    run: Annotated[Optional[str], typer.Option(help="Parent run id (default: the latest `harness run`; a study's "
+                                                    "parent run gives the study report).")] = None,
+    study: Annotated[bool, typer.Option(help="Report the latest `harness tune` study (trials, Optuna's plots).")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="HTML file to write (default: reports/NAME-run.html, "
+                                                     "reports/NAME-study.html or reports/NAME-<run id>.html).")] = None,
+    tracking_uri: TrackingOption = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage of the study (default: the one its run "
+                                                        "recorded, else sqlite:///optuna.db).")] = None,
+) -> None:
+    """Write one self-contained HTML report of a run or study (readable without MLflow); also logged to its parent run."""
+    from harness.html_report import write_report
+    from harness.tracking import Tracker
+
+    outcome = write_report(Tracker.open(tracking_uri), name, run_id=run, study=study, out=out, storage=storage)
+    for note in outcome.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"wrote {outcome.path} ({outcome.size / 1e6:.1f} MB; also on run {outcome.parent_run_id} "
+               f"as {outcome.artifact})")
 
 
 @app.command()
@@ -495,6 +581,24 @@ def ui(
 
     try:
         serve(tracking_uri, host=host, port=port, echo=typer.echo)  # Ctrl-C once serving: a clean stop, exit 0
+    except KeyboardInterrupt:  # Ctrl-C before the server was started
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def dashboard(
+    port: Annotated[int, typer.Option(help="Port for the dashboard (0 picks a free one).")] = 8080,
+    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only; the dashboard "
+                                           "has no login and can delete studies).")] = "127.0.0.1",
+    storage: StorageOption = None,
+    study: Annotated[Optional[str], typer.Option(help="Print this study's page (e.g. quickstart-lenet_relu) "
+                                                      "instead of the list of studies.")] = None,
+) -> None:
+    """Open optuna-dashboard on the study storage `harness tune` writes to (needs the dashboard extra); Ctrl-C stops it."""
+    from harness.dashboard import serve
+
+    try:
+        serve(storage, host=host, port=port, study=study, echo=typer.echo)  # Ctrl-C once serving: a clean stop, exit 0
     except KeyboardInterrupt:  # Ctrl-C before the server was started
         raise typer.Exit(130) from None
 

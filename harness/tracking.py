@@ -448,12 +448,12 @@ class Tracker:
 
     @_guarded("load the model")
     def load_model(self, model_uri: str) -> Any:
-        """The logged PyTorch model itself (`mlflow.pytorch.load_model`), on the CPU, in eval mode."""
+        """The logged PyTorch model itself (`mlflow.pytorch.load_model`), on the CPU: a
+        `torch.export` program, inference-only already (its `.eval()` raises)."""
         import mlflow.pytorch
 
         with self._model_logging_uri(), _quiet_downloads():
-            model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-        return model.eval()
+            return mlflow.pytorch.load_model(model_uri, map_location="cpu")
 
     @_guarded("load the model")
     def load_pyfunc(self, model_uri: str) -> Any:

@@ -286,13 +286,14 @@ def _when(ms: int | None) -> str:
 
 
 def overview_section(ctx: Context) -> Section:
-    """What was run, when, and the experiment's description (from its file)."""
+    """What was run, when, and the experiment's description (as MLflow recorded it, else from its file)."""
     parent, c = ctx.parent, ctx.comparison
-    try:
-        description = load_experiment(c.experiment).description
-    except HarnessError as exc:  # the file is not here (or broken): the rest of the page does not need it
-        description = None
-        ctx.notes.append(f"The experiment's description was not read: {exc}")
+    description = ctx.tracker.experiment_description(c.experiment)
+    if not description:
+        try:
+            description = load_experiment(c.experiment).description
+        except HarnessError as exc:  # the file is not here (or broken): the rest of the page does not need it
+            ctx.notes.append(f"The experiment's description was not read: {exc}")
     kind = "`harness tune` study" if _is_study(parent) else "`harness run`"
     facts = pd.DataFrame([
         ("experiment", c.experiment), ("description", description or NOT_RECORDED),

@@ -243,6 +243,12 @@ class Tracker:
         return exp.experiment_id if exp is not None else None
 
     @_guarded("read experiments")
+    def experiment_description(self, name: str) -> str | None:
+        """The description recorded when experiment `name` was created (its MLflow note), or None."""
+        exp = self._client.get_experiment_by_name(name)
+        return exp.tags.get("mlflow.note.content") or None if exp is not None else None
+
+    @_guarded("read experiments")
     def experiment_names(self) -> list[str]:
         """Names of the experiments in the store (for "did you mean" hints)."""
         return [e.name for e in self._client.search_experiments(max_results=1000)]

@@ -59,3 +59,22 @@ def quickstart_store(_quickstart_session: Path, monkeypatch: pytest.MonkeyPatch)
     delete what is there."""
     _point_at(monkeypatch, _quickstart_session)
     return _quickstart_session
+
+
+def harness(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the console entry point (`harness.cli.main`, which turns user errors into one line and
+    exit code 2) in-process: (exit code, stdout, stderr)."""
+    import sys
+    from unittest import mock
+
+    from harness.cli import main
+
+    capsys.readouterr()
+    with mock.patch.object(sys, "argv", ["harness", *args]):
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -7,18 +7,17 @@ Each report is generated once per session (`_report`) and shared by the tests th
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from types import SimpleNamespace
-from unittest import mock
 
 import optuna
 import pandas as pd
 import pytest
+from conftest import harness
 from typer.testing import CliRunner
 
 from harness import html_report
-from harness.cli import app, main
+from harness.cli import app
 from harness.tracking import Tracker
 
 SECTIONS = ("overview", "comparison", "config", "curves", "confusion", "epochs", "per-class", "datasets",
@@ -134,19 +133,6 @@ def test_reports_open_from_disk_in_chromium_without_any_request(quickstart_store
 
 
 # ----------------------------------------------------------------- user errors
-
-
-def harness(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the console entry point in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with mock.patch.object(sys, "argv", ["harness", *args]):
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize(("args", "expected"), [

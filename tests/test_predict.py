@@ -1,0 +1,289 @@
+"""`harness predict` end to end on the session's finished quickstart run (LeNet on digits: 10
+classes '0'..'9', grayscale 28x28): every MODEL form, the three output formats, agreement with
+MLflow's own pyfunc loader, unreadable files, and one-line errors. Nothing is trained here."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import uuid
+from pathlib import Path
+from unittest import mock
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from harness.cli import app, main
+
+CLASSES = [str(d) for d in range(10)]
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return (bunch.images / 16 * 255).astype(np.uint8), bunch.target
+
+
+def _digit_image(index: int, size: int = 28, mode: str = "L") -> Image.Image:
+    images, _ = _digits()
+    return Image.fromarray(images[index]).resize((size, size), Image.BILINEAR).convert(mode)
+
+
+def write_images(folder: Path) -> list[Path]:
+    """Digits as the files users have: grayscale and RGB, PNG/JPEG/BMP/WebP, other sizes, upper-case
+    extensions, a sub-folder; plus a text file the folder search must ignore."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sub").mkdir(exist_ok=True)
+    specs = [("d0.png", 0, 28, "L"), ("d1.jpg", 1, 28, "RGB"), ("sub/d2.png", 2, 40, "RGB"),
+             ("sub/D3.PNG", 3, 28, "L"), ("d4.bmp", 4, 64, "L"), ("d5.webp", 5, 28, "RGB")]
+    paths = []
+    for name, index, size, mode in specs:
+        path = folder / name
+        _digit_image(index, size, mode).save(path)
+        paths.append(path)
+    (folder / "notes.txt").write_text("not an image")
+    return paths
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """`harness ...` through CliRunner: (exit code, stdout, stderr)."""
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def harness(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The console entry point in-process (user errors: `error: ...`, exit 2): (code, stdout, stderr)."""
+    capsys.readouterr()
+    with mock.patch.object(sys, "argv", ["harness", *args]):
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error_line(code: int, err: str) -> str:
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def _quickstart_runs() -> tuple[str, str]:
+    """(parent run id, its variant's run id) of the finished `harness run quickstart`."""
+    parents = mlflow.search_runs(experiment_names=["quickstart"], filter_string="tags.`harness.kind` = 'run'")
+    parent = parents["run_id"].iloc[0]
+    child = mlflow.search_runs(experiment_names=["quickstart"], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    return parent, child["run_id"].iloc[0]
+
+
+def _check_rows(rows: list[dict], k: int) -> None:
+    for row in rows:
+        classes, probs = row["classes"], row["probs"]
+        assert len(classes) == k and set(classes) <= set(CLASSES), row
+        assert probs == sorted(probs, reverse=True), row
+        assert all(0 <= p <= 1 for p in probs) and sum(probs) <= 1 + 1e-5, row
+
+
+def _parse_csv(text: str) -> list[dict]:
+    reader = csv.DictReader(io.StringIO(text))
+    k = (len(reader.fieldnames) - 1) // 2
+    assert reader.fieldnames == ["path"] + [f"{kind}_{i}" for i in range(1, k + 1) for kind in ("class", "prob")]
+    return [{"path": r["path"], "classes": [r[f"class_{i}"] for i in range(1, k + 1)],
+             "probs": [float(r[f"prob_{i}"]) for i in range(1, k + 1)]} for r in reader]
+
+
+def _parse_json(text: str) -> list[dict]:
+    return [{"path": r["path"], "classes": [t["class"] for t in r["top_k"]],
+             "probs": [t["probability"] for t in r["top_k"]]} for r in json.loads(text)]
+
+
+# ----------------------------------------------------------------- tests
+
+
+def test_predict_csv_json_and_table_from_a_run_uri(quickstart_store: Path, tmp_path: Path) -> None:
+    images = write_images(tmp_path / "images")
+    _, child = _quickstart_runs()
+    uri = f"runs:/{child}/model"
+
+    code, out, err = cli("predict", uri, str(tmp_path / "images"), "--format", "csv")
+    assert code == 0, err
+    rows = _parse_csv(out)
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in images)  # notes.txt ignored, sub/ searched
+    _check_rows(rows, 3)
+
+    code, out, err = cli("predict", uri, str(tmp_path / "images"), "--format", "json", "--top-k", "5")
+    assert code == 0, err
+    by_json = _parse_json(out)
+    _check_rows(by_json, 5)
+    assert {r["path"]: r["classes"][0] for r in by_json} == {r["path"]: r["classes"][0] for r in rows}
+
+    code, out, err = cli("predict", uri, str(images[0]), str(images[1]), "--top-k", "20")  # k beyond 10 classes: all 10
+    assert code == 0, err
+    assert "d0.png" in out and "d1.jpg" in out and "#10" in out and "#11" not in out
+
+
+def test_predictions_match_mlflow_pyfunc_on_the_same_arrays(quickstart_store: Path, tmp_path: Path) -> None:
+    from harness.predict import decode, to_float
+
+    images = write_images(tmp_path / "images")
+    _, child = _quickstart_runs()
+    uri = f"runs:/{child}/model"
+    code, out, err = cli("predict", uri, *map(str, images), "--format", "json", "--top-k", "10", "--batch-size", "4")
+    assert code == 0, err
+    ours = {r["path"]: r for r in _parse_json(out)}
+
+    batch = to_float(np.stack([decode(p, 1, 28) for p in images]))
+    assert batch.shape == (len(images), 1, 28, 28) and batch.dtype == np.float32 and 0 <= batch.min() <= batch.max() <= 1
+    logits = mlflow.pyfunc.load_model(uri).predict(batch)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    for path, p in zip(images, probs):
+        row = ours[str(path)]
+        assert row["classes"][0] == CLASSES[int(p.argmax())], path
+        expected = {CLASSES[i]: float(p[i]) for i in range(10)}
+        assert {c: pytest.approx(expected[c], abs=2e-6) for c in row["classes"]} == dict(zip(row["classes"], row["probs"]))
+    # The model learned digits: most of these clean ones are read right.
+    assert sum(ours[str(p)]["classes"][0] == str(d) for d, p in enumerate(images)) >= 4
+
+
+def test_experiment_name_uses_the_best_variant_of_the_latest_finished_run(quickstart_store: Path, tmp_path: Path) -> None:
+    images = write_images(tmp_path / "images")
+    parent, child = _quickstart_runs()
+    code, out, err = cli("predict", "quickstart", str(images[0]), "--format", "csv")
+    assert code == 0, err
+    assert f"Using run {child} (variant lenet_relu, best_val_acc 0." in err and f"of quickstart's run {parent}" in err
+    assert _parse_csv(out)[0]["path"] == str(images[0])  # stdout is only the csv
+
+
+def test_registered_model_by_version_and_alias(quickstart_store: Path, tmp_path: Path, capsys) -> None:
+    images = write_images(tmp_path / "images")
+    _, child = _quickstart_runs()
+    name = f"predict-test-{uuid.uuid4().hex[:8]}"
+    version = mlflow.register_model(f"runs:/{child}/model", name).version
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
+    for uri in (f"models:/{name}/{version}", f"models:/{name}@champion"):
+        code, out, err = cli("predict", uri, str(images[0]), "--format", "json")
+        assert code == 0, err
+        _check_rows(_parse_json(out), 3)
+    line = _one_error_line(*harness(capsys, "predict", f"models:/{name}@staging", str(images[0]))[::2])
+    assert f"No registered model '{name}' with alias 'staging'" in line
+    line = _one_error_line(*harness(capsys, "predict", f"models:/{name}/99", str(images[0]))[::2])
+    assert f"models:/{name}/99" in line
+
+
+def test_unreadable_files_are_listed_and_the_others_predicted(quickstart_store: Path, tmp_path: Path, capsys) -> None:
+    images = write_images(tmp_path / "images")
+    (tmp_path / "images" / "fake.png").write_text("this is text, not a PNG")
+    data = images[0].read_bytes()
+    (tmp_path / "images" / "cut.png").write_bytes(data[: len(data) // 2])  # truncated inside its pixel data
+    _, child = _quickstart_runs()
+    code, out, err = harness(capsys, "predict", f"runs:/{child}/model", str(tmp_path / "images"),
+                             str(tmp_path / "missing.png"), "--format", "csv")
+    assert code == 0, err
+    assert sorted(r["path"] for r in _parse_csv(out)) == sorted(str(p) for p in images)
+    for bad in ("fake.png", "cut.png", "missing.png"):
+        assert any(line.startswith("unreadable: ") and bad in line for line in err.splitlines()), err
+    assert "3 of 9 files could not be read" in err and "Traceback" not in err
+
+
+def test_nothing_readable_or_no_image_is_one_line_and_non_zero(quickstart_store: Path, tmp_path: Path, capsys) -> None:
+    _, child = _quickstart_runs()
+    uri = f"runs:/{child}/model"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "fake.jpg").write_text("not a JPEG")
+    code, out, err = harness(capsys, "predict", uri, str(bad))
+    assert code == 2 and out == "" and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("unreadable: ") and "fake.jpg" in lines[0]
+    assert lines[-1].startswith("error: None of the 1 files could be read") and len(lines) == 2
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    line = _one_error_line(*harness(capsys, "predict", uri, str(empty))[::2])
+    assert "No image files" in line and str(empty) in line
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("runs:/0123456789abcdef0123456789abcdef/model", "No run '0123456789abcdef0123456789abcdef'"),
+    ("nosuchexperiment", "harness run nosuchexperiment"),
+    ("quickstrat", "did you mean 'quickstart'"),
+    ("models:/nope@champion", "No registered model 'nope' with alias 'champion'"),
+    ("models:/nope/1", "models:/nope/1"),
+])
+def test_unknown_models_are_one_line(quickstart_store: Path, tmp_path: Path, capsys, model: str, expected: str) -> None:
+    image = write_images(tmp_path / "images")[0]
+    line = _one_error_line(*harness(capsys, "predict", model, str(image))[::2])
+    assert expected in line, line
+    assert len(line) < 400, line
+
+
+def test_a_parent_run_or_a_model_without_metadata_is_one_line(quickstart_store: Path, tmp_path: Path, capsys) -> None:
+    import torch
+
+    image = write_images(tmp_path / "images")[0]
+    parent, _ = _quickstart_runs()
+    line = _one_error_line(*harness(capsys, "predict", f"runs:/{parent}/model", str(image))[::2])
+    assert f"Run {parent} is a parent run" in line
+
+    # A model as an older harness logged it: no classes or input shape in its metadata.
+    experiment_id = mlflow.MlflowClient().create_experiment(f"predict-older-{uuid.uuid4().hex[:8]}")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.pytorch.log_model(torch.nn.Linear(4, 2), name="model", pip_requirements=["torch"],
+                                 input_example=np.zeros((1, 4), np.float32))
+    line = _one_error_line(*harness(capsys, "predict", f"runs:/{run.info.run_id}/model", str(image))[::2])
+    assert "no class names" in line and "older harness" in line
+
+
+def test_bad_options_are_one_line(quickstart_store: Path, tmp_path: Path, capsys) -> None:
+    import torch
+
+    image = str(write_images(tmp_path / "images")[0])
+    for args, expected in ((["--top-k", "0"], "--top-k must be at least 1"),
+                           (["--batch-size", "0"], "--batch-size must be at least 1"),
+                           (["--format", "xml"], "format"),
+                           (["--device", "tpu"], "--device must be auto, cpu or cuda")):
+        assert expected in _one_error_line(*harness(capsys, "predict", "quickstart", image, *args)[::2])
+    if not torch.cuda.is_available():
+        line = _one_error_line(*harness(capsys, "predict", "quickstart", image, "--device", "cuda")[::2])
+        assert "no CUDA GPU" in line
+
+
+def test_find_images_dedupes_and_keeps_order(tmp_path: Path) -> None:
+    from harness.predict import find_images
+
+    images = write_images(tmp_path / "images")
+    files, missing = find_images([images[1], tmp_path / "images", tmp_path / "nope"])
+    assert files[0] == images[1] and len(files) == len(images) and len(set(files)) == len(files)
+    assert [m.path for m in missing] == [str(tmp_path / "nope")]
+
+
+def test_decoded_batches_keep_order_across_threads(tmp_path: Path) -> None:
+    from harness.predict import decode, decoded_batches
+
+    images = write_images(tmp_path / "images")
+    (tmp_path / "images" / "fake.png").write_text("text")
+    files = images[:3] + [tmp_path / "images" / "fake.png"] + images[3:]
+    batches = list(decoded_batches(files, 3, 16, batch_size=4, workers=3))
+    assert [len(b.paths) + len(b.failed) for b in batches] == [4, 3]
+    assert [p for b in batches for p in b.paths] == [str(p) for p in images]
+    assert [f.path for b in batches for f in b.failed] == [str(files[3])]
+    stacked = np.concatenate([b.images for b in batches])
+    assert stacked.shape == (6, 3, 16, 16) and stacked.dtype == np.uint8
+    assert np.array_equal(stacked[4], decode(images[4], 3, 16))

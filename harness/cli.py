@@ -424,6 +424,8 @@ def bench(
                                                "random erasing, EMA) costs per training image vs the plain path.")] = True,
     folders: Annotated[bool, typer.Option(help="Measure the streamed image-folder path (2,000 generated JPEGs) vs "
                                                "torchvision's ImageFolder tutorial pipeline, and what limits it.")] = True,
+    predict: Annotated[bool, typer.Option(help="Measure `harness predict` (2,000 MNIST PNGs, the quickstart's LeNet) "
+                                               "vs MLflow's pyfunc predict on the same batches.")] = True,
     out: Annotated[Path, typer.Option(help="Where to write the results as JSON.")] = Path("bench-results.json"),
 ) -> None:
     """Measure training images/s (harness vs a tutorial-style loop vs the compute floor, in one run),
@@ -436,7 +438,7 @@ def bench(
 
     report = run_benchmark(epochs=epochs, device=device, cifar=cifar, out=out, log=lambda m: typer.echo(m, err=True),
                            startup=startup, study_budget=study_budget, study_seeds=tuple(range(study_seeds)),
-                           scaling=scaling, recipes=recipes, folders=folders)
+                           scaling=scaling, recipes=recipes, folders=folders, predict=predict)
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:,.2f}".format):
         if "startup" in report:
             s = report["startup"]
@@ -456,6 +458,10 @@ def bench(
             typer.echo(f"note: {note}")
         if report.get("folders"):
             typer.echo(pd.DataFrame(report["folders"]).to_string(index=False))
+        if report.get("predict"):
+            typer.echo(pd.DataFrame(report["predict"]).to_string(index=False))
+        for note in report.get("predict_notes", []):
+            typer.echo(f"note: {note}")
         if "study" in report:
             typer.echo(pd.DataFrame(report["study"]).to_string(index=False))
     typer.echo(f"results written to {out}")
@@ -477,16 +483,22 @@ def predict(
 ) -> None:
     """Classify image files with a logged model: top-k classes and their probabilities (softmax) per image.
 
-    The logged model takes raw float images in [0, 1] at its dataset's native size and channel
-    count; each file is read with PIL, converted to the model's channels (grayscale or RGB) and
-    resized to that size. Unreadable files are listed on stderr and skipped: the command fails
-    only if no image could be read."""
+    The logged model takes raw float images in [0, 1] at its dataset's native
+    size and channel count: each file is read with PIL, converted to the
+    model's channels (grayscale or RGB) and resized to that size. Unreadable
+    files are listed on stderr and skipped; the command fails only if no image
+    could be read."""
     from harness import predict as predicting
     from harness.tracking import Tracker
 
     predicting.check_options(fmt, top_k, batch_size, device)
-    outcome = predicting.predict(Tracker.open(tracking_uri), model, paths, top_k=top_k, batch_size=batch_size,
-                                 device=device, log=lambda m: typer.echo(m, err=True), progress=predicting.progress_bar)
+    try:
+        outcome = predicting.predict(Tracker.open(tracking_uri), model, paths, top_k=top_k, batch_size=batch_size,
+                                     device=device, log=lambda m: typer.echo(m, err=True),
+                                     progress=predicting.progress_bar)
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        raise typer.Exit(130) from None
     if fmt == "table":
         from rich.console import Console
 

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -463,10 +463,11 @@ class Tracker:
 
     @_guarded("load the model")
     def load_pyfunc(self, model_uri: str) -> Any:
-        """MLflow's generic loader (`mlflow.pyfunc.load_model`): what a serving stack would call."""
+        """MLflow's generic loader (`mlflow.pyfunc.load_model`): what a serving stack would call;
+        the model on the CPU even where a GPU is visible, as `load_model` puts it."""
         import mlflow.pyfunc
 
-        with self._model_logging_uri(), _quiet_downloads():
+        with self._model_logging_uri(), _quiet_downloads(), _env("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cpu"):
             return mlflow.pyfunc.load_model(model_uri)
 
     # ------------------------------------------------------------- model registry
@@ -474,18 +475,12 @@ class Tracker:
     @_guarded("register the model")
     def register_model(self, model_uri: str, name: str, tags: dict[str, str]) -> str:
         """A new version of registered model `name` (created if missing) from `model_uri`, with
-        `tags`; returns the version number."""
-        from mlflow.exceptions import MlflowException
+        `tags`; returns the version number. `mlflow.register_model` itself: it records the
+        logged model (`models:/m-...`) as the version's source, which MLflow 3 can load back."""
+        import mlflow
 
-        try:
-            self._client.create_registered_model(name)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        run_id = model_uri.split("/")[1] if model_uri.startswith("runs:/") else None
         with self._model_logging_uri():
-            version = self._client.create_model_version(name, model_uri, run_id=run_id,
-                                                        tags={k: str(v) for k, v in tags.items()})
+            version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
         return str(version.version)
 
     @_guarded("read the model registry")
@@ -582,19 +577,25 @@ class Tracker:
             return Path(self._client.download_artifacts(run_id, path, str(dst)))
 
 
-@contextmanager
-def _quiet_downloads() -> Iterator[None]:
+def _quiet_downloads() -> AbstractContextManager[None]:
     """MLflow draws a progress bar on stderr for every artifact download; a command that fetches
     small files (a model, a few reports) would bury its own output under them."""
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    return _env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    """Environment variable `name` set to `value` for the block (MLflow reads its settings
+    there), then restored."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if previous is None:
-            del os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"]
+            os.environ.pop(name, None)
         else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+            os.environ[name] = previous
 
 
 def no_runs_message(tracker: Tracker, experiment: str) -> str:

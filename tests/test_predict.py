@@ -7,18 +7,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 import uuid
 from pathlib import Path
-from unittest import mock
 
 import mlflow
 import numpy as np
 import pytest
+from conftest import QUICKSTART_MODEL, harness
 from PIL import Image
 from typer.testing import CliRunner
 
-from harness.cli import app, main
+from harness.cli import app
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -60,19 +59,6 @@ def cli(*args: str) -> tuple[int, str, str]:
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.stdout, result.stderr
-
-
-def harness(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """The console entry point in-process (user errors: `error: ...`, exit 2): (code, stdout, stderr)."""
-    capsys.readouterr()
-    with mock.patch.object(sys, "argv", ["harness", *args]):
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _one_error_line(code: int, err: str) -> str:
@@ -186,6 +172,13 @@ def test_registered_model_by_version_and_alias(quickstart_store: Path, tmp_path:
     assert f"models:/{name}/99" in line
 
 
+def test_the_champion_harness_run_registered(quickstart_store: Path, tmp_path: Path) -> None:
+    image = write_images(tmp_path / "images")[0]
+    code, out, err = cli("predict", f"models:/{QUICKSTART_MODEL}@champion", str(image), "--format", "json")
+    assert code == 0, err
+    _check_rows(_parse_json(out), 3)
+
+
 def test_unreadable_files_are_listed_and_the_others_predicted(quickstart_store: Path, tmp_path: Path, capsys) -> None:
     images = write_images(tmp_path / "images")
     (tmp_path / "images" / "fake.png").write_text("this is text, not a PNG")
@@ -218,6 +211,8 @@ def test_nothing_readable_or_no_image_is_one_line_and_non_zero(quickstart_store:
     (empty / "readme.txt").write_text("no images here")
     line = _one_error_line(*harness(capsys, "predict", uri, str(empty))[::2])
     assert "No image files" in line and str(empty) in line
+    line = _one_error_line(*harness(capsys, "predict", uri, str(empty), str(tmp_path / "nope"))[::2])
+    assert f"{tmp_path / 'nope'}: no such file or folder" in line and "No image files" in line
 
 
 @pytest.mark.parametrize(("model", "expected"), [
@@ -287,3 +282,34 @@ def test_decoded_batches_keep_order_across_threads(tmp_path: Path) -> None:
     stacked = np.concatenate([b.images for b in batches])
     assert stacked.shape == (6, 3, 16, 16) and stacked.dtype == np.uint8
     assert np.array_equal(stacked[4], decode(images[4], 3, 16))
+
+
+def test_decoding_probes_the_first_images_then_keeps_order(tmp_path: Path) -> None:
+    from harness.predict import PROBE_IMAGES, decoded_batches
+
+    images = write_images(tmp_path / "images")
+    files = images * 5  # 30 entries: the probe's batch of 8, then batches of 10
+    batches = list(decoded_batches(files, 1, 28, batch_size=10))
+    assert [len(b.paths) for b in batches] == [PROBE_IMAGES, 10, 10, 2]
+    assert [p for b in batches for p in b.paths] == [str(p) for p in files]
+
+
+def test_thread_tuner_leaves_a_core_to_decoding_only_when_the_model_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from harness.predict import ThreadTuner
+
+    set_to: list[int] = []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+    tuner = ThreadTuner(torch.device("cpu"))
+    tuner.update(1, waited=5.0, model_seconds=1.0)  # the pipeline is still filling: no decision
+    tuner.update(2, waited=0.5, model_seconds=1.0)  # waited on decoding: leave it a core
+    tuner.update(3, waited=0.05, model_seconds=1.0)  # a little: no change
+    tuner.update(4, waited=0.0, model_seconds=1.0)  # the model bounds it: every core
+    tuner.restore()
+    assert set_to == [3, 4, 4] and (tuner.decided, tuner.lean_batches) == (3, 2)
+    assert set_to[-1] == 4 and not ThreadTuner(torch.device("cuda")).active
+    set_to.clear()
+    ThreadTuner(torch.device("cpu"), start_lean=True).restore()
+    assert set_to == [3, 4]

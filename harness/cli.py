@@ -426,6 +426,8 @@ def bench(
                                                "torchvision's ImageFolder tutorial pipeline, and what limits it.")] = True,
     predict: Annotated[bool, typer.Option(help="Measure `harness predict` (2,000 MNIST PNGs, the quickstart's LeNet) "
                                                "vs MLflow's pyfunc predict on the same batches.")] = True,
+    system_metrics: Annotated[bool, typer.Option(help="Measure what MLflow's system-metrics monitor costs training "
+                                                      "(off vs sampling every 10 s and every 1 s).")] = True,
     out: Annotated[Path, typer.Option(help="Where to write the results as JSON.")] = Path("bench-results.json"),
 ) -> None:
     """Measure training images/s (harness vs a tutorial-style loop vs the compute floor, in one run),
@@ -438,7 +440,8 @@ def bench(
 
     report = run_benchmark(epochs=epochs, device=device, cifar=cifar, out=out, log=lambda m: typer.echo(m, err=True),
                            startup=startup, study_budget=study_budget, study_seeds=tuple(range(study_seeds)),
-                           scaling=scaling, recipes=recipes, folders=folders, predict=predict)
+                           scaling=scaling, recipes=recipes, folders=folders, predict=predict,
+                           system_metrics=system_metrics)
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:,.2f}".format):
         if "startup" in report:
             s = report["startup"]
@@ -458,6 +461,8 @@ def bench(
             typer.echo(f"note: {note}")
         if report.get("folders"):
             typer.echo(pd.DataFrame(report["folders"]).to_string(index=False))
+        if report.get("system_metrics"):
+            typer.echo(pd.DataFrame(report["system_metrics"]).to_string(index=False))
         if report.get("predict"):
             typer.echo(pd.DataFrame(report["predict"]).to_string(index=False))
         for note in report.get("predict_notes", []):

@@ -8,6 +8,7 @@
   EMA) costs per training image against the plain path;
 - `folders`: the streamed image-folder path (JPEGs on disk) against torchvision's tutorial
   pipeline, and whether decoding, resizing or compute limits it;
+- `system_metrics`: training images/s with MLflow's system-metrics monitor off, at 10 s and at 1 s;
 - `predict`: `harness predict`'s read + decode + classify path against MLflow's pyfunc loader on
   the same batches (MNIST PNGs, the quickstart's LeNet);
 - `mnist_sample`: the real MNIST sample the benchmarks (and tests) train on, offline.
@@ -33,14 +34,15 @@ __all__ = ["run_benchmark"]
 def run_benchmark(epochs: int = 4, device: str = "auto", cifar: bool = True, out: Path | None = None,
                   log: Callable[[str], None] = print, startup: bool = True, study_budget: int = 0,
                   study_seeds: tuple[int, ...] = (0, 1, 2), scaling: bool = True, recipes: bool = True,
-                  folders: bool = True, predict: bool = True) -> dict[str, Any]:
+                  folders: bool = True, predict: bool = True, system_metrics: bool = True) -> dict[str, Any]:
     """Run every throughput case (and the start-up, data-parallel scaling, recipe-cost,
     image-folder and study-efficiency measurements when asked), and write everything as JSON to
     `out`. The report has `startup` (when measured), `throughput` (one row per case), `scaling`
     (when asked: one row per case and process count; `scaling_notes` says why rows are missing or
     what they ran on), `recipes` (when asked: one row per case and recipe; `recipes_notes`),
-    `folders` (when asked: one row per image size), `predict` (when asked: one row; `predict_notes`)
-    and `study` (when `study_budget` > 0)."""
+    `folders` (when asked: one row per image size), `system_metrics` (when asked: one row per
+    monitor setting), `predict` (when asked: one row; `predict_notes`) and `study` (when
+    `study_budget` > 0)."""
     if epochs < 2:
         raise HarnessError(f"--epochs must be at least 2 (one warm-up epoch, then measured ones); got {epochs}.")
     if study_budget < 0:
@@ -77,6 +79,10 @@ def run_benchmark(epochs: int = 4, device: str = "auto", cifar: bool = True, out
             from harness.bench.folders import run_folders
 
             report["folders"] = run_folders(device, epochs, log)
+        if system_metrics:
+            from harness.bench.system_metrics import run_system_metrics
+
+            report["system_metrics"] = run_system_metrics(data_dir, device, epochs, log)
         if predict:
             from harness.bench.predict import run_predict
 

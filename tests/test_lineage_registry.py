@@ -176,3 +176,17 @@ def test_bad_register_options_are_one_line_before_training(workdir: Path, capsys
     code, _, err = harness(capsys, *args)
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
     assert not (workdir / "checkpoints").exists()  # refused before anything trained
+
+
+def test_runs_recording_the_same_new_dataset_at_once_all_succeed(workdir: Path) -> None:
+    """Parallel trials (and workers) log the same splits at the same moment: MLflow's look-up then
+    insert of a new dataset races, and the loser retries instead of failing its run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tracker = Tracker.open()
+    exp_id = tracker.ensure_experiment("race")
+    runs = [tracker.start_run(exp_id, f"r{i}", {}) for i in range(8)]
+    record = {"name": "digits", "context": "train", "digest": "0" * 32, "source": "/nowhere", "profile": {}}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda run_id: tracker.log_datasets(run_id, [record]), runs))
+    assert all(len(tracker.find_run(r).inputs.dataset_inputs) == 1 for r in runs)

@@ -47,7 +47,7 @@ ENV_TAGS = {"harness.version": "harness", "torch.version": "torch", "torchvision
             "python.version": "python", "device": "device", "host": "host", "git_commit": "git commit"}
 CONTEXT_TAG = "mlflow.data.context"  # MLflow's tag on a dataset input: train / validation / test
 MIN_TRIALS_FOR_IMPORTANCE = 2  # Optuna's importance evaluators need at least two complete trials
-STUDY_OPTIONS = ("variant", "trials", "sampler", "pruner", "n_jobs", "repeat", "seeds", "storage")  # study run params
+STUDY_OPTIONS = ("variant", "trials", "sampler", "sampler_seed", "pruner", "n_jobs", "repeat", "seeds", "storage")  # study run params
 
 
 @dataclass
@@ -698,6 +698,8 @@ def study_commands(ctx: Context, reference: Reference) -> tuple[str, pd.DataFram
     for option in ("trials", "sampler", "pruner", "seeds", "repeat"):
         if option in params:
             tune += [f"--{option}", params[option]]
+    if "sampler_seed" in params:
+        tune += ["--seed", params["sampler_seed"]]
     if params.get("n_jobs", "1") != "1":
         tune += ["--n-jobs", params["n_jobs"]]
     tune += set_arguments({variant: base or {}}, file_variants)
@@ -734,9 +736,10 @@ def reproduce_section(ctx: Context) -> Section:
     if _is_study(ctx.parent):
         tune, per_run = study_commands(ctx, reference)
         body += "<pre>" + esc("\n".join([*checkout, tune])) + "</pre>"
-        body += paragraph("The whole study, into a new study name so the recorded one is not continued. Optuna's "
-                          "sampler seed (--seed) is not recorded on the run: the default 0 is assumed; with "
-                          "--n-jobs above 1 or a resumed study the sampled params need not repeat.")
+        seed_note = ("" if "sampler_seed" in ctx.parent.data.params else
+                     " Optuna's sampler seed (--seed) is not recorded on this (older) run: the default 0 is assumed.")
+        body += paragraph("The whole study, into a new study name so the recorded one is not continued." + seed_note +
+                          " With --n-jobs above 1 or a resumed study the sampled params need not repeat.")
         body += table_html(per_run, "One trial (or the retrained best) as a plain `harness run`: its sampled params "
                                     "and the study's --set. `harness run` trains every variant of the experiment, "
                                     "without pruning, and tests it once.", code_columns=["command"])

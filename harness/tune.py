@@ -320,7 +320,8 @@ def _run_study(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: Tra
                variant: str, options: TuneOptions) -> VariantResult | None:
     """The trials, the study's summary on the parent run, and the optional retrain of the best."""
     # The storage is a param so the study can be found again; never with its password.
-    tracker.log_params(ctx.parent_id, {"variant": variant, "sampler": options.sampler, "pruner": options.pruner,
+    tracker.log_params(ctx.parent_id, {"variant": variant, "sampler": options.sampler, "sampler_seed": str(options.seed),
+                                       "pruner": options.pruner,
                                        "trials": str(options.trials), "n_jobs": str(options.n_jobs),
                                        "storage": redact(options.storage or DEFAULT_STORAGE),
                                        **options.seeds.to_params()})

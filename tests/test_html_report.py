@@ -93,7 +93,7 @@ def test_study_report_has_trials_and_optuna_plots(quickstart_store: Path,
     assert "Parameter importances" in plots  # drawn, or a sentence saying why not
     reproduce = page.split('<section id="reproduce">', 1)[1].split("</section>", 1)[0]
     assert "harness tune quickstart --variant lenet_relu --study-name quickstart-lenet_relu-repro --trials 3" in reproduce
-    assert "--set epochs=2" in reproduce and "--retrain-best" in reproduce
+    assert "--set epochs=2" in reproduce and "--retrain-best" in reproduce and "--seed 0" in reproduce
     assert "val_fraction=0.0" in reproduce  # the retrained best trains on train + validation
     _no_external_resources(page)
     logged = Tracker.open().download_artifact(parent_id, "report/report.html", tmp_path)

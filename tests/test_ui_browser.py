@@ -64,6 +64,12 @@ def _finished_run(workdir: Path) -> tuple[str, str]:
     return exp_id, run.info.run_id
 
 
+def _digests(run_id: str) -> dict[str, str]:
+    """context -> digest of the splits a run logged."""
+    return {tag.value: d.dataset.digest for d in MlflowClient().get_run(run_id).inputs.dataset_inputs
+            for tag in d.tags if tag.key == "mlflow.data.context"}
+
+
 def test_mlflow_ui_shows_runs_metrics_and_confusion_matrix(workdir: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
                                    "(pip install -e '.[dev]'); no browser download is needed")
@@ -96,6 +102,11 @@ def test_mlflow_ui_shows_runs_metrics_and_confusion_matrix(workdir: Path) -> Non
             page.wait_for_url(re.compile(f"/runs/{run_id}"))
             page.get_by_text("test_acc", exact=True).first.wait_for()
             page.get_by_text("best_val_acc", exact=True).first.wait_for()
+            # The splits the run read (`mlflow.log_input`): the page names the first with its digest
+            # ("synthetic (8e16ca2c...) Train +2") and the system metrics MLflow's monitor sampled.
+            page.get_by_text("Datasets", exact=True).first.wait_for()
+            page.get_by_text(_digests(run_id)["train"]).first.wait_for()
+            page.get_by_text("system/cpu_utilization_percentage").first.wait_for()
             page.screenshot(path=shots / "run_overview.png", full_page=True)
 
             page.get_by_role("tab", name="Artifacts").click()

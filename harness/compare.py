@@ -236,6 +236,18 @@ def load_comparison(tracker: Tracker, experiment: str, run_id: str | None = None
 # ----------------------------------------------------------------- rendering
 
 
+def best_run(comparison: Comparison) -> pd.Series | None:
+    """The finished child run that stands for the comparison's best (what `harness predict NAME`
+    uses and `harness run --register` registers): the first variant of the table (its own ranking,
+    by mean with repeats) that has one, and among that variant's seeds the best on the same metric."""
+    finished = comparison.runs[comparison.runs["status"] == "FINISHED"]
+    for variant in comparison.table["variant"]:
+        runs = finished[finished["variant"] == variant]
+        if len(runs):
+            return stats.sort_by(runs, comparison.metric, comparison.metric).iloc[0]
+    return None
+
+
 def check_format(fmt: str) -> None:
     """Fail on an unknown --format before anything is read."""
     if fmt not in FORMATS:

@@ -32,14 +32,15 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
-def retry(fn: Callable[[], T], attempts: int = 3, delay: float = 1.0) -> T:
-    """Call `fn`, retrying on any exception; for first-time schema creation, which races when
-    several workers open a fresh database at the same moment."""
+def retry(fn: Callable[[], T], attempts: int = 3, delay: float = 1.0,
+          when: Callable[[Exception], bool] = lambda exc: True) -> T:
+    """Call `fn`, retrying on any exception (`when` it says so); for writes that race when several
+    workers make the same thing at the same moment (a fresh database's schema, a new dataset)."""
     for attempt in range(attempts):
         try:
             return fn()
-        except Exception:
-            if attempt == attempts - 1:
+        except Exception as exc:
+            if attempt == attempts - 1 or not when(exc):
                 raise
             time.sleep(delay * (attempt + 1))
     raise AssertionError("unreachable")

@@ -311,7 +311,7 @@ def table_section(ctx: Context) -> Section:
     """The comparison table exactly as `harness compare` prints it, with its title and note."""
     c = ctx.comparison
     # `Comparison.warnings` (runs that read different data) is new beside this module; older ones have none.
-    warned = "".join(missing(f"Warning: {w}") for w in getattr(c, "warnings", []))
+    warned = "".join(missing(f"Warning: {w}") for w in c.warnings)
     body = paragraph(c.title) + table_html(compare.display_frame(c), c.note) + warned
     return Section("comparison", "Comparison", body)
 

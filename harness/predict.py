@@ -41,10 +41,7 @@ from harness.tracking import Tracker, TrackingError, no_runs_message
 from harness.uris import redact, redact_text
 
 if TYPE_CHECKING:
-    import pandas as pd
     import torch
-
-    from harness.compare import Comparison
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FORMATS = ("table", "csv", "json")
@@ -171,7 +168,7 @@ def best_model_uri(tracker: Tracker, experiment: str) -> tuple[str, str]:
     """(model URI, what was picked) of the best finished variant of the experiment's latest finished
     `harness run`, ranked as `harness compare` ranks them (best_val_acc; with repeated seeds the
     best variant by mean, then its best seed)."""
-    from harness.compare import DEFAULT_METRIC, load_comparison
+    from harness.compare import DEFAULT_METRIC, best_run, load_comparison
 
     experiment_id = tracker.find_experiment(experiment)
     if experiment_id is None:
@@ -194,19 +191,6 @@ def best_model_uri(tracker: Tracker, experiment: str) -> tuple[str, str]:
     picked = (f"Using run {best['run_id']} (variant {best['variant']}{seed}, {comparison.metric} {score}) of "
               f"{experiment}'s run {parent_id}")
     return f"runs:/{best['run_id']}/model", picked
-
-
-def best_run(comparison: Comparison) -> pd.Series | None:
-    """The finished child run to predict with: the first variant of the comparison table (its own
-    ranking) that has one, and among that variant's seeds the best on the same metric."""
-    from harness import stats
-
-    finished = comparison.runs[comparison.runs["status"] == "FINISHED"]
-    for variant in comparison.table["variant"]:
-        runs = finished[finished["variant"] == variant]
-        if len(runs):
-            return stats.sort_by(runs, comparison.metric, comparison.metric).iloc[0]
-    return None
 
 
 def _check_exists(tracker: Tracker, uri: str) -> None:

@@ -138,8 +138,8 @@ def run_experiment(
                     tracker.log_file(parent_id, Path(exp.source_file), "source")
             results = _train_jobs(ctx, plan_jobs(configs, plan), existing)
             comparison = _log_comparison(tracker.local, exp.name, parent_id) if dist.is_main else None
-            promotion = register.promote(tracker.local, exp.name, parent_id, results) \
-                if register is not None and dist.is_main else None
+            promotion = register.promote(tracker.local, comparison) \
+                if register is not None and comparison is not None else None
         ok = all(r.status == "FINISHED" for r in results)
         tracker.end_run(parent_id, "FINISHED" if ok else "FAILED",
                         None if ok else "; ".join(f"{r.label or r.variant}: {r.reason}" for r in results if r.reason))
@@ -160,23 +160,22 @@ class Registration:
             raise HarnessError("--register compares models on their validation accuracy, but every variant has "
                                "val_fraction=0; leave val_fraction above 0 to register.")
 
-    def promote(self, tracker: Tracker, experiment: str, parent_id: str, results: list[VariantResult]) -> Promotion | None:
-        """Register the best finished variant's model (None, with a note, if none finished)."""
-        import statistics
+    def promote(self, tracker: Tracker, comparison: Comparison) -> Promotion | None:
+        """Register the model of the comparison's best run (`compare.best_run`: the best variant by
+        mean `best_val_acc`, its best seed); None, with a note, if no variant finished with one."""
+        import pandas as pd
 
-        finished = [r for r in results if r.status == "FINISHED" and METRIC in r.metrics]
-        if not finished:
+        from harness.compare import best_run
+
+        best = best_run(comparison)
+        if best is None or pd.isna(best.get(METRIC)):
             print(f"Nothing registered: no variant finished with a {METRIC}.", flush=True)
             return None
-        by_variant: dict[str, list[VariantResult]] = {}
-        for r in finished:
-            by_variant.setdefault(r.variant, []).append(r)
-        best_variant = max(by_variant, key=lambda v: statistics.fmean(r.metrics[METRIC] for r in by_variant[v]))
-        best = max(by_variant[best_variant], key=lambda r: r.metrics[METRIC])
-        return register_model(tracker, f"runs:/{best.run_id}/model", self.name, best.metrics[METRIC], self.alias,
-                              {"harness.experiment": experiment, "harness.variant": best.variant,
-                               "harness.run_id": best.run_id, "harness.parent_run_id": parent_id,
-                               "test_acc": f"{best.metrics.get('test_acc', float('nan')):.6g}"})
+        test_acc = best.get("test_acc")
+        return register_model(tracker, f"runs:/{best['run_id']}/model", self.name, float(best[METRIC]), self.alias,
+                              {"harness.experiment": comparison.experiment, "harness.variant": best["variant"],
+                               "harness.run_id": best["run_id"], "harness.parent_run_id": comparison.parent_run_id,
+                               "test_acc": f"{float('nan') if pd.isna(test_acc) else float(test_acc):.6g}"})
 
 
 def _prepare_resume(tracker: Tracker, exp: Experiment, configs: dict[str, TrainConfig], experiment_id: str,

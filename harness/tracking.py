@@ -526,17 +526,10 @@ class Tracker:
         inputs = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d.get("source_type", "local"),
                                        source=json.dumps({"uri": d["source"]}), profile=json.dumps(d.get("profile", {}))),
                                tags=[InputTag("mlflow.data.context", d["context"])]) for d in datasets]
-        for attempt in range(3):
-            try:
-                self._client.log_inputs(run_id, datasets=inputs)
-                return
-            except Exception as exc:
-                # Two runs recording the same new dataset at once (parallel trials, workers): MLflow
-                # looks it up, then inserts it, and the second insert fails; the retry finds it.
-                if attempt == 2 or "UNIQUE constraint" not in str(exc) and "IntegrityError" not in type(exc).__name__ \
-                        and "unique" not in str(exc).lower():
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+        # Two runs recording the same new dataset at once (parallel trials, workers): MLflow looks
+        # it up, then inserts it, and the second insert fails on the unique key; the retry finds it.
+        retry(lambda: self._client.log_inputs(run_id, datasets=inputs), delay=0.05,
+              when=lambda exc: "IntegrityError" in type(exc).__name__ or "unique" in str(exc).lower())
 
     @contextmanager
     def system_metrics(self, run_id: str, interval: float = 10.0) -> Iterator[None]:

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import harness
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from harness.cli import app, main
+from harness.cli import app
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -87,19 +86,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         assert broken.exit_code == 1, broken.output
         first, second = _parent_ids("cmp")
         yield Store(root, first, second, repeated.output, _parent_ids("broken")[0])
-
-
-def harness(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the console entry point in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with mock.patch.object(sys, "argv", ["harness", *args]):
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _children(parent_id: str) -> pd.DataFrame:

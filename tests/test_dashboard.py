@@ -9,14 +9,10 @@ and stop it with Ctrl-C. The browser test skips, saying why, without Playwright 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
 import struct
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,12 +21,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import harness
 from test_ui_browser import _chromium, _screenshots
-from uiserver import UiProcess
+from uiserver import UiProcess, start_harness
 
 from harness import dashboard
 from harness.errors import HarnessError
-from harness.cli import main
 
 STUDY = "quickstart-lenet_relu"  # `harness tune quickstart`'s default study name
 ADDRESS = re.compile(r"^Optuna dashboard for (?P<storage>\S+) at (?P<url>http://\S+) \(Ctrl-C to stop\)$")
@@ -38,13 +34,10 @@ TIMEOUT_MS = 30_000  # optuna-dashboard's React app renders in a few seconds eve
 SECRET = "s3cr3t-pw"
 
 
-def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """`harness ARGS` through the CLI's `main` (errors: one line, exit 2); returns (exit code, all output)."""
-    monkeypatch.setattr(sys, "argv", ["harness", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    out = capsys.readouterr()
-    return exited.value.code, out.out + out.err
+    code, out, err = harness(capsys, *args)
+    return code, out + err
 
 
 def _one_error_line(code: int, output: str) -> str:
@@ -64,20 +57,19 @@ def test_without_optuna_dashboard_one_line_names_the_extra(tmp_path: Path, monke
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # `import optuna_dashboard` now fails
-    line = _one_error_line(*_cli(monkeypatch, capsys, "dashboard", "--port", "0"))
+    line = _one_error_line(*_cli(capsys, "dashboard", "--port", "0"))
     assert "optuna-dashboard is not installed" in line and "pip install -e '.[dashboard]'" in line
     assert not re.search(r"pip install\s+['\"]?harness", line), "`harness` on PyPI is an unrelated project"
     assert not (tmp_path / "optuna.db").exists()  # failed before any storage was opened
 
 
-def test_busy_port_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_busy_port_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     storage = _storage_with_a_study(tmp_path)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        line = _one_error_line(*_cli(monkeypatch, capsys, "dashboard", "--storage", storage, "--port", str(port)))
+        line = _one_error_line(*_cli(capsys, "dashboard", "--storage", storage, "--port", str(port)))
     assert line.startswith(f"error: Port {port} on 127.0.0.1 is already in use") and "--port" in line
     with pytest.raises(HarnessError, match="not a TCP port"):
         dashboard.open_dashboard(storage, port=70000)
@@ -87,19 +79,19 @@ def test_bad_storage_and_study_are_one_line_with_the_password_hidden(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     # Nothing listens on port 1: refused at once (after open_storage's retries, about 3 s).
-    code, output = _cli(monkeypatch, capsys, "dashboard", "--port", "0",
+    code, output = _cli(capsys, "dashboard", "--port", "0",
                         "--storage", f"postgresql://harness:{SECRET}@127.0.0.1:1/optuna")
     line = _one_error_line(code, output)
     assert SECRET not in output and "postgresql://harness:***@127.0.0.1:1/optuna" in line
     # No storage file here: said so, and no empty optuna.db left behind.
-    line = _one_error_line(*_cli(monkeypatch, capsys, "dashboard", "--port", "0"))
+    line = _one_error_line(*_cli(capsys, "dashboard", "--port", "0"))
     assert "No Optuna storage at optuna.db" in line and "harness tune" in line
     assert not (tmp_path / "optuna.db").exists()
-    line = _one_error_line(*_cli(monkeypatch, capsys, "dashboard", "--port", "0",
+    line = _one_error_line(*_cli(capsys, "dashboard", "--port", "0",
                                  "--storage", f"journal:{tmp_path}/missing.log"))
     assert "missing.log" in line and not (tmp_path / "missing.log").exists()
     storage = _storage_with_a_study(tmp_path)
-    line = _one_error_line(*_cli(monkeypatch, capsys, "dashboard", "--port", "0", "--storage", storage, "--study", "t"))
+    line = _one_error_line(*_cli(capsys, "dashboard", "--port", "0", "--storage", storage, "--study", "t"))
     assert "Unknown study" in line and line.endswith("Choose one of: s.")
 
 
@@ -115,22 +107,8 @@ def test_addresses() -> None:
 @contextmanager
 def harness_dashboard(cwd: Path, *args: str, timeout: float = 120) -> Iterator[UiProcess]:
     """`python -m harness dashboard --port 0 ARGS` in `cwd`, yielded once it printed its address."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    # As tests/uiserver.py: a SIGINT ignored by a backgrounded pytest would stay ignored in the child.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "harness", "dashboard", "--port", "0", *args], cwd=cwd, env=env,
-                                text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    server = UiProcess(proc)
-
-    def pump() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            server._queue.put(line)
-        server._queue.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
+    server = start_harness(cwd, "dashboard", "--port", "0", *args)
+    proc = server.proc
     try:
         server.url = server.read_until(ADDRESS, timeout)["url"]
         yield server

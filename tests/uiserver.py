@@ -77,30 +77,35 @@ class UiProcess:
         return "".join(self.lines)
 
 
+def start_harness(cwd: Path, *args: str) -> UiProcess:
+    """`harness ARGS` started in `cwd`, its output (stdout and stderr) collected line by line."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # A shell that started pytest in the background leaves SIGINT ignored, and an ignored signal
+    # stays ignored across exec: catch it here for the moment of the spawn (a caught signal is
+    # reset to the default in the child), so the test's Ctrl-C reaches the command as a real one.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([*harness_command(), *args], cwd=cwd, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    started = UiProcess(proc)
+
+    def pump() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            started._queue.put(line)
+        started._queue.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return started
+
+
 @contextmanager
 def harness_ui(cwd: Path, *args: str, startup_timeout: float = 150, wait: bool = True) -> Iterator[UiProcess]:
     """`harness ui --port 0 ARGS` in `cwd`, yielded once it printed its address (at once with `wait=False`:
     then call `wait_ready`); always stopped afterwards."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    # A shell that started pytest in the background leaves SIGINT ignored, and an ignored signal
-    # stays ignored across exec: catch it here for the moment of the spawn (a caught signal is
-    # reset to the default in the child), so the test's Ctrl-C reaches `harness ui` as a real one.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        proc = subprocess.Popen(
-            [*harness_command(), "ui", "--port", "0", *args], cwd=cwd, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    ui = UiProcess(proc)
-
-    def pump() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            ui._queue.put(line)
-        ui._queue.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
+    ui = start_harness(cwd, "ui", "--port", "0", *args)
+    proc = ui.proc
     ui.startup_timeout = startup_timeout
     try:
         if wait:

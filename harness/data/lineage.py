@@ -83,7 +83,8 @@ def split_digest(split: Any, source: str = "") -> str:
     if hasattr(images, "files"):  # a streamed image folder: hash the files, in order, with their classes
         root = Path(source) if source else None
         for path, label in zip(images.files, images.labels):
-            name = str(Path(path).resolve().relative_to(root)) if root and Path(path).resolve().is_relative_to(root) else str(path)
+            resolved = Path(path).resolve()
+            name = str(resolved.relative_to(root)) if root and resolved.is_relative_to(root) else str(path)
             h.update(f"{name}\0{label}\0".encode())
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):

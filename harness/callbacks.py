@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from harness.tracking import Tracker, TrackingError, now_ms
-from harness.train import Callback, FitState, Trainer, monitored
+from harness.train import Callback, FitState, Trainer, accumulation_warning, monitored
+
+if TYPE_CHECKING:
+    from rich.progress import Progress  # imported when a bar is shown: rich costs start-up time
 
 
 class EarlyStopping(Callback):
@@ -38,12 +42,30 @@ def format_record(record: dict[str, float]) -> str:
     return "  ".join(parts)
 
 
+def plain_output(force_plain: bool | None = None) -> bool:
+    """Whether progress is plain lines (stdout is not a terminal, or `force_plain`) rather than a live bar."""
+    return (not sys.stdout.isatty()) if force_plain is None else force_plain
+
+
+def live_bar() -> Progress:
+    """A started rich live display (description, bar, `stats` field, elapsed, ETA): the one
+    `harness run` and `harness lr-find` share. Stop it when done, also after an error."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), transient=False,
+    )
+    progress.start()
+    return progress
+
+
 class ConsoleProgress(Callback):
     """A rich progress bar per epoch (loss, accuracy, ETA) on a terminal; plain lines otherwise."""
 
     def __init__(self, label: str, force_plain: bool | None = None) -> None:
         self.label = label
-        self.plain = (not sys.stdout.isatty()) if force_plain is None else force_plain
+        self.plain = plain_output(force_plain)
         self._progress = None
         self._task = None
         self._epoch = 0
@@ -51,20 +73,11 @@ class ConsoleProgress(Callback):
 
     def on_fit_start(self, t: Trainer, state: FitState) -> None:
         self._epochs = t.config.epochs
+        warning = accumulation_warning(t.config, len(t.data.train))
+        if warning and t.dist.is_main:  # one line per variant, not one per process
+            print(f"warning: {self.label}: {warning}", file=sys.stderr, flush=True)
         if not self.plain:
-            from rich.progress import (
-                BarColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), transient=False,
-            )
-            self._progress.start()
+            self._progress = live_bar()
 
     def on_epoch_start(self, t: Trainer, state: FitState, epoch: int) -> None:
         self._epoch = epoch

@@ -366,11 +366,14 @@ def lr_find_cmd(
     """Learning-rate range test: train with an exponentially growing lr until the loss diverges,
     and suggest an lr (one MLflow run with the plot and the curve; the experiment is not changed)."""
     exp, configs = _resolve(name, set_, device)
-    from harness.lr_find import RULE, lr_find
+    from harness.lr_find import RULE, coarse_grid_warning, lr_find
     from harness.tracking import Tracker
     from harness.tune import pick_variant
 
     chosen = pick_variant(exp, variant)
+    warning = coarse_grid_warning(min_lr, max_lr, steps)  # known from the arguments: said before the test runs
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
     try:
         outcome = lr_find(Tracker.open(tracking_uri), exp, chosen, configs[chosen], min_lr, max_lr, steps, data_dir)
     except KeyboardInterrupt:
@@ -485,6 +488,9 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 256,
     device: Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu or cuda.")] = "auto",
     tracking_uri: TrackingOption = None,
+    trust_model: Annotated[bool, typer.Option(
+        help="Also load a model logged in a format that can run code as it loads (MLflow's pickle format, a pyfunc "
+             "python_model); by default only the pt2 models harness logs are loaded. Only for a model you trust.")] = False,
 ) -> None:
     """Classify image files with a logged model: top-k classes and their probabilities (softmax) per image.
 
@@ -500,7 +506,7 @@ def predict(
     try:
         outcome = predicting.predict(Tracker.open(tracking_uri), model, paths, top_k=top_k, batch_size=batch_size,
                                      device=device, log=lambda m: typer.echo(m, err=True),
-                                     progress=predicting.progress_bar)
+                                     progress=predicting.progress_bar, trust_model=trust_model)
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
         raise typer.Exit(130) from None
@@ -545,16 +551,20 @@ def compare(
 @app.command()
 def report(
     name: Annotated[str, typer.Argument(help="Experiment name.")],
-    run: Annotated[Optional[str], typer.Option(help="Parent run id (default: the latest `harness run`; a study's "
-                                                    "parent run gives the study report).")] = None,
-    study: Annotated[bool, typer.Option(help="Report the latest `harness tune` study (trials, Optuna's plots).")] = False,
+    run: Annotated[Optional[str], typer.Option(help="Parent run id, whatever its status (default: the latest "
+                                                    "finished `harness run`; a study's parent run gives the study "
+                                                    "report; `harness runs NAME` lists them).")] = None,
+    study: Annotated[bool, typer.Option(help="Report the latest finished `harness tune` study (trials, Optuna's "
+                                             "plots).")] = False,
     out: Annotated[Optional[Path], typer.Option(help="HTML file to write (default: reports/NAME-run.html, "
                                                      "reports/NAME-study.html or reports/NAME-<run id>.html).")] = None,
     tracking_uri: TrackingOption = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage of the study (default: the one its run "
                                                         "recorded, else sqlite:///optuna.db).")] = None,
 ) -> None:
-    """Write one self-contained HTML report of a run or study (readable without MLflow); also logged to its parent run."""
+    """Write one self-contained HTML report of a run or study (readable without MLflow); also logged to its parent run.
+
+    Without --run: the latest FINISHED run (or study), as `harness predict NAME` picks."""
     from harness.html_report import write_report
     from harness.tracking import Tracker
 

@@ -43,7 +43,10 @@ RESULT_METRICS = {"best_val_acc": "best_val_acc", "best_epoch": "best_epoch", "t
 INT_COLUMNS = ("best_epoch", "epochs_run", "param_count")
 # Averaged over seeds; param_count is the same for every seed of a variant.
 STAT_COLUMNS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "epochs_run", "train_seconds", "wall_seconds",
-                "images_per_second")
+                "elapsed_seconds", "images_per_second")
+# Read off the run's times, not logged: the time it was worked on (data, training, testing, logging;
+# over all its sessions if resumed) and, where that differs, its end - start (idle time included).
+TIME_COLUMNS = ("wall_seconds", "elapsed_seconds")
 CURVE_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
 MAX_PANELS = 12  # figures show the best 12 variants or trials
 TOP_PAIRS = 3  # most-confused class pairs per variant, at the first and at the last epoch
@@ -51,7 +54,8 @@ ARTIFACT_DIR = "compare"  # where the figures go on the parent run
 DIGEST_SHOWN = 8  # hex characters of the data digest in the table
 # Human-readable columns: table column -> header.
 DISPLAY_COLUMNS = {"best_val_acc": "val acc", "best_epoch": "best ep", "test_acc": "test acc", "test_loss": "test loss",
-                   "epochs_run": "epochs", "wall_seconds": "wall s", "images_per_second": "img/s", "param_count": "params"}
+                   "epochs_run": "epochs", "wall_seconds": "wall s", "elapsed_seconds": "elapsed s",
+                   "images_per_second": "img/s", "param_count": "params"}
 
 
 @dataclass
@@ -187,8 +191,7 @@ def runs_frame(children: list[Run], hyperparameters: list[str], extra_metric: st
             value = metrics.get(key, metrics.get(column))
             row[column] = int(value) if column in INT_COLUMNS and value is not None else value
             if column == "train_seconds":  # the run's whole life (data, testing, logging) beside its training time
-                ended = run.info.end_time
-                row["wall_seconds"] = (ended - run.info.start_time) / 1000 if ended and run.info.start_time else None
+                row.update(_run_seconds(run))
         row["status"] = run.info.status
         if tracking.TRIAL_STATE_TAG in tags:
             row["trial_state"] = tags[tracking.TRIAL_STATE_TAG]
@@ -198,6 +201,16 @@ def runs_frame(children: list[Run], hyperparameters: list[str], extra_metric: st
     for column in INT_COLUMNS:
         frame[column] = frame[column].astype("Int64")  # integers that may be missing
     return frame
+
+
+def _run_seconds(run: Run) -> dict[str, float | None]:
+    """`wall_seconds` (end - start less the idle time between sessions of a resumed run) and
+    `elapsed_seconds` (end - start). None while it runs: a resumed run's end is then its last session's."""
+    ended, started = run.info.end_time, run.info.start_time
+    if not (ended and started) or run.info.status == "RUNNING":
+        return {"wall_seconds": None, "elapsed_seconds": None}
+    elapsed = (ended - started) / 1000
+    return {"wall_seconds": elapsed - run.data.metrics.get(tracking.PAUSED_METRIC, 0.0), "elapsed_seconds": elapsed}
 
 
 def load_comparison(tracker: Tracker, experiment: str, run_id: str | None = None, study: bool = False,
@@ -212,14 +225,17 @@ def load_comparison(tracker: Tracker, experiment: str, run_id: str | None = None
                            "wait for it to start training, or pick another with --run (see `harness runs`).")
     logged = {key for run in children for key in run.data.metrics}
     shown, varying = hyperparameter_columns([dict(r.data.params) for r in children])
-    runs = runs_frame(children, shown, None if metric in (*RESULT_METRICS, "wall_seconds") else metric)
-    available = {c for c in (*RESULT_METRICS, "wall_seconds") if runs[c].notna().any()} | logged
+    runs = runs_frame(children, shown, None if metric in (*RESULT_METRICS, *TIME_COLUMNS) else metric)
+    available = {c for c in (*RESULT_METRICS, *TIME_COLUMNS) if runs[c].notna().any()} | logged
     # The default metric is always accepted: a run whose variants all failed early has none yet,
     # and its table (statuses, reasons) is still worth showing.
     if metric not in available and metric != DEFAULT_METRIC:
         raise HarnessError(unknown_name_message("metric", metric, available))
     # Results nobody logged (a study's trials are never tested) are left out rather than shown empty.
-    runs = runs.drop(columns=[c for c in (*RESULT_METRICS, "wall_seconds") if c != metric and runs[c].isna().all()])
+    runs = runs.drop(columns=[c for c in (*RESULT_METRICS, *TIME_COLUMNS) if c != metric and runs[c].isna().all()])
+    # Elapsed time is shown only where some run was resumed: elsewhere it is the wall time again.
+    if "elapsed_seconds" in runs and metric != "elapsed_seconds" and runs["elapsed_seconds"].equals(runs.get("wall_seconds")):
+        runs = runs.drop(columns="elapsed_seconds")
     # A study's trials are compared as trials; its retrained best (or a run's variants) as variants.
     kind = "study" if any(r.data.tags.get(tracking.KIND_TAG) == "trial" for r in children) else "run"
     recorded_plan = {"repeat", "seeds"} & set(parent.data.params)

@@ -12,6 +12,7 @@ them, so it stays a leaf that every other module can import without PyTorch or c
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 import types
@@ -155,6 +156,7 @@ def _check_values(c: TrainConfig) -> None:
     _number("gamma", c.gamma, 0 < c.gamma <= 1, "in (0, 1]")
     _require(all(1 <= m <= MAX_EPOCHS for m in c.milestones),
              f"milestones must be epochs from 1 to {MAX_EPOCHS:,} (got {c.milestones}).")
+    _check_schedule(c)
     _integer("seed", c.seed, 0, SEED_LIMIT - 1)
     _integer("image_size", c.image_size, 1, MAX_IMAGE_SIZE, f"from 1 to {MAX_IMAGE_SIZE} pixels or none")
     _number("val_fraction", c.val_fraction, 0 <= c.val_fraction < 1, "in [0, 1)")
@@ -186,6 +188,33 @@ def _check_values(c: TrainConfig) -> None:
     if c.dataset == "image_folder":
         _require(bool(c.data_path), "dataset image_folder needs data_path (e.g. --set data_path=data/catdog).")
     _require(not c.freeze_backbone or c.pretrained, "freeze_backbone=true needs pretrained=true.")
+
+
+def _check_schedule(c: TrainConfig) -> None:
+    """How warmup, epochs and milestones fit together (see `harness.optim.build_scheduler`), checked
+    only for the fields `c.scheduler` reads: step_size's default 10 never refuses a 3-epoch run.
+
+    A step_size or milestone past the last epoch is allowed: it never fires, as when a run is
+    shortened with --set epochs=N, and it fails nothing.
+    """
+    w, e = c.warmup_epochs, c.epochs
+    if c.scheduler == "none":
+        # The warmup is the whole schedule: it may fill the run, but a longer one is cut off partway.
+        _require(w <= e, f"warmup_epochs must be at most epochs, or the run ends partway through the warmup (got "
+                         f"warmup_epochs={w}, epochs={e}); lower warmup_epochs or raise epochs.")
+    else:
+        # The schedule starts after the warmup, so it needs an epoch of its own (without one, onecycle
+        # fails in torch: pct_start 1 divides by zero, above 1 is refused; the others never run).
+        _require(w < e, f"warmup_epochs must be less than epochs with scheduler={c.scheduler}, which needs an epoch "
+                        f"after the warmup (got warmup_epochs={w}, epochs={e}); lower warmup_epochs or raise epochs.")
+    if c.scheduler == "multistep" and c.milestones:
+        ms = c.milestones
+        # torch counts a repeated milestone twice (lr *= gamma**2) and ignores the order: both are typos.
+        _require(all(a < b for a, b in itertools.pairwise(ms)), f"milestones must be strictly increasing epochs (got "
+                 f"{','.join(map(str, ms))}), e.g. milestones={','.join(map(str, sorted(set(ms))))}.")
+        # optim moves a milestone inside the warmup to the epoch after it (the warmup ends at lr).
+        _require(ms[0] > w, f"milestones must be epochs after warmup_epochs={w} with scheduler=multistep (got "
+                            f"{','.join(map(str, ms))}); drop the earlier ones or lower warmup_epochs.")
 
 
 def flatten(config: TrainConfig) -> dict[str, str]:

@@ -3,8 +3,8 @@
 Each file `experiments/<name>.py` defines a module-level `experiment = Experiment(...)`.
 The folder is `HARNESS_EXPERIMENTS_DIR`, else `./experiments`, else the one shipped beside
 the harness package. Names are plain identifiers, so a name can never reach outside that folder.
-A file that fails to import (any exception, `sys.exit`, a `raise KeyboardInterrupt`) is reported
-as one HarnessError naming the file, the line and the error.
+A file that fails to import (any exception, `sys.exit`, `os._exit`, a `raise KeyboardInterrupt`) is
+reported as one HarnessError naming the file, the line and the error.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from harness.config import Overrides, TrainConfig, field_names
 from harness.errors import HarnessError, first_line
@@ -110,9 +111,11 @@ def load_experiment(name: str, folder: Path | None = None) -> Experiment:
     spec = importlib.util.spec_from_file_location(f"harness_experiments.{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    with _noting_ctrl_c() as ctrl_c:
+    with _noting_ctrl_c() as ctrl_c, _refusing_os_exit():
         try:
             spec.loader.exec_module(module)
+        except _OsExitCalled as exc:  # os._exit would end the process at once, output unflushed
+            raise HarnessError(_import_failure(shown, path, f"calls os._exit({exc.code!r}) at import")) from None
         except KeyboardInterrupt:
             if ctrl_c:  # a real Ctrl-C (SIGINT) while importing: the user wants to stop
                 raise
@@ -170,6 +173,34 @@ def _syntax_failure(shown: str, path: Path, exc: SyntaxError) -> str:
     # A syntax error in a module the file imports: name that module too.
     where = f" ({exc.filename} line {exc.lineno})" if exc.filename else ""
     return _import_failure(shown, path, message + where)
+
+
+class _OsExitCalled(BaseException):
+    """Raised in place of `os._exit(code)` while an experiment file is imported (a BaseException, so
+    that a file's own `except Exception` does not swallow it)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@contextmanager
+def _refusing_os_exit() -> Iterator[None]:
+    """While importing a file, make `os._exit` raise `_OsExitCalled` instead of ending the process, then
+    restore it. Only in this process and thread: a forked child or another thread exits as asked."""
+    real_exit = os._exit
+    pid, thread = os.getpid(), threading.get_ident()
+
+    def refused_exit(code: int) -> NoReturn:
+        if os.getpid() != pid or threading.get_ident() != thread:
+            real_exit(code)
+        raise _OsExitCalled(code)
+
+    os._exit = refused_exit
+    try:
+        yield
+    finally:
+        os._exit = real_exit
 
 
 @contextmanager

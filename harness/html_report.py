@@ -120,20 +120,26 @@ def check_out(out: Path) -> None:
 
 def write_report(tracker: Tracker, experiment: str, run_id: str | None = None, study: bool = False,
                  out: Path | None = None, storage: str | None = None) -> ReportOutcome:
-    """`harness report`: build the page of a parent run (`run_id`, else the latest `harness run`,
-    or the latest `harness tune` study with `study`), write it to `out` and log it to the parent
-    run as `report/report.html`. Bad names, ids, storages and an unwritable `out` are one
-    HarnessError each, raised before anything is written."""
+    """`harness report`: build the page of a parent run (`run_id`, whatever its status, else the
+    latest finished `harness run`, or the latest finished `harness tune` study with `study`), write
+    it to `out` and log it to the parent run as `report/report.html`. Bad names, ids, storages, an
+    unwritable `out` and no finished run to default to are one HarnessError each, raised before
+    anything is written."""
     check_name(experiment)
     out = out or default_out(experiment, run_id, study)
     check_out(out)
+    notes: list[str] = []
+    if run_id is None:
+        picked, notes = latest_finished(tracker, experiment, study)
+        if picked is not None:  # an id selects it whatever its kind, so `study` is not passed on
+            run_id, study = picked, False
     experiment_id, parent = compare.select_parent(tracker, experiment, run_id, study)
     comparison = compare.load_comparison(tracker, experiment, run_id=parent.info.run_id)
     loaded_study = _load_study(parent, storage) if _is_study(parent) else None  # a bad storage fails before drawing
     runs = {r.info.run_id: r for r in tracker.children(experiment_id, parent.info.run_id)}
     children = {i: runs[i] for i in comparison.runs["run_id"] if i in runs}
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = Context(tracker, comparison, parent, children, Path(tmp), loaded_study)
+        ctx = Context(tracker, comparison, parent, children, Path(tmp), loaded_study, notes)
         page = render_page(ctx, build_sections(ctx))
     data = page.encode("utf-8")
     try:
@@ -145,6 +151,28 @@ def write_report(tracker: Tracker, experiment: str, run_id: str | None = None, s
     tracker.log_bytes(parent.info.run_id, data, ARTIFACT)
     return ReportOutcome(out, parent.info.run_id, parent.data.tags.get(tracking.KIND_TAG, "run"), len(data),
                          notes=ctx.notes)
+
+
+def latest_finished(tracker: Tracker, experiment: str, study: bool = False) -> tuple[str | None, list[str]]:
+    """(id, notes) of the latest FINISHED parent run of the kind asked (`harness run`, or `harness
+    tune` with `study`), the rule `harness predict NAME` follows too; the note names a newer
+    unfinished one skipped. None when the experiment has no such run at all (`compare.select_parent`
+    then says so); a HarnessError when it has only unfinished ones."""
+    experiment_id = tracker.find_experiment(experiment)
+    kind = "study" if study else "run"
+    latest = tracker.latest_parent_run(experiment_id, kind=kind) if experiment_id is not None else None
+    if latest is None:
+        return None, []
+    if latest.info.status == "FINISHED":
+        return latest.info.run_id, []
+    command = f"harness {'tune' if study else 'run'}"
+    newest = f"the newest, {latest.info.run_id}, is {latest.info.status}"
+    finished = tracker.latest_parent_run(experiment_id, kind=kind, finished_only=True)
+    if finished is None:
+        raise HarnessError(f"Experiment '{experiment}' has no finished `{command}` yet ({newest}); report an "
+                           f"unfinished one by id with --run RUN_ID (`harness runs {experiment}` lists them).")
+    return finished.info.run_id, [f"reporting run {finished.info.run_id}, the latest finished `{command}` ({newest}; "
+                                  f"--run {latest.info.run_id} reports it)."]
 
 
 def build_sections(ctx: Context) -> list[Section]:

@@ -32,8 +32,9 @@ from harness.data import Data, data_key, load_data
 from harness.data.transforms import Preprocess
 from harness.distributed import SINGLE, Dist, GroupFailure, is_shared
 from harness.errors import HarnessError, Terminated, first_line
+from harness.interrupts import stop_signals_as_interrupt
 from harness.process_clock import seconds_since_process_start
-from harness.tracking import DATA_DIGEST_TAG, Tracker, TrackingError, now_ms
+from harness.tracking import DATA_DIGEST_TAG, PAUSED_METRIC, Tracker, TrackingError, now_ms
 from harness.uris import redact_text
 from harness.train import Callback, FitState, NonFiniteLossError, Trainer, build_trainer, evaluate, fit, param_count
 
@@ -141,6 +142,7 @@ def train_variant(
     label = label or variant
     tracker = ctx.tracker
     if resume:
+        log_pause(tracker, run_id, checkpoint_root() / run_id)
         tracker.reopen_run(run_id)
     state = FitState()
     main = ctx.dist.is_main
@@ -177,8 +179,7 @@ def train_variant(
         if state.stop_reason:
             tracker.set_tags(run_id, {STOP_TAG: state.stop_reason})
     except KeyboardInterrupt as exc:
-        how = exc.signal if isinstance(exc, Terminated) else "Ctrl-C"
-        close_run(tracker, run_id, "KILLED", f"interrupted ({how}); resume with --resume")
+        close_run(tracker, run_id, "KILLED", f"interrupted ({_how(exc)}); resume with --resume")
         raise
     except TrackingError as exc:
         if not exc.unreachable:
@@ -244,11 +245,13 @@ def ended_on_error(tracker: Tracker, run_id: str, resume_hint: str | None = None
     for Ctrl-C / SIGTERM, FAILED with a one-line reason (`secret`'s password hidden) otherwise.
     A store that does not answer cannot be told: the error then ends with `resume_hint`, the
     command that completes the record later. If the failure cannot be recorded (the store is on
-    a full disk too), the error says so."""
+    a full disk too), the error says so. SIGTERM and SIGHUP count as Ctrl-C inside the block
+    (`harness.interrupts`), and the reason names the signal."""
     try:
-        yield
-    except KeyboardInterrupt:
-        close_run(tracker, run_id, "KILLED", "interrupted")
+        with stop_signals_as_interrupt():
+            yield
+    except KeyboardInterrupt as exc:
+        close_run(tracker, run_id, "KILLED", f"interrupted ({_how(exc)})")
         raise
     except TrackingError as exc:
         if exc.unreachable:
@@ -262,6 +265,11 @@ def ended_on_error(tracker: Tracker, run_id: str, resume_hint: str | None = None
         reason = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {first_line(exc)}"
         close_run(tracker, run_id, "FAILED", redact_text(reason, secret) if secret else reason)
         raise
+
+
+def _how(exc: KeyboardInterrupt) -> str:
+    """What interrupted: the signal's name, or Ctrl-C."""
+    return exc.signal if isinstance(exc, Terminated) else "Ctrl-C"
 
 
 def _failed(ctx: RunContext, run_id: str, variant: str, config: TrainConfig, label: str, state: FitState,
@@ -291,6 +299,21 @@ def check_resumable(tracker: Tracker, run: Any, variant: str) -> None:
         raise HarnessError(f"Cannot resume variant '{variant}' (run {run.info.run_id}): its checkpoint {last} is "
                            "missing but MLflow has epochs of it; put the file back (or point HARNESS_CHECKPOINT_DIR "
                            "at its folder), or start a new run without --resume.")
+
+
+def log_pause(tracker: Tracker, run_id: str, ckpt_dir: Path) -> None:
+    """Add the time interrupted run `run_id` has been idle to its `PAUSED_METRIC`: from its last
+    sign of life (its end, or its latest checkpoint when the process died without ending it or
+    its end is a previous session's) to now. Rank 0 alone (elsewhere the run reads as None)."""
+    run = tracker.find_run(run_id)
+    if run is None:
+        return
+    last = ckpt_dir / checkpoint.LAST
+    alive = max(run.info.end_time or 0, int(last.stat().st_mtime * 1000) if last.is_file() else 0)
+    if not alive:  # never ended, nothing checkpointed: no idle time is known
+        return
+    paused = run.data.metrics.get(PAUSED_METRIC, 0.0) + max(0.0, (now_ms() - alive) / 1000)
+    tracker.log_metrics(run_id, {PAUSED_METRIC: paused})
 
 
 def _restore(ctx: RunContext, run_id: str, t: Trainer, ckpt_dir: Path, variant: str, label: str) -> FitState | None:

@@ -5,12 +5,14 @@ step from `min_lr` to `max_lr`, and stop once the smoothed training loss diverge
 minimum, or not finite). The suggestion is the lr of the steepest descent of the smoothed loss
 against log(lr), before its minimum. It runs through the one train loop (`fit`, with a
 per-step callback) and is recorded as one MLflow run of kind `lr_find` with the curve as CSV and
-the plot; the experiment file is never changed.
+the plot; the experiment file is never changed. Progress shows as a live bar of steps on a
+terminal, plain lines otherwise; a grid too coarse to trust is warned about before it runs.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import numpy as np
 from torch import Tensor
 
 from harness import tracking
+from harness.callbacks import live_bar, plain_output
 from harness.config import TrainConfig
 from harness.data import load_data
 from harness.errors import HarnessError
@@ -29,6 +32,14 @@ from harness.train import Callback, FitState, Trainer, build_trainer, fit
 SMOOTHING = 0.9  # exponential smoothing of the loss (a ~10-step window), bias-corrected
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
 RULE = "steepest descent of the smoothed loss against log(lr), before its minimum"
+# The smoothed loss averages over ~10 steps (SMOOTHING 0.9: a mean lag of 9 steps). With fewer
+# steps than that per decade of lr, that window spans more than 10x in lr, so the steepest
+# descent (the suggestion) can land a decade or more off. The default (1e-5 to 10 in 100 steps)
+# has 16.7 per decade.
+MIN_STEPS_PER_DECADE = 10
+WARNING_TAG = "harness.lr_find.warning"
+PROGRESS_LINES = 10  # plain progress: a line every tenth of --steps ...
+PROGRESS_SECONDS = 10.0  # ... and at least this often when steps are slow, so it never looks hung
 
 
 class RangeTestDone(Exception):
@@ -73,6 +84,67 @@ class RangeTest(Callback):
         self._set_lr(t, self.min_lr * (self.max_lr / self.min_lr) ** ((i + 1) / max(self.steps - 1, 1)))
 
 
+class RangeTestProgress(Callback):
+    """The range test's progress by step (lr, smoothed loss): the live bar `harness run` uses on a
+    terminal; plain lines otherwise, every tenth of the steps and at least every PROGRESS_SECONDS."""
+
+    def __init__(self, label: str, test: RangeTest, force_plain: bool | None = None) -> None:
+        self.label, self.test = label, test
+        self.plain = plain_output(force_plain)
+        self._every = max(1, test.steps // PROGRESS_LINES)
+        self._progress = None
+        self._task = None
+        self._last_line = time.monotonic()
+        self._shown = 0  # the step of the last plain line
+
+    def _stats(self) -> str:
+        return f"lr {self.test.lrs[-1]:.1e}, smoothed loss {self.test.smoothed[-1]:.3g}"
+
+    def _show(self) -> None:
+        step = len(self.test.lrs)
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=step, stats=self._stats())
+        elif step and step != self._shown:
+            print(f"{self.label}: step {step}/{self.test.steps}, {self._stats()}", flush=True)
+            self._shown, self._last_line = step, time.monotonic()
+
+    def on_fit_start(self, t: Trainer, state: FitState) -> None:
+        self._last_line = time.monotonic()
+        if not self.plain:
+            self._progress = live_bar()
+            self._task = self._progress.add_task(self.label, total=self.test.steps, stats="")
+
+    def on_step_end(self, t: Trainer, loss: Tensor) -> None:
+        # Reads the RangeTest's numbers (it runs first): no second device sync.
+        step = len(self.test.lrs)
+        if not self.plain or step % self._every == 0 or time.monotonic() - self._last_line >= PROGRESS_SECONDS:
+            self._show()
+
+    def on_fit_end(self, t: Trainer, state: FitState, error: BaseException | None) -> None:
+        # The RangeTest ends the fit from its own on_step_end: the last step is shown here.
+        if error is None or isinstance(error, RangeTestDone):
+            self._show()
+        if self._progress is not None:  # also after an error, so the terminal is left clean
+            self._progress.stop()
+            self._progress = None
+
+
+def coarse_grid_warning(min_lr: float, max_lr: float, steps: int) -> str | None:
+    """Why a grid of `steps` lrs from `min_lr` to `max_lr` is too coarse to trust (fewer than
+    MIN_STEPS_PER_DECADE steps per decade), or None. Known from the arguments alone, so a caller
+    can show it before the test runs; None for arguments `lr_find` refuses."""
+    if not (0 < min_lr < max_lr and math.isfinite(max_lr)) or steps < 1:
+        return None
+    decades = math.log10(max_lr / min_lr)
+    per_decade = steps / decades
+    if per_decade >= MIN_STEPS_PER_DECADE:
+        return None
+    return (f"--steps {steps} over {decades:.3g} decades of lr ({min_lr:g} to {max_lr:g}) is {per_decade:.2g} steps "
+            f"per decade, fewer than {MIN_STEPS_PER_DECADE}: the smoothed loss averages ~10 steps, so the suggestion "
+            f"may be off by 10x or more; use --steps {math.ceil(MIN_STEPS_PER_DECADE * decades)} or more "
+            f"(or a narrower --min-lr/--max-lr).")
+
+
 def suggest_lr(lrs: list[float], smoothed: list[float]) -> float | None:
     """The lr at the steepest descent of `smoothed` against log(lr), among the steps before the
     smoothed loss's minimum (None with fewer than 3 such steps)."""
@@ -88,17 +160,20 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> float | None:
 
 @dataclass
 class LrFindOutcome:
-    """The curve, the suggestion, why the test stopped, and its MLflow run."""
+    """The curve, the suggestion, why the test stopped, and its MLflow run; `warning`: why the lr
+    grid is too coarse to trust (`coarse_grid_warning`), also tagged on the run, or None."""
 
     run_id: str
     suggestion: float | None
     stop_reason: str
     test: RangeTest
+    warning: str | None = None
 
 
 def lr_find(tracker: Tracker, exp: Experiment, variant: str, config: TrainConfig, min_lr: float, max_lr: float,
             steps: int, data_dir: Path | None = None) -> LrFindOutcome:
-    """Run the range test for `config` (the variant's, with --set applied) as one MLflow run."""
+    """Run the range test for `config` (the variant's, with --set applied) as one MLflow run,
+    showing its progress on stdout (a live bar on a terminal, plain lines otherwise)."""
     if not (0 < min_lr < max_lr and math.isfinite(max_lr)):
         raise HarnessError(f"--min-lr and --max-lr must satisfy 0 < min-lr < max-lr (got {min_lr:g} and {max_lr:g}).")
     if steps < 5:
@@ -112,6 +187,9 @@ def lr_find(tracker: Tracker, exp: Experiment, variant: str, config: TrainConfig
     experiment_id = tracker.ensure_experiment(exp.name, exp.description)
     tags = {tracking.KIND_TAG: "lr_find", tracking.VARIANT_TAG: variant,
             **tracking.environment_tags(config.device, exp.source_file)}
+    warning = coarse_grid_warning(min_lr, max_lr, steps)
+    if warning:
+        tags[WARNING_TAG] = warning
     run_id = tracker.start_run(experiment_id, f"lr-find-{variant}", tags)
     test = RangeTest(min_lr, max_lr, steps)
     with ended_on_error(tracker, run_id):
@@ -119,14 +197,14 @@ def lr_find(tracker: Tracker, exp: Experiment, variant: str, config: TrainConfig
         tracker.log_params(run_id, {"lr_find.min_lr": str(min_lr), "lr_find.max_lr": str(max_lr),
                                     "lr_find.steps": str(steps), "lr_find.rule": RULE})
         try:
-            fit(build_trainer(config, data), [test])
+            fit(build_trainer(config, data), [test, RangeTestProgress(f"lr-find {variant}", test)])
             test.stop_reason = test.stop_reason or "the data ran out"
         except RangeTestDone:
             pass
         suggestion = suggest_lr(test.lrs, test.smoothed)
         _log(tracker, run_id, variant, test, suggestion)
     tracker.end_run(run_id, "FINISHED")
-    return LrFindOutcome(run_id, suggestion, test.stop_reason, test)
+    return LrFindOutcome(run_id, suggestion, test.stop_reason, test, warning)
 
 
 def _log(tracker: Tracker, run_id: str, variant: str, test: RangeTest, suggestion: float | None) -> None:

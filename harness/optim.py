@@ -63,11 +63,22 @@ SCHEDULERS.add(
 )
 SCHEDULERS.add("cosine", lambda opt, c, epochs, steps: _torch().optim.lr_scheduler.CosineAnnealingLR(
     opt, T_max=max(epochs, 1), eta_min=min(c.min_lr, c.lr)))
-# One-cycle (Smith & Topin): stepped after every optimizer step, not every epoch (`PER_STEP`). Its
-# rising phase is the warmup: warmup_epochs of the epochs when given, else 30% (PyTorch's default).
-SCHEDULERS.add("onecycle", lambda opt, c, epochs, steps: _torch().optim.lr_scheduler.OneCycleLR(
-    opt, max_lr=c.lr, total_steps=max(c.epochs * steps, 2),
-    pct_start=c.warmup_epochs / c.epochs if c.warmup_epochs else 0.3))
+
+
+def _one_cycle(opt: Optimizer, c: TrainConfig, epochs: int, steps: int) -> LRScheduler:
+    """One-cycle (Smith & Topin): stepped after every optimizer step, not every epoch (`PER_STEP`).
+    Its rising phase is the warmup (the last warmup step trains at the peak, `lr`): warmup_epochs
+    of the epochs when given, else 30% (PyTorch's default)."""
+    total = max(c.epochs * steps, 2)
+    pct_start = c.warmup_epochs / c.epochs if c.warmup_epochs else 0.3
+    if c.warmup_epochs * steps == 1:
+        # torch's rise ends at step pct_start * total - 1, so a one-step warmup would rise over 0 steps
+        # and divide by zero: end it just before step 0, which then trains at the peak as it should.
+        pct_start = (1 - 1e-6) / total
+    return _torch().optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=total, pct_start=pct_start)
+
+
+SCHEDULERS.add("onecycle", _one_cycle)
 PER_STEP = ("onecycle",)
 SCHEDULERS.add("exponential", lambda opt, c, epochs, steps: _torch().optim.lr_scheduler.ExponentialLR(
     opt, gamma=c.gamma))

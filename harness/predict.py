@@ -7,6 +7,8 @@ of its latest finished `harness run`. The model says what it takes in its metada
 model takes raw float images in [0, 1] at the dataset's native size and channel count and does its
 own normalisation, so each file is read with PIL, converted to grayscale ('L') or 'RGB', resized
 to that size (bilinear, aspect ratio not kept: as `image_folder` trains) and scaled to [0, 1].
+An image over MAX_DECODE_PIXELS is decoded reduced if it is a JPEG (libjpeg's 1/2 to 1/8 scale,
+`Image.draft`) and otherwise listed as unreadable from its header alone, before its pixels are read.
 
 Speed: the next batch is decoded while the model runs on the current one (PIL and PyTorch release
 the GIL in their C code). The first images are decoded one by one and timed: slow ones (photos)
@@ -19,10 +21,12 @@ decoding while decoding is what it waits for (`ThreadTuner`). `harness bench` me
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +55,9 @@ PROBE_IMAGES = 8  # decoded first, one by one, to time them
 THREADED_DECODE_SECONDS = 250e-6  # per image: above it, decoding threads pay (see `decode_workers`)
 PROGRESS_MIN_IMAGES = 1000  # fewer take seconds at most: no bar
 DECIMALS = 6  # probabilities as printed (csv, json)
+# Pillow's default Image.MAX_IMAGE_PIXELS (a 1 GiB RGBA image / 3): at most this many pixels are decoded.
+MAX_DECODE_PIXELS = 89_478_485
+SYMLINK_LOOP = "symlink loop (it points at itself or a cycle)"
 
 
 @dataclass(frozen=True)
@@ -118,18 +125,22 @@ def check_options(fmt: str, top_k: int, batch_size: int, device: str) -> None:
 def find_images(paths: Sequence[Path]) -> tuple[list[Path], list[Unreadable]]:
     """The image files among `paths` (folders searched recursively for IMAGE_SUFFIXES, any case;
     a file named directly is taken whatever its extension), each once, in the order given (a
-    folder's files sorted); and the paths that do not exist."""
+    folder's files sorted); and the paths that lead to no file (missing, a symlink loop or a
+    broken symlink, named directly or met in a folder), each with why."""
     files: list[Path] = []
     missing: list[Unreadable] = []
     seen: set[str] = set()
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found, broken = search_folder(path)
         elif path.is_file():
-            found = [path]
+            found, broken = [path], []
         else:
-            missing.append(Unreadable(str(path), "no such file or folder"))
-            continue
+            found, broken = [], [Unreadable(str(path), _why_not_there(path))]
+        for bad in broken:
+            if (key := f"missing:{os.path.abspath(bad.path)}") not in seen:  # once, as files are
+                seen.add(key)
+                missing.append(bad)
         for p in found:
             key = os.path.abspath(p)  # no syscall per file: folders can hold many
             if key not in seen:
@@ -138,16 +149,60 @@ def find_images(paths: Sequence[Path]) -> tuple[list[Path], list[Unreadable]]:
     return files, missing
 
 
+def search_folder(folder: Path) -> tuple[list[Path], list[Unreadable]]:
+    """The files with an IMAGE_SUFFIXES name under `folder`, sorted, symlinked folders not followed
+    (as `Path.rglob`, so a cycle of folder links cannot recurse forever); and the symlinks in it that
+    lead nowhere (loops, broken ones) and sub-folders that cannot be listed. `os.scandir` says which
+    entries are folders or links without a syscall per file; only links are stat-ed."""
+    found: list[Path] = []
+    broken: list[Unreadable] = []
+    pending = [os.fspath(folder)]
+    while pending:
+        here = pending.pop()
+        try:
+            with os.scandir(here) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            broken.append(Unreadable(str(Path(here)), f"folder cannot be listed ({exc.strerror})"))
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+            elif entry.is_symlink() and not os.path.exists(entry.path):  # any name: it may have stood for a folder
+                broken.append(Unreadable(str(Path(entry.path)), _why_not_there(Path(entry.path))))
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file():
+                found.append(Path(entry.path))
+    return sorted(found), sorted(broken, key=lambda b: b.path)
+
+
+def _why_not_there(path: Path) -> str:
+    """Why `path` (neither a file nor a folder) cannot be read, in words."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return SYMLINK_LOOP
+        if os.path.islink(path):
+            return f"broken symlink (its target {os.readlink(path)} does not exist)"
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return f"cannot be read ({exc.strerror})"
+        return "no such file or folder"
+    return "not a file or folder (a device, pipe or socket)"
+
+
 def no_images_message(paths: Sequence[Path], missing: Sequence[Unreadable] = ()) -> str:
-    """One line for paths that hold no image file (some of them, `missing`, not even there)."""
+    """One line for paths that hold no image file (some of them, `missing`, not there or broken, with why)."""
     def shown(names: Sequence[str]) -> str:
         return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
 
     absent = {m.path for m in missing}
     present = [str(p) for p in paths if str(p) not in absent]
     where = f"No image files ({' '.join(IMAGE_SUFFIXES)}) found in {shown(present)}" if present else "Nothing to read"
-    gone = f" ({shown(sorted(absent))}: no such file or folder)" if absent else ""
-    return f"{where}{gone}; give image files or folders holding them (searched recursively)."
+    by_reason: dict[str, list[str]] = {}
+    for m in missing:
+        by_reason.setdefault(m.reason, []).append(m.path)
+    gone = "; ".join(f"{shown(sorted(set(names)))}: {reason}" for reason, names in by_reason.items())
+    return f"{where}{f' ({gone})' if gone else ''}; give image files or folders holding them (searched recursively)."
 
 
 # ----------------------------------------------------------------- which model
@@ -252,13 +307,14 @@ def _choice(uri: str, info: dict[str, Any], picked: str | None) -> ModelChoice:
     return ModelChoice(uri, tuple(str(c) for c in meta["classes"]), channels, int(meta["image_size"]), picked)
 
 
-def load_module(tracker: Tracker, uri: str, device: torch.device) -> torch.nn.Module:
-    """The logged PyTorch module on `device` (it takes [0, 1] float images, returns logits).
+def load_module(tracker: Tracker, uri: str, device: torch.device, trust: bool = False) -> torch.nn.Module:
+    """The logged PyTorch module on `device` (it takes [0, 1] float images, returns logits); a
+    model in any format but the one harness logs is refused unless `trust` (`harness.model_format`).
 
     Loaded onto the CPU (`Tracker.load_model`: MLflow's pyfunc loader would also check the
     model's requirements, about 1.3 s, and put it on a visible GPU, where it refuses to move a
     torch.export program); moving its weights ourselves works for the harness's models."""
-    module = tracker.load_model(uri)
+    module = tracker.load_model(uri, trust=trust)
     if device.type != "cpu":
         try:
             module = module.to(device)
@@ -284,12 +340,69 @@ def pick_device(name: str) -> torch.device:
 # ----------------------------------------------------------------- decoding
 
 
-def decode(path: Path | str, channels: int, size: int) -> np.ndarray:
-    """One file as the model's raw input, uint8 (channels, size, size): read with PIL, converted
-    to grayscale or RGB, resized bilinearly to size x size. Raises what PIL raises."""
+class TooLarge(ValueError):
+    """An image with more pixels than `decode` decodes (MAX_DECODE_PIXELS), even reduced."""
+
+
+class _PillowCheckOff:
+    """Pillow's decompression-bomb check off while any thread is inside: it is one module setting
+    (Image.MAX_IMAGE_PIXELS), so the first thread in saves it and the last one out restores it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.saved: int | None = None
+        self.image: Any = None  # PIL.Image, imported on first use (not when this module is)
+
+    def __enter__(self) -> None:
+        if self.image is None:
+            from PIL import Image
+
+            self.image = Image
+        with self.lock:
+            if self.inside == 0:
+                self.saved, self.image.MAX_IMAGE_PIXELS = self.image.MAX_IMAGE_PIXELS, None
+            self.inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.inside -= 1
+            if self.inside == 0:
+                self.image.MAX_IMAGE_PIXELS = self.saved
+
+
+_PILLOW_CHECK_OFF = _PillowCheckOff()
+
+
+def _open_header(path: Path | str) -> Any:
+    """`Image.open` (it reads only the header) without Pillow's decompression-bomb check, which from
+    the header's size alone prints a DecompressionBombWarning (with a file:line) or raises, before
+    `Image.draft` could shrink a JPEG: `decode` checks the pixels it will decode instead."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    with _PILLOW_CHECK_OFF:
+        return Image.open(path)
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f} MP"
+
+
+def decode(path: Path | str, channels: int, size: int) -> np.ndarray:
+    """One file as the model's raw input, uint8 (channels, size, size): read with PIL, converted
+    to grayscale or RGB, resized bilinearly to size x size. An image over MAX_DECODE_PIXELS is
+    decoded reduced if PIL can (a JPEG, at 1/2 to 1/8 scale and still at least size x size),
+    else it raises TooLarge before its pixels are read. Raises what PIL raises."""
+    from PIL import Image
+
+    with _open_header(path) as img:
+        width, height = img.size
+        if width * height > MAX_DECODE_PIXELS:
+            img.draft(MODES[channels], (size, size))  # a no-op for formats other than JPEG
+            if img.size[0] * img.size[1] > MAX_DECODE_PIXELS:
+                scale = f" even at 1/{round(width / img.size[0])} scale" if img.size != (width, height) else ""
+                raise TooLarge(f"{width}x{height} pixels ({_megapixels(width * height)}) is over the "
+                               f"{_megapixels(MAX_DECODE_PIXELS)} decoding limit{scale}; resize it first")
         if img.mode != MODES[channels]:
             img = img.convert(MODES[channels])
         if img.size != (size, size):
@@ -312,6 +425,9 @@ def decode_many(paths: Sequence[Path], channels: int, size: int) -> Decoded:
     for path in paths:
         try:
             images[len(kept)] = decode(path, channels, size)
+        except TooLarge as exc:  # already a sentence
+            failed.append(Unreadable(str(path), str(exc)))
+            continue
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
             failed.append(Unreadable(str(path), f"{type(exc).__name__}: {first_line(exc, 120)}"))
             continue
@@ -512,12 +628,13 @@ def predict_files(module: torch.nn.Module, model: ModelChoice, files: Sequence[P
 def predict(tracker: Tracker, model: str, paths: Sequence[Path], top_k: int = 3, batch_size: int = 256,
             device: str = "auto", log: Callable[[str], None] = lambda _: None,
             progress: Callable[[int], AbstractContextManager[Callable[[int], None] | None]] | None = None,
-            ) -> PredictOutcome:
+            trust_model: bool = False) -> PredictOutcome:
     """`harness predict`: classify the images under `paths` with `model` (see the module docstring).
 
     Which run an experiment name picked and every unreadable file (with why) go to `log`; no
     image found, or none readable, is a HarnessError. `progress(total)` may give a context whose
-    value is called with the number of files done after each batch."""
+    value is called with the number of files done after each batch. `trust_model` loads a model
+    logged in a format that can run code as it loads (pickle, pyfunc): only for a trusted author."""
     check_options("table", top_k, batch_size, device)
     files, missing = find_images(paths)
     if not files:
@@ -526,7 +643,7 @@ def predict(tracker: Tracker, model: str, paths: Sequence[Path], top_k: int = 3,
     choice = resolve_model(tracker, model)
     if choice.picked:
         log(choice.picked)
-    module = load_module(tracker, choice.uri, target)
+    module = load_module(tracker, choice.uri, target, trust=trust_model)
     with (progress(len(files)) if progress else nullcontext()) as advance:
         predictions, failed = predict_files(module, choice, files, top_k, batch_size, target, on_batch=advance)
     unreadable = missing + failed

@@ -7,10 +7,8 @@ The parent gets the comparison table `harness compare` shows for it.
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from harness import tracking
 from harness.config import TrainConfig
 from harness.distributed import SINGLE, Dist
-from harness.errors import HarnessError, Terminated
+from harness.errors import HarnessError
 from harness.experiment import Experiment
 from harness.lifecycle import (
     SYSTEM_METRICS_INTERVAL,
@@ -64,29 +62,6 @@ class PriorRun:
     metrics: dict[str, float]
 
 
-# What batch schedulers send before preempting a job (SLURM: SIGTERM, or SIGUSR1 with --signal).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """`kill PID` (SIGTERM, or SIGUSR1) ends the run like Ctrl-C (runs marked KILLED, checkpoints kept)."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated(signal.Signals(signum).name)
-
-    try:
-        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def run_experiment(
     tracker: Tracker, exp: Experiment, configs: dict[str, TrainConfig], data_dir: Path | None = None,
     resume: bool | str = False, seeds: SeedPlan | None = None, dist: Dist = SINGLE,
@@ -128,7 +103,7 @@ def run_experiment(
                                           {tracking.KIND_TAG: "run", **env_tags})
         ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir, dist=dist,
                          system_metrics=system_metrics)
-        with _sigterm_as_interrupt(), ended_on_error(tracker, parent_id, f"harness run {exp.name} --resume"):
+        with ended_on_error(tracker, parent_id, f"harness run {exp.name} --resume"):
             if not resume:
                 if dist.is_main:
                     held.enter_context(run_lock(parent_id, checkpoint_root()))

@@ -44,6 +44,9 @@ TRIAL_STATE_TAG = "harness.trial_state"  # Optuna's own state name (COMPLETE, PR
 SEED_TAG = "harness.seed"  # the config seed of a child run (repeated runs train each variant at several)
 FAILURE_TAG = "harness.failure_reason"
 DATA_DIGEST_TAG = "harness.data_digest"  # all of a child run's splits in one digest (`harness compare`'s data column)
+# Seconds a resumed run lay idle between its sessions (summed over resumes; `lifecycle.log_pause`):
+# `harness compare` takes them off end - start, so its wall time counts the time the run was worked on.
+PAUSED_METRIC = "paused_seconds"
 # Runs started by one `harness run --nproc-per-node` launch carry its id, so that the launcher can
 # end them with the reason when a process died before it could (`harness.launch`).
 LAUNCH_ENV = "HARNESS_LAUNCH_ID"
@@ -453,22 +456,48 @@ class Tracker:
                 "inputs": str(info.signature.inputs) if info.signature else ""}
 
     @_guarded("load the model")
-    def load_model(self, model_uri: str) -> Any:
+    def load_model(self, model_uri: str, trust: bool = False) -> Any:
         """The logged PyTorch model itself (`mlflow.pytorch.load_model`), on the CPU: a
-        `torch.export` program, inference-only already (its `.eval()` raises)."""
+        `torch.export` program, inference-only already (its `.eval()` raises). Only the format
+        the harness logs is loaded (`harness.model_format`): anything that could run code as it
+        is unpickled is refused first, unless `trust`."""
         import mlflow.pytorch
 
-        with self._model_logging_uri(), _quiet_downloads():
-            return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+        with self._checked_model(model_uri, trust) as folder:
+            return mlflow.pytorch.load_model(str(folder), map_location="cpu")
 
     @_guarded("load the model")
-    def load_pyfunc(self, model_uri: str) -> Any:
+    def load_pyfunc(self, model_uri: str, trust: bool = False) -> Any:
         """MLflow's generic loader (`mlflow.pyfunc.load_model`): what a serving stack would call;
-        the model on the CPU even where a GPU is visible, as `load_model` puts it."""
+        the model on the CPU even where a GPU is visible, as `load_model` puts it. Checked as
+        `load_model` checks it."""
         import mlflow.pyfunc
 
-        with self._model_logging_uri(), _quiet_downloads(), _env("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cpu"):
-            return mlflow.pyfunc.load_model(model_uri)
+        with self._checked_model(model_uri, trust) as folder, _env("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cpu"):
+            return mlflow.pyfunc.load_model(str(folder))
+
+    @contextmanager
+    def _checked_model(self, model_uri: str, trust: bool) -> Iterator[Path]:
+        """The model downloaded once into a temporary folder and checked there (what is checked is
+        what is loaded); MLflow's own pickle guard on for the load, so it also refuses a pt2
+        archive whose records are not plain tensors. `trust` lifts both."""
+        from mlflow.artifacts import download_artifacts
+        from mlflow.exceptions import MlflowException
+
+        from harness.model_format import UntrustedModelError, check_loadable, refusal
+
+        with tempfile.TemporaryDirectory(prefix="harness-model-") as tmp, self._model_logging_uri(), \
+                _quiet_downloads():
+            folder = Path(download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+            check_loadable(folder, model_uri, trust)
+            with _env("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true" if trust else "false"):
+                try:
+                    yield folder
+                except MlflowException as exc:
+                    if not trust and "pickle" in str(exc).lower():
+                        raise UntrustedModelError(refusal(model_uri, "a pt2 archive holding pickled objects "
+                                                                     "beyond plain tensors")) from None
+                    raise
 
     # ------------------------------------------------------------- model registry
 
@@ -496,10 +525,19 @@ class Tracker:
             raise
         return str(version.version), dict(version.tags)
 
+    @_guarded("read the model registry")
+    def model_versions(self, name: str) -> list[tuple[str, dict[str, str]]]:
+        """(version, tags) of every version of registered model `name`, read now from the store."""
+        escaped = name.replace("'", "\\'")
+        versions = self._client.search_model_versions(f"name = '{escaped}'")
+        return [(str(v.version), dict(v.tags)) for v in versions]
+
     @_guarded("set a model alias")
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        """Point alias `alias` of registered model `name` at `version`."""
-        self._client.set_registered_model_alias(name, alias, version)
+        """Point alias `alias` of registered model `name` at `version`. Two processes setting a
+        new alias at once race in MLflow's look-up then insert; the loser retries (an update)."""
+        retry(lambda: self._client.set_registered_model_alias(name, alias, version), delay=0.05,
+              when=_insert_raced)
 
     @_guarded("tag a model version")
     def tag_version(self, name: str, version: str, tags: dict[str, str]) -> None:
@@ -528,8 +566,7 @@ class Tracker:
                                tags=[InputTag("mlflow.data.context", d["context"])]) for d in datasets]
         # Two runs recording the same new dataset at once (parallel trials, workers): MLflow looks
         # it up, then inserts it, and the second insert fails on the unique key; the retry finds it.
-        retry(lambda: self._client.log_inputs(run_id, datasets=inputs), delay=0.05,
-              when=lambda exc: "IntegrityError" in type(exc).__name__ or "unique" in str(exc).lower())
+        retry(lambda: self._client.log_inputs(run_id, datasets=inputs), delay=0.05, when=_insert_raced)
 
     @contextmanager
     def system_metrics(self, run_id: str, interval: float = 10.0) -> Iterator[None]:
@@ -566,8 +603,15 @@ class Tracker:
         point it at this tracker's store for the duration of the call, then restore it."""
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-        with _use_tracking_uri(self.uri):
-            yield
+        # MLflow's helper deletes $MLFLOW_TRACKING_URI on the way out when no URI was set in-process:
+        # the next command in the same process (a notebook, a test) would miss the user's store.
+        variable = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            with _use_tracking_uri(self.uri):
+                yield
+        finally:
+            if variable is not None:
+                os.environ["MLFLOW_TRACKING_URI"] = variable
 
     @_guarded("download an artifact")
     def download_artifact(self, run_id: str, path: str, dst: Path) -> Path | None:
@@ -578,6 +622,11 @@ class Tracker:
             return None
         with _quiet_downloads():
             return Path(self._client.download_artifacts(run_id, path, str(dst)))
+
+
+def _insert_raced(exc: Exception) -> bool:
+    """A write that lost a race on a unique key (another process inserted the same row first)."""
+    return "IntegrityError" in type(exc).__name__ or "unique" in str(exc).lower()
 
 
 def _quiet_downloads() -> AbstractContextManager[None]:

@@ -94,6 +94,19 @@ def check_world(config: TrainConfig, world_size: int) -> None:
             f"divisible by {world_size} (it is the global batch: each process takes batch_size / {world_size}).")
 
 
+def accumulation_warning(config: TrainConfig, train_images: int) -> str | None:
+    """Why `accumulate_steps` does not give the effective batch it promises, or None: when it is
+    more than the batches of an epoch, each epoch's one group (`_groups`) is cut short by the
+    epoch's end, so the step takes every training image, not batch_size * accumulate_steps."""
+    batches = math.ceil(train_images / config.batch_size)  # as `train_one_epoch` counts them
+    if config.accumulate_steps <= batches:
+        return None
+    plural = "es" if batches != 1 else ""
+    return (f"accumulate_steps={config.accumulate_steps} is more than the {batches} batch{plural} of an epoch: each "
+            f"epoch makes 1 optimizer step over {batches} batch{plural} (an effective batch of {train_images} images, "
+            f"not batch_size*accumulate_steps={config.batch_size * config.accumulate_steps})")
+
+
 def build_trainer(config: TrainConfig, data: Data, dist: Dist = SINGLE) -> Trainer:
     """Check `config`'s names against the registries, then seed and build the model (with its
     init), optimizer, schedule and batch transform. With several ranks (`dist`), the model is

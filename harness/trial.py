@@ -101,7 +101,12 @@ class Objective:
         self.by_seed = by_seed  # the pruner compares seeds (Wilcoxon), not epochs
 
     def __call__(self, trial: optuna.Trial) -> float:
-        config = self.base.override(**suggest(trial, self.exp.search_space))
+        try:
+            config = self.base.override(**suggest(trial, self.exp.search_space))
+        except HarnessError as exc:
+            # Sampled values that cannot train together (a warmup as long as the sampled epochs):
+            # a region to avoid, so pruned (the sampler learns from it), said in one line, no run.
+            raise optuna.TrialPruned(f"sampled values refused: {exc}") from None
         label = f"trial-{trial.number}"
         tags = {tracking.KIND_TAG: "trial", "optuna.study_name": self.study_name, "optuna.trial_number": str(trial.number)}
         if self.seeds.repeated:

@@ -4,6 +4,10 @@ With a local store (the default `sqlite:///mlflow.db`, another database, or a fi
 starts `mlflow server` as a child process on localhost, waits until it answers, prints its
 address and serves until Ctrl-C. With an http(s) tracking server the UI is already there:
 nothing is started, its address is printed after checking that it answers.
+
+The server (with its uvicorn worker and job-runner children) runs in its own process group, and
+a tiny watchdog process ends that whole group once `harness ui` is gone, however it ended, even by
+SIGKILL (POSIX; see `_Watchdog`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from harness.uris import redact
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 START_TIMEOUT_S = 120.0  # `mlflow server` takes 10-20 s to answer on a busy 2-core machine
+# SIGTERM to SIGKILL once `harness ui` has died: nobody waits for a clean stop any more (the
+# server's huey job consumers can take longer than this to obey SIGTERM).
+WATCHDOG_GRACE_S = 5.0
 _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 _LOOPBACK_HOSTS = {"localhost", "::1"}
 _REMOTE_SCHEMES = {"http", "https"}
@@ -199,7 +206,9 @@ def serve(tracking_uri: str | None = None, host: str = DEFAULT_HOST, port: int =
         # order (no uvicorn/click noise) and never left running behind an interrupted harness.
         proc = subprocess.Popen(server.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, **server.env}, start_new_session=os.name == "posix")
+        watchdog: _Watchdog | None = None
         try:
+            watchdog = _Watchdog.start(proc.pid)  # at once: the server must not outlive a kill -9 of us
             wait_until_up(proc, server.url, timeout, log_path)
             echo(f"MLflow UI for {redact(uri)} at {server.url} (Ctrl-C to stop)")
             if missing:
@@ -216,6 +225,8 @@ def serve(tracking_uri: str | None = None, host: str = DEFAULT_HOST, port: int =
             echo("MLflow UI stopped.")
         finally:
             stop(proc)
+            if watchdog is not None:
+                watchdog.release()
             if not keep_log:
                 log_path.unlink(missing_ok=True)
 
@@ -268,6 +279,69 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
             proc.send_signal(sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+# The watchdog's whole program (stdlib only, run with `python -I -S -c`): block on stdin, a pipe
+# whose write end only `harness ui` holds, until EOF, which comes when that end is closed: a
+# normal stop, or the harness's death in any way, since the kernel closes a dead process's files.
+# Then end the server's process group: SIGTERM, and SIGKILL if anything is left after the grace.
+_WATCHDOG = """
+import os, signal, sys, time
+pgid, grace = int(sys.argv[1]), float(sys.argv[2])
+while os.read(0, 512):
+    pass
+try:
+    os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        os.killpg(pgid, 0)  # ProcessLookupError once the whole group is gone
+    os.killpg(pgid, signal.SIGKILL)
+except (ProcessLookupError, PermissionError):
+    pass
+"""
+
+
+@dataclass
+class _Watchdog:
+    """A separate process that ends the server's process group when this process goes away.
+
+    Needed because a SIGKILLed `harness ui` runs no cleanup, and PR_SET_PDEATHSIG would only reach
+    the direct child, not the uvicorn worker and job consumers. The watchdog holds the read end of
+    a pipe whose write end only this process holds; EOF on it means "harness ui is gone". It runs
+    in its own session, so neither a Ctrl-C in the terminal nor a kill of our process group ends
+    it with us. POSIX only (process groups); elsewhere the server is stopped by `stop` alone.
+    """
+
+    proc: subprocess.Popen
+    lifeline: int  # the pipe's write end; never written, only closed (by us, or by our death)
+
+    @classmethod
+    def start(cls, pgid: int, grace: float = WATCHDOG_GRACE_S) -> _Watchdog | None:
+        """A watchdog for process group `pgid`; None where there are no process groups."""
+        if os.name != "posix":
+            return None
+        # os.pipe's ends are not inheritable (PEP 446): the server, started before, and any later
+        # child never hold the write end, so only our exit or `release` closes it.
+        read_end, write_end = os.pipe()
+        try:
+            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG, str(pgid), str(grace)],
+                                    stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)  # the watchdog has its own copy
+        return cls(proc, write_end)
+
+    def release(self) -> None:
+        """Let the watchdog end what is left of the group (normally nothing) and exit."""
+        os.close(self.lifeline)
+        try:
+            self.proc.wait(timeout=WATCHDOG_GRACE_S + 5)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # it ends the group on its own
+            pass
 
 
 @contextmanager

@@ -1,0 +1,56 @@
+"""One signal path: SIGTERM and SIGHUP (what `kill`, `timeout`, systemd, a scheduler and a closed
+terminal send) end every command that opens a run the way Ctrl-C does: exit 130, no traceback,
+every run KILLED with the signal named in its reason, none left RUNNING. One test per command
+family (run, tune, a multi-seed trial, lr-find), on the real command in its own process."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from test_faults_run import assert_nothing_running, folder, runs, start, write_experiment  # noqa: F401 - fixture
+
+from harness.tracking import FAILURE_TAG, KIND_TAG
+
+FAMILIES = {
+    "run": (["run", "stopped"], "run", signal.SIGHUP),
+    "tune": (["tune", "stopped", "--trials", "50"], "study", signal.SIGTERM),
+    "trial": (["tune", "stopped", "--trials", "50", "--repeat", "2"], "trial", signal.SIGTERM),
+    "lr-find": (["lr-find", "stopped", "--steps", "100000"], "lr_find", signal.SIGTERM),
+}
+
+
+def _wait_for_training(uri: str, ckpt: Path, kind: str, proc, timeout: float = 180) -> None:  # noqa: ANN001
+    """Until the command is mid-training: a run of `kind` is RUNNING and (but for lr-find, which
+    checkpoints nothing) a first checkpoint is on disk."""
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the command did not start training"
+        running = [r for r in runs(uri) if r.data.tags.get(KIND_TAG) == kind and r.info.status == "RUNNING"]
+        if running and (kind == "lr_find" or list(ckpt.glob("*/last.pt"))):
+            return
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_stop_signal_ends_every_run_killed_with_the_reason(tmp_path: Path, folder: dict[str, str],  # noqa: F811
+                                                             family: str) -> None:
+    args, kind, sig = FAMILIES[family]
+    write_experiment(tmp_path, "stopped", epochs=200, limit=500)
+    uri = folder["MLFLOW_TRACKING_URI"]
+    proc = start(*args, cwd=tmp_path, env=folder)
+    _wait_for_training(uri, tmp_path / "ckpt", kind, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err, err
+    assert_nothing_running(uri)
+    (stopped,) = [r for r in runs(uri) if r.data.tags.get(KIND_TAG) == kind]
+    assert stopped.info.status == "KILLED"
+    assert signal.Signals(sig).name in stopped.data.tags.get(FAILURE_TAG, ""), stopped.data.tags
+    client = MlflowClient(uri)
+    assert all(client.get_run(r.info.run_id).info.status in ("KILLED", "FINISHED") for r in runs(uri))

@@ -150,36 +150,29 @@ def run(
     _quiet_launcher(nproc_per_node, nnodes)
     from harness.seeds import SeedPlan
 
-    plan = SeedPlan.parse(repeat, seeds)  # bad values fail before any data is touched
+    SeedPlan.parse(repeat, seeds)  # bad values fail before any process starts or data is touched
     exp, configs = _resolve(name, set_, device)
-    registration = None
     if register is not None:  # checked before any process starts (runner imports torch: only if asked)
         from harness.runner import Registration
 
-        registration = Registration(register, alias)
-        registration.check(configs)
+        Registration(register, alias).check(configs)
+    _launch_if_asked(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout, dist_backend, configs, name,
+                     tracking_uri, f"harness run {name} --resume --nproc-per-node {nproc_per_node} --nnodes {nnodes}"
+                     if nnodes > 1 else f"harness run {name} --resume --nproc-per-node {nproc_per_node}")
+    import harness
     from harness import distributed
-
-    device_name = next(iter(configs.values())).device
-    dist = _launch_or_join(
-        nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout, dist_backend, configs, device_name, name,
-        tracking_uri, f"harness run {name} --resume --nproc-per-node {nproc_per_node} --nnodes {nnodes}"
-        if nnodes > 1 else f"harness run {name} --resume --nproc-per-node {nproc_per_node}")
     from harness.errors import Terminated
-    from harness.lifecycle import SYSTEM_METRICS_INTERVAL
-    from harness.runner import run_experiment
-    from harness.tracking import LAUNCH_ENV, open_for
+    from harness.tracking import LAUNCH_ENV
 
     # Under `harness run --nproc-per-node`, a process stopped because a peer died stays quiet:
     # the launcher names the process that failed, in one line.
     launched = bool(os.environ.get(LAUNCH_ENV))
-    tracker = open_for(tracking_uri, dist)
     try:
-        outcome = run_experiment(tracker, exp, configs, data_dir=data_dir, resume="auto" if resume_auto else resume,
-                                 seeds=plan, dist=dist, register=registration,
-                                 system_metrics=SYSTEM_METRICS_INTERVAL if system_metrics else None)
+        result = harness.run(exp, set=set_, seeds=seeds, repeat=repeat, resume="auto" if resume_auto else resume,
+                             device=device, tracking_uri=tracking_uri, data_dir=data_dir, register=register, alias=alias,
+                             system_metrics=system_metrics, backend=dist_backend)
     except KeyboardInterrupt as exc:
-        if dist.is_main and not (launched and isinstance(exc, Terminated)):
+        if _is_main() and not (launched and isinstance(exc, Terminated)):
             typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} --resume`.",
                        err=True)
         raise typer.Exit(130) from None
@@ -187,24 +180,22 @@ def run(
         if launched and distributed.is_group_failure(exc.__cause__):
             raise typer.Exit(distributed.PEER_LOST_EXIT) from None
         raise
-    finally:
-        distributed.shutdown()
-    from harness.compare import CompareOutcome
+    from harness.comparison import CompareOutcome
 
-    if outcome.comparison is not None:
-        _print_tables(CompareOutcome(outcome.comparison))
-    if outcome.promotion is not None:
-        typer.echo(outcome.promotion.describe())
-    for r in outcome.failed:
-        typer.echo(f"error: variant '{r.label or r.variant}' {r.status}: {r.reason}", err=True)
-    if outcome.failed:
+    if result.comparison is not None:
+        _print_tables(CompareOutcome(result.comparison))
+    if result.promotion is not None:
+        typer.echo(result.promotion.describe())
+    for r in result.failed:
+        typer.echo(f"error: variant '{r.label}' {r.status}: {r.reason}", err=True)
+    if result.failed:
         raise typer.Exit(1)
 
 
 def _print_comparison(tracker, experiment: str, parent_run_id: str, only: list[str] | None = None) -> None:  # noqa: ANN001
     """`harness compare`'s table of a parent run (of the child runs `only`, if given), printed as
     `harness compare` prints it."""
-    from harness.compare import CompareOutcome, load_comparison
+    from harness.comparison import CompareOutcome, load_comparison
 
     _print_tables(CompareOutcome(load_comparison(tracker, experiment, run_id=parent_run_id, only=only)))
 
@@ -212,7 +203,7 @@ def _print_comparison(tracker, experiment: str, parent_run_id: str, only: list[s
 def _print_tables(outcome) -> None:  # noqa: ANN001
     from rich.console import Console
 
-    from harness.compare import rich_tables
+    from harness.comparison import rich_tables
 
     console = Console(width=200 if not sys.stdout.isatty() else None)
     for table in rich_tables(outcome):
@@ -241,14 +232,15 @@ def _quiet_launcher(nproc_per_node: str | None, nnodes: int) -> None:
         os.environ["HARNESS_LAUNCHER_QUIET"] = "1"  # `launch` takes both back out of the workers' environment
 
 
-def _launch_or_join(nproc_per_node: str | None, nnodes: int, node_rank: int, rdzv_endpoint: str | None,
-                    rdzv_timeout: int, backend: str, configs: dict, device: str, name: str,
-                    tracking_uri: str | None, continue_with: str):  # noqa: ANN202
-    """Start this machine's processes (`--nproc-per-node`: this process waits for them and the
-    command ends here), or join the process group the launcher set up (a no-op for one process).
-    Returns this process's `Dist`; only rank 0 writes to stdout."""
+def _launch_if_asked(nproc_per_node: str | None, nnodes: int, node_rank: int, rdzv_endpoint: str | None,
+                     rdzv_timeout: int, backend: str, configs: dict, name: str, tracking_uri: str | None,
+                     continue_with: str) -> None:
+    """With `--nproc-per-node` / `--nnodes`: start this machine's processes; this process waits for
+    them and the command ends here. Otherwise (one process, or one started by a launcher) return:
+    the API joins the launcher's process group, and only rank 0 writes to stdout."""
     from harness import distributed
 
+    device = next(iter(configs.values())).device
     if nproc_per_node is not None or nnodes > 1:
         if distributed.env_world() is not None:
             raise HarnessError("This process was started by torchrun already; leave out --nproc-per-node and "
@@ -259,10 +251,16 @@ def _launch_or_join(nproc_per_node: str | None, nnodes: int, node_rank: int, rdz
         if plan.world_size > 1:
             launch.check_launch(configs, plan.world_size, backend, device)
             raise typer.Exit(launch.launch(plan, launch.worker_args(sys.argv[1:]), name, tracking_uri, continue_with))
-    dist = distributed.init_from_env(device, backend)
-    if not dist.is_main:  # one process speaks: rank 0 (errors still reach stderr from any rank)
+    if not _is_main():  # one process speaks: rank 0 (errors still reach stderr from any rank)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
-    return dist
+
+
+def _is_main() -> bool:
+    """Whether this process is rank 0 of its launch (or not launched at all)."""
+    from harness import distributed
+
+    world = distributed.env_world()
+    return world is None or world[0] == 0
 
 
 StorageOption = Annotated[
@@ -310,45 +308,44 @@ def tune(
     """Search the experiment's search space with Optuna; every trial is a nested MLflow run."""
     _quiet_launcher(nproc_per_node, nnodes)
     exp, configs = _resolve(name, set_, device)
-    from harness import distributed
-    from harness.tracking import open_for
-    from harness.lifecycle import SYSTEM_METRICS_INTERVAL
-    from harness.tune import TuneOptions, best_summary, pick_variant
-    from harness.tune import tune as run_study
+    from harness.tuning import TuneOptions, best_summary, pick_variant
 
     chosen = pick_variant(exp, variant)
     from harness.seeds import SeedPlan
 
-    options = TuneOptions(trials=trials, timeout=timeout, study_name=study_name, storage=storage, sampler=sampler,
-                          pruner=pruner, n_jobs=n_jobs, seed=seed, retrain_best=retrain_best, heartbeat_seconds=heartbeat,
-                          seeds=SeedPlan.parse(repeat, seeds), register=register, alias=alias,
-                          system_metrics=SYSTEM_METRICS_INTERVAL if system_metrics else None)
-    device_name = configs[chosen].device
+    # Checked here, before any process starts (the API builds the same options again).
+    TuneOptions(trials=trials, timeout=timeout, study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+                n_jobs=n_jobs, seed=seed, retrain_best=retrain_best, heartbeat_seconds=heartbeat,
+                seeds=SeedPlan.parse(repeat, seeds), register=register, alias=alias)
     if n_jobs > 1 and (nproc_per_node not in (None, "1") or nnodes > 1):
         raise HarnessError("--n-jobs above 1 cannot be combined with --nproc-per-node; each trial already "
                            "uses every process.")
-    dist = _launch_or_join(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout, dist_backend,
-                           {chosen: configs[chosen]}, device_name, name, tracking_uri,
-                           "the same command (the study goes on)")
-    tracker = open_for(tracking_uri, dist)
+    _launch_if_asked(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout, dist_backend,
+                     {chosen: configs[chosen]}, name, tracking_uri, "the same command (the study goes on)")
+    import harness
+
     try:
-        outcome = run_study(tracker, exp, chosen, configs[chosen], options, data_dir=data_dir, dist=dist)
+        result = harness.tune(exp, variant=chosen, trials=trials, timeout=timeout, study_name=study_name,
+                              storage=storage, sampler=sampler, pruner=pruner, n_jobs=n_jobs, seed=seed, set=set_,
+                              device=device, tracking_uri=tracking_uri, data_dir=data_dir, retrain_best=retrain_best,
+                              heartbeat=heartbeat, repeat=repeat, seeds=seeds, register=register, alias=alias,
+                              system_metrics=system_metrics, backend=dist_backend)
     except KeyboardInterrupt:
-        if dist.is_main:
+        if _is_main():
             typer.echo("Interrupted: re-run the same command to continue the study.", err=True)
         raise typer.Exit(130) from None
-    finally:
-        distributed.shutdown()
-    if outcome is None:  # a rank other than 0: it trained, rank 0 reports
+    if result is None:  # a rank other than 0: it trained, rank 0 reports
         return
-    typer.echo(best_summary(outcome.study) + f" (MLflow parent run {outcome.parent_run_id})")
-    if outcome.retrained is not None:
-        _print_comparison(tracker.local, exp.name, outcome.parent_run_id, only=[outcome.retrained.run_id])
-        if outcome.retrained.status != "FINISHED":
-            typer.echo(f"error: retrain-best {outcome.retrained.status}: {outcome.retrained.reason}", err=True)
+    typer.echo(best_summary(result.study) + f" (MLflow parent run {result.parent_run_id})")
+    if result.retrained is not None:
+        from harness.tracking import Tracker
+
+        _print_comparison(Tracker.open(tracking_uri), exp.name, result.parent_run_id, only=[result.retrained.run_id])
+        if result.retrained.status != "FINISHED":
+            typer.echo(f"error: retrain-best {result.retrained.status}: {result.retrained.reason}", err=True)
             raise typer.Exit(1)
-    if outcome.promotion is not None:
-        typer.echo(outcome.promotion.describe())
+    if result.promotion is not None:
+        typer.echo(result.promotion.describe())
 
 
 @app.command("lr-find")
@@ -366,9 +363,9 @@ def lr_find_cmd(
     """Learning-rate range test: train with an exponentially growing lr until the loss diverges,
     and suggest an lr (one MLflow run with the plot and the curve; the experiment is not changed)."""
     exp, configs = _resolve(name, set_, device)
-    from harness.lr_find import RULE, coarse_grid_warning, lr_find
+    from harness.lr_finder import RULE, coarse_grid_warning, lr_find
     from harness.tracking import Tracker
-    from harness.tune import pick_variant
+    from harness.tuning import pick_variant
 
     chosen = pick_variant(exp, variant)
     warning = coarse_grid_warning(min_lr, max_lr, steps)  # known from the arguments: said before the test runs
@@ -395,7 +392,7 @@ def study(
 ) -> None:
     """Show a study's best trial and its trials table (no training)."""
     from harness.experiment import load_experiment
-    from harness.tune import (
+    from harness.tuning import (
         best_summary,
         default_study_name,
         load_study,
@@ -499,7 +496,7 @@ def predict(
     model's channels (grayscale or RGB) and resized to that size. Unreadable
     files are listed on stderr and skipped; the command fails only if no image
     could be read."""
-    from harness import predict as predicting
+    from harness import prediction as predicting
     from harness.tracking import Tracker
 
     predicting.check_options(fmt, top_k, batch_size, device)
@@ -532,7 +529,7 @@ def compare(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Compare the variants of a run (mean ± std with --repeat) from MLflow: table, curves, confusion matrices."""
-    from harness.compare import check_format, compare_experiment, render
+    from harness.comparison import check_format, compare_experiment, render
     from harness.tracking import Tracker
 
     check_format(fmt)

@@ -1,7 +1,7 @@
 """`harness dashboard`: optuna-dashboard on the study storage that `harness tune` writes to.
 
 The storage is resolved and opened exactly as `harness tune` / `harness study` do
-(`harness.tune.open_storage`: default `sqlite:///optuna.db`, any SQLAlchemy URL, or
+(`harness.tuning.open_storage`: default `sqlite:///optuna.db`, any SQLAlchemy URL, or
 `journal:PATH`). The dashboard is served in this process (optuna-dashboard's WSGI app on a
 threaded wsgiref server), so a storage password never reaches a command line or a child
 process; it is only ever printed through `harness.uris.redact`. optuna-dashboard is an
@@ -141,8 +141,8 @@ def open_dashboard(storage_url: str | None = None, host: str = DEFAULT_HOST, por
     dashboard_module = require_dashboard()  # first: it is instant, the storage may take seconds
     if not 0 <= port <= 65535:
         raise HarnessError(f"--port {port} is not a TCP port; use a number from 1 to 65535 (0 picks a free one).")
-    # Imported here: harness.tune loads Optuna and PyTorch (seconds), not needed for the checks above.
-    from harness.tune import DEFAULT_STORAGE, load_study, open_storage
+    # Imported here: harness.tuning loads Optuna and PyTorch (seconds), not needed for the checks above.
+    from harness.tuning import DEFAULT_STORAGE, load_study, open_storage
 
     url = storage_url or DEFAULT_STORAGE
     missing = missing_storage_file(url)

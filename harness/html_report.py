@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 import harness
-from harness import compare, reports, tracking
+from harness import comparison as compare, reports, tracking
 from harness.config import field_names
 from harness.errors import HarnessError, first_line, os_error_reason
 from harness.experiment import Experiment, check_name, load_experiment
@@ -785,7 +785,7 @@ def study_storage(parent: Run, storage: str | None) -> str:
     """The storage to read the study from: --storage, else the one the study run recorded (unless its
     password was hidden), else the default; a sqlite or journal file that is not there is an error
     (opening it would create an empty storage)."""
-    from harness.tune import DEFAULT_STORAGE
+    from harness.tuning import DEFAULT_STORAGE
 
     recorded = parent.data.params.get("storage")
     url = storage or recorded or DEFAULT_STORAGE
@@ -802,7 +802,7 @@ def study_storage(parent: Run, storage: str | None) -> str:
 
 def _load_study(parent: Run, storage: str | None) -> optuna.Study:
     """The Optuna study of a `harness tune` parent run (its `optuna.study_name` tag)."""
-    from harness.tune import load_study
+    from harness.tuning import load_study
 
     name = parent.data.tags.get("optuna.study_name")
     if not name:
@@ -812,7 +812,7 @@ def _load_study(parent: Run, storage: str | None) -> optuna.Study:
 
 def study_sections(ctx: Context, study: optuna.Study) -> list[Section]:
     """The best trial, the trials table and Optuna's plots."""
-    from harness.tune import best_summary, trials_table
+    from harness.tuning import best_summary, trials_table
 
     table = trials_table(study)
     if "mlflow_run_id" in table:

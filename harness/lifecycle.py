@@ -78,6 +78,8 @@ class RunContext:
     dist: Dist = SINGLE
     # Seconds between MLflow system-metrics samples on each child run (None: off).
     system_metrics: float | None = SYSTEM_METRICS_INTERVAL
+    # The caller's own callbacks (`harness.run(..., callbacks=...)`), in every variant's train loop.
+    callbacks: tuple[Callback, ...] = ()
 
 
 @dataclass
@@ -162,7 +164,7 @@ def train_variant(
             all_callbacks.insert(1, MlflowEpochLogger(tracker, run_id))
         if config.early_stopping_patience:
             all_callbacks.append(EarlyStopping(config.early_stopping_patience))
-        all_callbacks += callbacks
+        all_callbacks += [*ctx.callbacks, *callbacks]
         if startup:
             tracker.log_metrics(run_id, {"startup_seconds": seconds_since_process_start()})
         with _system_metrics(ctx, run_id):

@@ -36,7 +36,8 @@ from harness.tracking import Tracker
 from harness.train import check_world
 
 if TYPE_CHECKING:  # compare (pandas, scipy) is imported once training is over, not on the start-up path
-    from harness.compare import Comparison
+    from harness.comparison import Comparison
+    from harness.train import Callback
 
 
 @dataclass
@@ -66,6 +67,7 @@ def run_experiment(
     tracker: Tracker, exp: Experiment, configs: dict[str, TrainConfig], data_dir: Path | None = None,
     resume: bool | str = False, seeds: SeedPlan | None = None, dist: Dist = SINGLE,
     register: Registration | None = None, system_metrics: float | None = SYSTEM_METRICS_INTERVAL,
+    callbacks: tuple[Callback, ...] = (),
 ) -> RunOutcome:
     """Train every variant (once per seed of `seeds`) under one parent run, log the comparison
     table on it and return the results with that table. A resumed run follows the seed plan its
@@ -79,7 +81,8 @@ def run_experiment(
 
     `register` puts the best variant's model (best mean `best_val_acc`; its best seed) into the
     model registry and moves the alias only on improvement (`harness.promotion`);
-    `system_metrics` is the seconds between MLflow system-metrics samples (None: off)."""
+    `system_metrics` is the seconds between MLflow system-metrics samples (None: off); `callbacks`
+    join every variant's train loop."""
     plan = seeds or SeedPlan()
     plan.check(configs)  # seeds out of range fail before any run is created
     if register is not None:
@@ -102,7 +105,7 @@ def run_experiment(
             parent_id = tracker.start_run(experiment_id, f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                           {tracking.KIND_TAG: "run", **env_tags})
         ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir, dist=dist,
-                         system_metrics=system_metrics)
+                         system_metrics=system_metrics, callbacks=callbacks)
         with ended_on_error(tracker, parent_id, f"harness run {exp.name} --resume"):
             if not resume:
                 if dist.is_main:
@@ -140,7 +143,7 @@ class Registration:
         mean `best_val_acc`, its best seed); None, with a note, if no variant finished with one."""
         import pandas as pd
 
-        from harness.compare import best_run
+        from harness.comparison import best_run
 
         best = best_run(comparison)
         if best is None or pd.isna(best.get(METRIC)):
@@ -212,7 +215,7 @@ def _log_comparison(tracker: Tracker, experiment: str, parent_id: str) -> Compar
     """The parent's comparison table, exactly as `harness compare` builds it, logged as CSV and
     markdown; returned for the terminal."""
     from harness import reports
-    from harness.compare import display_frame, load_comparison
+    from harness.comparison import display_frame, load_comparison
 
     comparison = load_comparison(tracker, experiment, run_id=parent_id)
     tracker.log_text(parent_id, comparison.table.to_csv(index=False), "comparison.csv")

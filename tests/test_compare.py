@@ -260,7 +260,7 @@ def test_compare_child_run_id_points_to_its_parent(store: Store, capsys: pytest.
 def test_compare_out_must_be_a_folder(store: Store, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """`--out` naming a file (or a folder under a file) is one line naming it, before MLflow is read;
     `write_reports` itself refuses it too, and the file is left as it was."""
-    from harness.compare import load_comparison, write_reports
+    from harness.comparison import load_comparison, write_reports
     from harness.errors import HarnessError
     from harness.tracking import Tracker
 

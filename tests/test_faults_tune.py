@@ -301,7 +301,7 @@ def test_next_worker_ends_only_dead_study_runs_of_its_study(workdir: Path) -> No
 def test_median_pruner_never_prunes_after_the_first_epoch_only() -> None:
     """The median pruner's promise (README, Tune): a trial is judged from epoch 2 on, never on
     epoch 1 alone (step = epoch, counted from 1)."""
-    from harness.tune import PRUNERS
+    from harness.tuning import PRUNERS
 
     study = optuna.create_study(direction="maximize", pruner=PRUNERS.get("median")())
     for _ in range(2):  # n_startup_trials complete trials, good at every epoch

@@ -32,7 +32,7 @@ def test_a_coarse_grid_is_warned_about_on_stderr_in_the_run_and_in_the_outcome(
         capsys: pytest.CaptureFixture[str], workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
 
-    import harness.lr_find as lr_find_module
+    import harness.lr_finder as lr_find_module
 
     outcomes = []
     real = lr_find_module.lr_find
@@ -49,7 +49,7 @@ def test_a_coarse_grid_is_warned_about_on_stderr_in_the_run_and_in_the_outcome(
 
 def test_the_warning_comes_before_the_test_runs_and_the_default_range_has_none(
         capsys: pytest.CaptureFixture[str], workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import harness.lr_find as lr_find_module
+    import harness.lr_finder as lr_find_module
     from harness.errors import HarnessError
 
     def no_data(*args: object) -> None:

@@ -124,7 +124,7 @@ def test_predict_csv_json_and_table_from_a_run_uri(quickstart_store: Path, tmp_p
 
 
 def test_predictions_match_mlflow_pyfunc_on_the_same_arrays(quickstart_store: Path, tmp_path: Path) -> None:
-    from harness.predict import decode, to_float
+    from harness.prediction import decode, to_float
 
     images = write_images(tmp_path / "images")
     _, child = _quickstart_runs()
@@ -261,7 +261,7 @@ def test_bad_options_are_one_line(quickstart_store: Path, tmp_path: Path, capsys
 
 
 def test_find_images_dedupes_and_keeps_order(tmp_path: Path) -> None:
-    from harness.predict import find_images
+    from harness.prediction import find_images
 
     images = write_images(tmp_path / "images")
     files, missing = find_images([images[1], tmp_path / "images", tmp_path / "nope"])
@@ -270,7 +270,7 @@ def test_find_images_dedupes_and_keeps_order(tmp_path: Path) -> None:
 
 
 def test_decoded_batches_keep_order_across_threads(tmp_path: Path) -> None:
-    from harness.predict import decode, decoded_batches
+    from harness.prediction import decode, decoded_batches
 
     images = write_images(tmp_path / "images")
     (tmp_path / "images" / "fake.png").write_text("text")
@@ -285,7 +285,7 @@ def test_decoded_batches_keep_order_across_threads(tmp_path: Path) -> None:
 
 
 def test_decoding_probes_the_first_images_then_keeps_order(tmp_path: Path) -> None:
-    from harness.predict import PROBE_IMAGES, decoded_batches
+    from harness.prediction import PROBE_IMAGES, decoded_batches
 
     images = write_images(tmp_path / "images")
     files = images * 5  # 30 entries: the probe's batch of 8, then batches of 10
@@ -297,7 +297,7 @@ def test_decoding_probes_the_first_images_then_keeps_order(tmp_path: Path) -> No
 def test_thread_tuner_leaves_a_core_to_decoding_only_when_the_model_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from harness.predict import ThreadTuner
+    from harness.prediction import ThreadTuner
 
     set_to: list[int] = []
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)

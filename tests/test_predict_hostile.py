@@ -128,7 +128,7 @@ def test_a_huge_png_is_one_line_without_decoding_it_and_a_huge_jpeg_is_classifie
 
 
 def test_decode_reduces_a_huge_jpeg_and_refuses_a_huge_png_from_its_header(tmp_path: Path) -> None:
-    from harness.predict import MAX_DECODE_PIXELS, TooLarge, decode
+    from harness.prediction import MAX_DECODE_PIXELS, TooLarge, decode
 
     _blank_png(tmp_path / "huge.png", 12000, 12000)
     _big_jpeg(tmp_path / "photo.jpg")
@@ -189,7 +189,7 @@ def test_links_that_lead_nowhere_in_a_folder_are_listed_and_cycles_do_not_recurs
 
 
 def test_find_images_reports_each_broken_path_once(tmp_path: Path) -> None:
-    from harness.predict import find_images, no_images_message
+    from harness.prediction import find_images, no_images_message
 
     (tmp_path / "loop").symlink_to("loop")
     paths = [tmp_path, tmp_path / "loop", tmp_path / "nope", tmp_path / "nope"]

@@ -147,7 +147,7 @@ def test_lr_find_on_the_quickstart_logs_one_run_with_the_plot_and_a_suggestion(w
 
 
 def test_range_test_suggests_the_steepest_descent_before_the_minimum() -> None:
-    from harness.lr_find import suggest_lr
+    from harness.lr_finder import suggest_lr
 
     lrs = [10 ** (-5 + i * 0.1) for i in range(50)]
     smoothed = [2.3 - 2.0 / (1 + math.exp(-(i - 20) / 2)) if i < 40 else 0.3 + (i - 40) for i in range(50)]

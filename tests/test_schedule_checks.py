@@ -183,7 +183,7 @@ def test_tune_prunes_sampled_values_the_checks_refuse(workdir: Path, capsys: pyt
     assert "Traceback" not in err
     import optuna
 
-    from harness.tune import open_storage
+    from harness.tuning import open_storage
 
     study = optuna.load_study(study_name="sampled-net", storage=open_storage(None))
     states = [(t.params["warmup_epochs"], t.state) for t in study.trials]

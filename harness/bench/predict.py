@@ -119,7 +119,7 @@ def measure_predict(tracker: Any, uri: str, files: Sequence[Path], batch_size: i
     """One row: images/s of every contender (median after the warm-up repeat, spread) and the ratios."""
     import torch
 
-    from harness import predict
+    from harness import prediction as predict
 
     choice = predict.resolve_model(tracker, uri)
     cpu = torch.device("cpu")

@@ -25,7 +25,7 @@ from harness.data import Data
 from harness.search_space import SearchSpace, suggest
 from harness.train import FitState, NonFiniteLossError, build_trainer, fit
 from harness.trial import OptunaPruning
-from harness.tune import PRUNERS, SAMPLERS
+from harness.tuning import PRUNERS, SAMPLERS
 
 DEFAULT_STRATEGIES: tuple[tuple[str, str], ...] = (("tpe", "median"), ("random", "none"), ("tpe", "none"),
                                                    ("random", "median"))

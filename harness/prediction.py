@@ -223,7 +223,7 @@ def best_model_uri(tracker: Tracker, experiment: str) -> tuple[str, str]:
     """(model URI, what was picked) of the best finished variant of the experiment's latest finished
     `harness run`, ranked as `harness compare` ranks them (best_val_acc; with repeated seeds the
     best variant by mean, then its best seed)."""
-    from harness.compare import DEFAULT_METRIC, best_run, load_comparison
+    from harness.comparison import DEFAULT_METRIC, best_run, load_comparison
 
     experiment_id = tracker.find_experiment(experiment)
     if experiment_id is None:

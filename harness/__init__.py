@@ -26,7 +26,8 @@ _EXPORTS = {
     "FloatRange": "harness.search_space",
     "IntRange": "harness.search_space",
     "Choice": "harness.search_space",
-    "HarnessError": "harness.errors",
+    **dict.fromkeys(("HarnessError", "ConfigError", "UnknownNameError", "ExperimentFileError", "DataError",
+                     "TrackingError", "ModelFormatError", "ResumeError", "WriteError"), "harness.errors"),
     "register_model": "harness.models",
     "register_dataset": "harness.data",
     "Callback": "harness.train",
@@ -35,12 +36,31 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # the names as type checkers and IDEs see them
     from harness.api import (  # noqa: F401
-        RunResult, TuneResult, VariantRecord, compare, lr_find, predict, report, resolve,
-        run, runs, tune,
+        RunResult,
+        TuneResult,
+        VariantRecord,
+        compare,
+        lr_find,
+        predict,
+        report,
+        resolve,
+        run,
+        runs,
+        tune,
     )
     from harness.config import TrainConfig  # noqa: F401
     from harness.data import register_dataset  # noqa: F401
-    from harness.errors import HarnessError  # noqa: F401
+    from harness.errors import (  # noqa: F401
+        ConfigError,
+        DataError,
+        ExperimentFileError,
+        HarnessError,
+        ModelFormatError,
+        ResumeError,
+        TrackingError,
+        UnknownNameError,
+        WriteError,
+    )
     from harness.experiment import Experiment, load_experiment  # noqa: F401
     from harness.models import register_model  # noqa: F401
     from harness.search_space import Choice, FloatRange, IntRange  # noqa: F401

@@ -87,13 +87,15 @@ class ConsoleProgress(Callback):
 
     def on_batch_end(self, batch: int, num_batches: int, loss: float, acc: float) -> None:
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=batch, total=num_batches, stats=f"loss {loss:.4f} acc {acc:.4f}")
+            self._progress.update(self._task, completed=batch, total=num_batches,
+                                  stats=f"loss {loss:.4f} acc {acc:.4f}")
 
     def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
         if self._progress is not None and self._task is not None:
             # Short, so the bar still fits an 80-column terminal.
             key = "val" if "val_loss" in record else "train"
-            self._progress.update(self._task, stats=f"{key} loss {record[f'{key}_loss']:.4f} acc {record[f'{key}_acc']:.4f}")
+            self._progress.update(self._task,
+                                  stats=f"{key} loss {record[f'{key}_loss']:.4f} acc {record[f'{key}_acc']:.4f}")
         else:
             print(f"{self.label} epoch {self._epoch}/{self._epochs}  {format_record(record)}", flush=True)
 

@@ -19,12 +19,24 @@ from typing import Any
 import torch
 
 from harness.config import TrainConfig
-from harness.errors import HarnessError, first_line, os_error_reason
+from harness.errors import ResumeError, WriteError, first_line, os_error_reason
 from harness.train import Callback, FitState, Trainer
 
 LAST, BEST = "last.pt", "best.pt"
 # Where to point checkpoints instead, named in every message about a folder that cannot take them.
 FOLDER_HINT = "free some space, or put checkpoints on another disk with HARNESS_CHECKPOINT_DIR"
+
+
+def checkpoint_root() -> Path:
+    """`HARNESS_CHECKPOINT_DIR`, else ./checkpoints (one sub-folder per MLflow run id)."""
+    return Path(os.environ.get("HARNESS_CHECKPOINT_DIR") or "checkpoints")
+
+
+def run_folder(run_id: str) -> Path:
+    """The folder of MLflow run `run_id`'s checkpoints (`LAST`, `BEST`), under `checkpoint_root`.
+    Read afresh on every call: the environment variable may change between commands in one
+    process (the Python API, the benchmarks)."""
+    return checkpoint_root() / run_id
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -39,7 +51,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
         tmp.unlink(missing_ok=True)
         if reason is None:
             raise
-        raise HarnessError(f"Cannot write checkpoint {reason}; {FOLDER_HINT}, then continue with --resume.") from None
+        raise WriteError(f"Cannot write checkpoint {reason}; {FOLDER_HINT}, then continue with --resume.") from None
     except BaseException:  # Ctrl-C mid-write: no partial file left behind
         tmp.unlink(missing_ok=True)
         raise
@@ -110,10 +122,10 @@ def load(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, zip errors: all mean damaged
-        raise HarnessError(f"Checkpoint {path} is damaged ({type(exc).__name__}: {first_line(exc, 120)}); "
-                           "restore it, or delete its run's folder and start over without --resume.") from None
+        raise ResumeError(f"Checkpoint {path} is damaged ({type(exc).__name__}: {first_line(exc, 120)}); "
+                          "restore it, or delete its run's folder and start over without --resume.") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise HarnessError(f"Checkpoint {path} is not a harness checkpoint (no model weights in it).")
+        raise ResumeError(f"Checkpoint {path} is not a harness checkpoint (no model weights in it).")
     return ckpt
 
 
@@ -170,13 +182,23 @@ def load_weights(model: torch.nn.Module, source: Path | dict[str, Any], device: 
     weights = ckpt["model"]
     if weights and all(k.startswith("module.") for k in weights):
         weights = {k.removeprefix("module."): v for k, v in weights.items()}
-    target = model.module if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else model
+    target = (model.module if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel))
+              else model)
     target.load_state_dict(weights)
 
 
 def saved_config(ckpt: dict[str, Any]) -> TrainConfig:
     """The config a checkpoint was trained with."""
     return TrainConfig.from_dict(ckpt["config"])
+
+
+def changed_settings(ckpt: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """The settings `config` has other than the checkpoint was trained with, as
+    {field: (saved, now)} in the config's field order; empty when it can continue the checkpoint.
+    The device is left out: a run may resume on another machine (a GPU-trained checkpoint on a
+    CPU), and the weights load on any device."""
+    saved = saved_config(ckpt).to_dict()
+    return {k: (saved.get(k), v) for k, v in config.to_dict().items() if k != "device" and saved.get(k) != v}
 
 
 class Checkpointer(Callback):
@@ -191,8 +213,8 @@ class Checkpointer(Callback):
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise HarnessError(f"Cannot create the checkpoint folder ({os_error_reason(exc)}); "
-                               "choose a writable one with HARNESS_CHECKPOINT_DIR.") from None
+            raise WriteError(f"Cannot create the checkpoint folder ({os_error_reason(exc)}); "
+                             "choose a writable one with HARNESS_CHECKPOINT_DIR.") from None
 
     @property
     def last(self) -> Path:

@@ -7,11 +7,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.comparison import CompareOutcome
+    from harness.config import TrainConfig
+    from harness.experiment import Experiment
 
 app = typer.Typer(
     help="Train, track and compare image classifiers. Experiments live in experiments/<name>.py.",
@@ -19,39 +24,54 @@ app = typer.Typer(
 )
 
 SetOption = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", "-s", help="Override a config field: key=value (every variant) or VARIANT.key=value."),
 ]
 TrackingOption = Annotated[
-    Optional[str],
-    typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db with artifacts in ./mlruns)."),
+    str | None,
+    typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db with artifacts "
+                      "in ./mlruns)."),
 ]
 DataDirOption = Annotated[
-    Optional[Path], typer.Option(help="Where datasets are read/downloaded (default: $HARNESS_DATA_DIR, else ./data).")
+    Path | None, typer.Option(help="Where datasets are read/downloaded (default: $HARNESS_DATA_DIR, else ./data).")
 ]
-DeviceOption = Annotated[Optional[str], typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
+DeviceOption = Annotated[str | None, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
 SystemMetricsOption = Annotated[bool, typer.Option(
     help="Record MLflow's system metrics (CPU, memory, disk, network; GPU with the `gpu` extra) on every child run, "
          "sampled every 10 s ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL to change).")]
 AliasOption = Annotated[str, typer.Option(help="With --register: the alias moved to the new version if it beats the "
                                                "one the alias points at (on best_val_acc).")]
 
+NprocOption = Annotated[str | None, typer.Option(
+    help="Train data-parallel on N processes per machine (PyTorch's torchrun launcher); auto = one per GPU (1 "
+         "without). batch_size stays the global batch.")]
+NnodesOption = Annotated[int, typer.Option(help="Machines taking part (run the same command on each, with --node-rank "
+                                                "and --rdzv-endpoint); or use torchrun ... -m harness.")]
+NodeRankOption = Annotated[int, typer.Option(help="This machine's number, 0 to nnodes-1 (0 records the runs).")]
+RdzvEndpointOption = Annotated[str | None, typer.Option(help="HOST:PORT of machine 0, where the machines meet.")]
+RdzvTimeoutOption = Annotated[int, typer.Option(help="Seconds to wait for the other machines before giving up.")]
+BackendOption = Annotated[str, typer.Option(help="With several processes: auto (nccl on CUDA, gloo on CPU), gloo or "
+                                                 "nccl.")]
 
-def _resolve(name: str, overrides: list[str] | None, device: str | None = None):  # noqa: ANN202
-    """(experiment, resolved variants) for a command: a broken experiment file or a bad value is a
-    HarnessError; a Ctrl-C while the file is imported ends the command with exit code 130."""
-    from harness.config import parse_overrides
-    from harness.experiment import load_experiment
+
+def _load(name: str) -> Experiment:
+    """The experiment `name` for a command: a broken file is a HarnessError; a Ctrl-C while the
+    file is imported ends the command with exit code 130."""
+    from harness.api import load_experiment
 
     try:
-        exp = load_experiment(name)
+        return load_experiment(name)
     except KeyboardInterrupt:  # a real Ctrl-C (a file's own `raise KeyboardInterrupt` is a HarnessError)
         typer.echo("Interrupted.", err=True)
         raise typer.Exit(130) from None
-    parsed = parse_overrides(overrides)
-    if device:
-        parsed.common["device"] = device
-    return exp, exp.resolve(parsed)
+
+
+def _resolve(name: str, overrides: list[str] | None, device: str | None = None
+             ) -> tuple[Experiment, dict[str, TrainConfig]]:
+    """(experiment, resolved variants) for a command (see `harness.resolve`)."""
+    from harness.api import resolve
+
+    return resolve(_load(name), overrides, device)
 
 
 GLOBAL_BATCH_NOTE = ("batch_size is the global batch: with N processes (--nproc-per-node, torchrun) each takes "
@@ -68,7 +88,8 @@ def list_cmd() -> None:
 
     names = experiment_names()
     if not names:
-        raise HarnessError(f"No experiments found in {experiments_dir()}; add a file there defining `experiment = Experiment(...)`.")
+        raise HarnessError(f"No experiments found in {experiments_dir()}; add a file there defining "
+                           "`experiment = Experiment(...)`.")
     broken = []
     for name in names:
         try:
@@ -125,19 +146,20 @@ def run(
     data_dir: DataDirOption = None,
     tracking_uri: TrackingOption = None,
     device: DeviceOption = None,
-    resume: Annotated[bool, typer.Option(help="Continue the latest interrupted run from its checkpoints; `--resume auto`: "
-                                              "that run if there is one, else a new run (one fixed command for a "
-                                              "scheduler's requeue script).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the latest interrupted run from its checkpoints; "
+                                              "`--resume auto`: that run if there is one, else a new run (one fixed "
+                                              "command for a scheduler's requeue script).")] = False,
     resume_auto: Annotated[bool, typer.Option("--resume-auto", hidden=True)] = False,  # `--resume auto`, see main()
-    repeat: Annotated[Optional[int], typer.Option(help="Train every variant K times, seeds from its config seed upwards.")] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="Train every variant once per seed, e.g. 0,1,2.")] = None,
+    repeat: Annotated[int | None, typer.Option(help="Train every variant K times, seeds from its config seed "
+                                                    "upwards.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Train every variant once per seed, e.g. 0,1,2.")] = None,
     nproc_per_node: NprocOption = None,
     nnodes: NnodesOption = 1,
     node_rank: NodeRankOption = 0,
     rdzv_endpoint: RdzvEndpointOption = None,
     rdzv_timeout: RdzvTimeoutOption = 120,
     dist_backend: BackendOption = "auto",
-    register: Annotated[Optional[str], typer.Option(
+    register: Annotated[str | None, typer.Option(
         help="Register the best variant's model (best mean best_val_acc) in MLflow's model registry under this name; "
              "then `harness predict models:/NAME@champion ...`.")] = None,
     alias: AliasOption = "champion",
@@ -147,39 +169,27 @@ def run(
 
     Under torchrun (`torchrun ... -m harness run NAME`), every process trains each variant
     data-parallel; rank 0 records the runs."""
-    _quiet_launcher(nproc_per_node, nnodes)
-    from harness.seeds import SeedPlan
+    from harness import api, launch
 
-    SeedPlan.parse(repeat, seeds)  # bad values fail before any process starts or data is touched
-    exp, configs = _resolve(name, set_, device)
-    if register is not None:  # checked before any process starts (runner imports torch: only if asked)
-        from harness.runner import Registration
-
-        Registration(register, alias).check(configs)
-    _launch_if_asked(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout, dist_backend, configs, name,
-                     tracking_uri, f"harness run {name} --resume --nproc-per-node {nproc_per_node} --nnodes {nnodes}"
-                     if nnodes > 1 else f"harness run {name} --resume --nproc-per-node {nproc_per_node}")
-    import harness
-    from harness import distributed
-    from harness.errors import Terminated
-    from harness.tracking import LAUNCH_ENV
-
-    # Under `harness run --nproc-per-node`, a process stopped because a peer died stays quiet:
-    # the launcher names the process that failed, in one line.
-    launched = bool(os.environ.get(LAUNCH_ENV))
+    exp = _load(name)
     try:
-        result = harness.run(exp, set=set_, seeds=seeds, repeat=repeat, resume="auto" if resume_auto else resume,
-                             device=device, tracking_uri=tracking_uri, data_dir=data_dir, register=register, alias=alias,
-                             system_metrics=system_metrics, backend=dist_backend)
+        result = api.run(exp, set=set_, seeds=seeds, repeat=repeat, resume="auto" if resume_auto else resume,
+                             device=device, tracking_uri=tracking_uri, data_dir=data_dir,
+                             nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
+                             rdzv_endpoint=rdzv_endpoint, rdzv_timeout=rdzv_timeout, backend=dist_backend,
+                             register=register, alias=alias, system_metrics=system_metrics)
     except KeyboardInterrupt as exc:
-        if _is_main() and not (launched and isinstance(exc, Terminated)):
-            typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} --resume`.",
-                       err=True)
+        if launch.says_interrupted(exc) and not launch.stopped_by_launcher(exc):
+            typer.echo(f"Interrupted: runs marked KILLED; checkpoints kept. Continue with `harness run {name} "
+                       "--resume`.", err=True)
         raise typer.Exit(130) from None
-    except distributed.GroupFailure as exc:
-        if launched and distributed.is_group_failure(exc.__cause__):
-            raise typer.Exit(distributed.PEER_LOST_EXIT) from None
+    except HarnessError as exc:
+        code = launch.peer_lost_exit(exc)
+        if code is not None:
+            raise typer.Exit(code) from None
         raise
+    if result.launched:  # the processes' rank 0 printed the table
+        raise typer.Exit(1 if result.failed else 0)
     from harness.comparison import CompareOutcome
 
     if result.comparison is not None:
@@ -192,15 +202,8 @@ def run(
         raise typer.Exit(1)
 
 
-def _print_comparison(tracker, experiment: str, parent_run_id: str, only: list[str] | None = None) -> None:  # noqa: ANN001
-    """`harness compare`'s table of a parent run (of the child runs `only`, if given), printed as
-    `harness compare` prints it."""
-    from harness.comparison import CompareOutcome, load_comparison
-
-    _print_tables(CompareOutcome(load_comparison(tracker, experiment, run_id=parent_run_id, only=only)))
-
-
-def _print_tables(outcome) -> None:  # noqa: ANN001
+def _print_tables(outcome: CompareOutcome) -> None:
+    """A comparison's rich tables, as wide as the terminal (200 columns when not one)."""
     from rich.console import Console
 
     from harness.comparison import rich_tables
@@ -210,65 +213,12 @@ def _print_tables(outcome) -> None:  # noqa: ANN001
         console.print(table)
 
 
-NprocOption = Annotated[Optional[str], typer.Option(
-    help="Train data-parallel on N processes per machine (PyTorch's torchrun launcher); auto = one per GPU (1 "
-         "without). batch_size stays the global batch.")]
-NnodesOption = Annotated[int, typer.Option(help="Machines taking part (run the same command on each, with --node-rank "
-                                                "and --rdzv-endpoint); or use torchrun ... -m harness.")]
-NodeRankOption = Annotated[int, typer.Option(help="This machine's number, 0 to nnodes-1 (0 records the runs).")]
-RdzvEndpointOption = Annotated[Optional[str], typer.Option(help="HOST:PORT of machine 0, where the machines meet.")]
-RdzvTimeoutOption = Annotated[int, typer.Option(help="Seconds to wait for the other machines before giving up.")]
-BackendOption = Annotated[str, typer.Option(help="With several processes: auto (nccl on CUDA, gloo on CPU), gloo or "
-                                                 "nccl.")]
-
-
-def _quiet_launcher(nproc_per_node: str | None, nnodes: int) -> None:
-    """In a process that will launch others: PyTorch's C++ side logs every failed rendezvous
-    connection with a stack trace, and the launcher reports that in one line. Its log level is
-    read once, when torch loads (so this comes first); the processes launched log as usual."""
-    if (nproc_per_node is not None or nnodes > 1) and "WORLD_SIZE" not in os.environ \
-            and "TORCH_CPP_LOG_LEVEL" not in os.environ and "torch" not in sys.modules:
-        os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
-        os.environ["HARNESS_LAUNCHER_QUIET"] = "1"  # `launch` takes both back out of the workers' environment
-
-
-def _launch_if_asked(nproc_per_node: str | None, nnodes: int, node_rank: int, rdzv_endpoint: str | None,
-                     rdzv_timeout: int, backend: str, configs: dict, name: str, tracking_uri: str | None,
-                     continue_with: str) -> None:
-    """With `--nproc-per-node` / `--nnodes`: start this machine's processes; this process waits for
-    them and the command ends here. Otherwise (one process, or one started by a launcher) return:
-    the API joins the launcher's process group, and only rank 0 writes to stdout."""
-    from harness import distributed
-
-    device = next(iter(configs.values())).device
-    if nproc_per_node is not None or nnodes > 1:
-        if distributed.env_world() is not None:
-            raise HarnessError("This process was started by torchrun already; leave out --nproc-per-node and "
-                               "--nnodes (torchrun's own options set the processes).")
-        from harness import launch
-
-        plan = launch.LaunchPlan.parse(nproc_per_node or "1", nnodes, node_rank, rdzv_endpoint, rdzv_timeout, device)
-        if plan.world_size > 1:
-            launch.check_launch(configs, plan.world_size, backend, device)
-            raise typer.Exit(launch.launch(plan, launch.worker_args(sys.argv[1:]), name, tracking_uri, continue_with))
-    if not _is_main():  # one process speaks: rank 0 (errors still reach stderr from any rank)
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
-
-
-def _is_main() -> bool:
-    """Whether this process is rank 0 of its launch (or not launched at all)."""
-    from harness import distributed
-
-    world = distributed.env_world()
-    return world is None or world[0] == 0
-
-
 StorageOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(help="Optuna storage: a SQLAlchemy URL (default sqlite:///optuna.db, fine for several processes on "
                       "one machine; use postgresql://... to share a study across machines) or journal:PATH."),
 ]
-VariantOption = Annotated[Optional[str], typer.Option(help="Variant to tune (default: the experiment's first).")]
+VariantOption = Annotated[str | None, typer.Option(help="Variant to tune (default: the experiment's first).")]
 
 
 @app.command()
@@ -277,71 +227,65 @@ def tune(
     variant: VariantOption = None,
     trials: Annotated[int, typer.Option(help="Finished (complete or pruned) trials the study should have in total; "
                                              "re-running the same command resumes the study up to this count.")] = 20,
-    timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after this many seconds.")] = None,
-    study_name: Annotated[Optional[str], typer.Option(help="Default: EXPERIMENT-VARIANT.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")] = None,
+    study_name: Annotated[str | None, typer.Option(help="Default: EXPERIMENT-VARIANT.")] = None,
     storage: StorageOption = None,
     sampler: Annotated[str, typer.Option(help="tpe, random, cmaes or gp.")] = "tpe",
-    pruner: Annotated[str, typer.Option(help="median, hyperband, wilcoxon (compares seeds: needs --repeat) or none.")] = "median",
+    pruner: Annotated[str, typer.Option(help="median, hyperband, wilcoxon (compares seeds: needs --repeat) or "
+                                             "none.")] = "median",
     n_jobs: Annotated[int, typer.Option(help="Trials run at once in this process (torch threads are split).")] = 1,
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
     set_: SetOption = None,
     data_dir: DataDirOption = None,
     tracking_uri: TrackingOption = None,
     device: DeviceOption = None,
-    retrain_best: Annotated[bool, typer.Option(help="Afterwards, train the best params on train+validation and test once.")] = False,
-    heartbeat: Annotated[int, typer.Option(help="Seconds between trial heartbeats; a trial silent for 3 is failed and retried.")] = 10,
-    repeat: Annotated[Optional[int], typer.Option(help="Train each trial at K seeds (from the config seed up); its "
+    retrain_best: Annotated[bool, typer.Option(help="Afterwards, train the best params on train+validation and test "
+                                                    "once.")] = False,
+    heartbeat: Annotated[int, typer.Option(help="Seconds between trial heartbeats; a trial silent for 3 is failed and "
+                                                "retried.")] = 10,
+    repeat: Annotated[int | None, typer.Option(help="Train each trial at K seeds (from the config seed up); its "
                                                        "value is their mean.")] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="Train each trial at these seeds, e.g. 0,1,2.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Train each trial at these seeds, e.g. 0,1,2.")] = None,
     nproc_per_node: NprocOption = None,
     nnodes: NnodesOption = 1,
     node_rank: NodeRankOption = 0,
     rdzv_endpoint: RdzvEndpointOption = None,
     rdzv_timeout: RdzvTimeoutOption = 120,
     dist_backend: BackendOption = "auto",
-    register: Annotated[Optional[str], typer.Option(
+    register: Annotated[str | None, typer.Option(
         help="With --retrain-best: register the retrained model in MLflow's model registry under this name (judged "
              "by the study's best validation accuracy).")] = None,
     alias: AliasOption = "champion",
     system_metrics: SystemMetricsOption = True,
 ) -> None:
     """Search the experiment's search space with Optuna; every trial is a nested MLflow run."""
-    _quiet_launcher(nproc_per_node, nnodes)
-    exp, configs = _resolve(name, set_, device)
-    from harness.tuning import TuneOptions, best_summary, pick_variant
+    from harness import api, launch
 
-    chosen = pick_variant(exp, variant)
-    from harness.seeds import SeedPlan
-
-    # Checked here, before any process starts (the API builds the same options again).
-    TuneOptions(trials=trials, timeout=timeout, study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
-                n_jobs=n_jobs, seed=seed, retrain_best=retrain_best, heartbeat_seconds=heartbeat,
-                seeds=SeedPlan.parse(repeat, seeds), register=register, alias=alias)
-    if n_jobs > 1 and (nproc_per_node not in (None, "1") or nnodes > 1):
-        raise HarnessError("--n-jobs above 1 cannot be combined with --nproc-per-node; each trial already "
-                           "uses every process.")
-    _launch_if_asked(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout, dist_backend,
-                     {chosen: configs[chosen]}, name, tracking_uri, "the same command (the study goes on)")
-    import harness
-
+    exp = _load(name)
     try:
-        result = harness.tune(exp, variant=chosen, trials=trials, timeout=timeout, study_name=study_name,
+        result = api.tune(exp, variant=variant, trials=trials, timeout=timeout, study_name=study_name,
                               storage=storage, sampler=sampler, pruner=pruner, n_jobs=n_jobs, seed=seed, set=set_,
                               device=device, tracking_uri=tracking_uri, data_dir=data_dir, retrain_best=retrain_best,
                               heartbeat=heartbeat, repeat=repeat, seeds=seeds, register=register, alias=alias,
-                              system_metrics=system_metrics, backend=dist_backend)
-    except KeyboardInterrupt:
-        if _is_main():
+                              system_metrics=system_metrics, nproc_per_node=nproc_per_node, nnodes=nnodes,
+                              node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, rdzv_timeout=rdzv_timeout,
+                              backend=dist_backend)
+    except KeyboardInterrupt as exc:
+        if launch.says_interrupted(exc):
             typer.echo("Interrupted: re-run the same command to continue the study.", err=True)
         raise typer.Exit(130) from None
-    if result is None:  # a rank other than 0: it trained, rank 0 reports
+    if result is None:  # a rank other than 0 (or a machine other than 0): it trained, rank 0 reports
         return
+    failed = result.retrained is not None and result.retrained.status != "FINISHED"
+    if result.launched:  # the processes' rank 0 printed the summary
+        raise typer.Exit(1 if failed else 0)
+    from harness.study_store import best_summary
+
     typer.echo(best_summary(result.study) + f" (MLflow parent run {result.parent_run_id})")
     if result.retrained is not None:
-        from harness.tracking import Tracker
-
-        _print_comparison(Tracker.open(tracking_uri), exp.name, result.parent_run_id, only=[result.retrained.run_id])
-        if result.retrained.status != "FINISHED":
+        _print_tables(api.compare_outcome(exp.name, run_id=result.parent_run_id, tracking_uri=tracking_uri,
+                                          only=[result.retrained.run_id]))
+        if failed:
             typer.echo(f"error: retrain-best {result.retrained.status}: {result.retrained.reason}", err=True)
             raise typer.Exit(1)
     if result.promotion is not None:
@@ -354,7 +298,8 @@ def lr_find_cmd(
     variant: VariantOption = None,
     set_: SetOption = None,
     min_lr: Annotated[float, typer.Option(help="Learning rate of the first step.")] = 1e-5,
-    max_lr: Annotated[float, typer.Option(help="Learning rate the test grows to (it stops earlier if the loss diverges).")] = 10.0,
+    max_lr: Annotated[float, typer.Option(help="Learning rate the test grows to (it stops earlier if the loss "
+                                               "diverges).")] = 10.0,
     steps: Annotated[int, typer.Option(help="Optimizer steps from --min-lr to --max-lr.")] = 100,
     data_dir: DataDirOption = None,
     tracking_uri: TrackingOption = None,
@@ -362,21 +307,20 @@ def lr_find_cmd(
 ) -> None:
     """Learning-rate range test: train with an exponentially growing lr until the loss diverges,
     and suggest an lr (one MLflow run with the plot and the curve; the experiment is not changed)."""
-    exp, configs = _resolve(name, set_, device)
-    from harness.lr_finder import RULE, coarse_grid_warning, lr_find
-    from harness.tracking import Tracker
-    from harness.tuning import pick_variant
+    from harness import api
+    from harness.lr_finder import RULE
 
-    chosen = pick_variant(exp, variant)
-    warning = coarse_grid_warning(min_lr, max_lr, steps)  # known from the arguments: said before the test runs
-    if warning:
-        typer.echo(f"warning: {warning}", err=True)
+    exp = _load(name)
     try:
-        outcome = lr_find(Tracker.open(tracking_uri), exp, chosen, configs[chosen], min_lr, max_lr, steps, data_dir)
+        outcome = api.lr_find(exp, variant=variant, set=set_, min_lr=min_lr, max_lr=max_lr, steps=steps,
+                                  device=device, tracking_uri=tracking_uri, data_dir=data_dir,
+                                  log=lambda m: typer.echo(m, err=True))
     except KeyboardInterrupt:
         typer.echo("Interrupted: the lr-find run is marked KILLED.", err=True)
         raise typer.Exit(130) from None
-    found = f"suggested lr {outcome.suggestion:.3g}" if outcome.suggestion is not None else "no suggestion (too few steps before the loss rose)"
+    chosen = variant or next(iter(exp.variants))  # the API's default: the first variant
+    found = f"suggested lr {outcome.suggestion:.3g}" if outcome.suggestion is not None \
+        else "no suggestion (too few steps before the loss rose)"
     typer.echo(f"{chosen}: {found} ({RULE}); {len(outcome.test.lrs)} steps, stopped because {outcome.stop_reason}. "
                f"Plot and curve: MLflow run {outcome.run_id} (lr_find.png, lr_find.csv).")
     if outcome.suggestion is not None:
@@ -387,12 +331,12 @@ def lr_find_cmd(
 def study(
     name: Annotated[str, typer.Argument(help="Experiment name.")],
     variant: VariantOption = None,
-    study_name: Annotated[Optional[str], typer.Option(help="Default: EXPERIMENT-VARIANT.")] = None,
+    study_name: Annotated[str | None, typer.Option(help="Default: EXPERIMENT-VARIANT.")] = None,
     storage: StorageOption = None,
 ) -> None:
     """Show a study's best trial and its trials table (no training)."""
     from harness.experiment import load_experiment
-    from harness.tuning import (
+    from harness.study_store import (
         best_summary,
         default_study_name,
         load_study,
@@ -414,16 +358,19 @@ def bench(
     epochs: Annotated[int, typer.Option(help="Epochs per contender; the first is a warm-up.")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
     cifar: Annotated[bool, typer.Option(help="Also measure ResNet-18 on CIFAR-shaped data with flip + crop.")] = True,
-    startup: Annotated[bool, typer.Option(help="Measure `harness run quickstart`'s time to its first training step.")] = True,
+    startup: Annotated[bool, typer.Option(help="Measure `harness run quickstart`'s time to its first training "
+                                               "step.")] = True,
     study_budget: Annotated[int, typer.Option(help="Training epochs per study in the sampler/pruner comparison "
                                                    "(0 skips it; 36 = 12 unpruned 3-epoch trials).")] = 36,
     study_seeds: Annotated[int, typer.Option(help="Sampler seeds per strategy in the study comparison.")] = 3,
     scaling: Annotated[bool, typer.Option(help="Measure data-parallel scaling: LeNet and ResNet-18 in 1 process vs "
                                                "N (2 CPU processes, or every GPU) at the same global batch.")] = True,
     recipes: Annotated[bool, typer.Option(help="Measure what each recipe primitive (auto-augment, MixUp, CutMix, "
-                                               "random erasing, EMA) costs per training image vs the plain path.")] = True,
+                                               "random erasing, EMA) costs per training image vs the plain "
+                                               "path.")] = True,
     folders: Annotated[bool, typer.Option(help="Measure the streamed image-folder path (2,000 generated JPEGs) vs "
-                                               "torchvision's ImageFolder tutorial pipeline, and what limits it.")] = True,
+                                               "torchvision's ImageFolder tutorial pipeline, and what limits "
+                                               "it.")] = True,
     predict: Annotated[bool, typer.Option(help="Measure `harness predict` (2,000 MNIST PNGs, the quickstart's LeNet) "
                                                "vs MLflow's pyfunc predict on the same batches.")] = True,
     system_metrics: Annotated[bool, typer.Option(help="Measure what MLflow's system-metrics monitor costs training "
@@ -448,7 +395,8 @@ def bench(
             typer.echo(f"start-up to first training step: {s['first_run_seconds']:.2f} s (new MLflow store), "
                        f"{s['median_later_seconds']:.2f} s (existing store); bare torch + optimizer + mlflow "
                        f"{s['floor_seconds']:.2f} s (harness/floor {s['harness/floor']:.2f}), with a run started "
-                       f"{s['tracked_floor_seconds']:.2f} s (harness/tracked floor {s['harness/tracked_floor']:.2f}); imports: "
+                       f"{s['tracked_floor_seconds']:.2f} s (harness/tracked floor "
+                       f"{s['harness/tracked_floor']:.2f}); imports: "
                        + ", ".join(f"{k} {v:.2f} s" for k, v in s["imports"].items()))
         typer.echo(pd.DataFrame(report["throughput"]).to_string(index=False))
         if report.get("scaling"):
@@ -481,13 +429,15 @@ def predict(
                                                      ".png .bmp .webp, any case).")],
     top_k: Annotated[int, typer.Option(help="Most probable classes shown per image.")] = 3,
     fmt: Annotated[str, typer.Option("--format", help="table, csv (path,class_1,prob_1,...) or json (a list of "
-                                                      "objects); csv and json go to stdout, messages to stderr.")] = "table",
+                                                      "objects); csv and json go to stdout, messages to "
+                                                      "stderr.")] = "table",
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 256,
     device: Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu or cuda.")] = "auto",
     tracking_uri: TrackingOption = None,
     trust_model: Annotated[bool, typer.Option(
         help="Also load a model logged in a format that can run code as it loads (MLflow's pickle format, a pyfunc "
-             "python_model); by default only the pt2 models harness logs are loaded. Only for a model you trust.")] = False,
+             "python_model); by default only the pt2 models harness logs are loaded. Only for a model you "
+             "trust.")] = False,
 ) -> None:
     """Classify image files with a logged model: top-k classes and their probabilities (softmax) per image.
 
@@ -496,14 +446,14 @@ def predict(
     model's channels (grayscale or RGB) and resized to that size. Unreadable
     files are listed on stderr and skipped; the command fails only if no image
     could be read."""
+    from harness import api
     from harness import prediction as predicting
-    from harness.tracking import Tracker
 
-    predicting.check_options(fmt, top_k, batch_size, device)
+    predicting.check_options(fmt, top_k, batch_size, device)  # --format too, before anything is read
     try:
-        outcome = predicting.predict(Tracker.open(tracking_uri), model, paths, top_k=top_k, batch_size=batch_size,
-                                     device=device, log=lambda m: typer.echo(m, err=True),
-                                     progress=predicting.progress_bar, trust_model=trust_model)
+        outcome = api.predict_outcome(model, paths, top_k=top_k, batch_size=batch_size, device=device,
+                                      tracking_uri=tracking_uri, trust_model=trust_model,
+                                      log=lambda m: typer.echo(m, err=True), progress=predicting.progress_bar)
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
         raise typer.Exit(130) from None
@@ -518,23 +468,24 @@ def predict(
 @app.command()
 def compare(
     name: Annotated[str, typer.Argument(help="Experiment name.")],
-    run: Annotated[Optional[str], typer.Option(help="Parent run id (default: the latest `harness run`); a study's "
+    run: Annotated[str | None, typer.Option(help="Parent run id (default: the latest `harness run`); a study's "
                                                     "parent run compares its trials.")] = None,
     study: Annotated[bool, typer.Option(help="Compare the trials of the latest `harness tune` study.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="table, csv, markdown or json.")] = "table",
     metric: Annotated[str, typer.Option(help="Sort (and, with repeats, test) on this metric; a per-epoch metric "
                                              "such as val_loss means its last epoch.")] = "best_val_acc",
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the figures and CSVs (default: compare/NAME).")] = None,
-    confusion: Annotated[bool, typer.Option(help="Also compare the most-confused class pairs, first vs last epoch.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Folder for the figures and CSVs (default: compare/NAME).")] = None,
+    confusion: Annotated[bool, typer.Option(help="Also compare the most-confused class pairs, first vs last "
+                                                 "epoch.")] = False,
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Compare the variants of a run (mean ± std with --repeat) from MLflow: table, curves, confusion matrices."""
-    from harness.comparison import check_format, compare_experiment, render
-    from harness.tracking import Tracker
+    from harness import api
+    from harness.comparison import check_format, render
 
-    check_format(fmt)
-    outcome = compare_experiment(Tracker.open(tracking_uri), name, run_id=run, study=study, metric=metric, fmt=fmt,
-                                 out=out, confusion=confusion)
+    check_format(fmt)  # before anything is read
+    outcome = api.compare_outcome(name, run_id=run, study=study, metric=metric, tracking_uri=tracking_uri, write=True,
+                                  out=out, confusion=confusion)
     if fmt == "table":
         _print_tables(outcome)
     else:
@@ -548,24 +499,23 @@ def compare(
 @app.command()
 def report(
     name: Annotated[str, typer.Argument(help="Experiment name.")],
-    run: Annotated[Optional[str], typer.Option(help="Parent run id, whatever its status (default: the latest "
+    run: Annotated[str | None, typer.Option(help="Parent run id, whatever its status (default: the latest "
                                                     "finished `harness run`; a study's parent run gives the study "
                                                     "report; `harness runs NAME` lists them).")] = None,
     study: Annotated[bool, typer.Option(help="Report the latest finished `harness tune` study (trials, Optuna's "
                                              "plots).")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="HTML file to write (default: reports/NAME-run.html, "
+    out: Annotated[Path | None, typer.Option(help="HTML file to write (default: reports/NAME-run.html, "
                                                      "reports/NAME-study.html or reports/NAME-<run id>.html).")] = None,
     tracking_uri: TrackingOption = None,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage of the study (default: the one its run "
+    storage: Annotated[str | None, typer.Option(help="Optuna storage of the study (default: the one its run "
                                                         "recorded, else sqlite:///optuna.db).")] = None,
 ) -> None:
     """Write one self-contained HTML report of a run or study (readable without MLflow); also logged to its parent run.
 
     Without --run: the latest FINISHED run (or study), as `harness predict NAME` picks."""
-    from harness.html_report import write_report
-    from harness.tracking import Tracker
+    from harness import api
 
-    outcome = write_report(Tracker.open(tracking_uri), name, run_id=run, study=study, out=out, storage=storage)
+    outcome = api.report_outcome(name, run_id=run, study=study, out=out, tracking_uri=tracking_uri, storage=storage)
     for note in outcome.notes:
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"wrote {outcome.path} ({outcome.size / 1e6:.1f} MB; also on run {outcome.parent_run_id} "
@@ -581,11 +531,10 @@ def runs(
     """List an experiment's recent runs: status, duration, failure reason, and how to continue unfinished ones."""
     from rich.console import Console
 
-    from harness import reports
-    from harness.history import recent_runs, runs_note
-    from harness.tracking import Tracker
+    from harness import api, reports
+    from harness.history import runs_note
 
-    frame = recent_runs(Tracker.open(tracking_uri), name, limit)
+    frame = api.runs(name, limit=limit, tracking_uri=tracking_uri)
     Console(width=220 if not sys.stdout.isatty() else None).print(reports.rich_table(frame, f"{name}: recent runs",
                                                                                      runs_note(name)))
 
@@ -615,10 +564,11 @@ def dashboard(
     host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only; the dashboard "
                                            "has no login and can delete studies).")] = "127.0.0.1",
     storage: StorageOption = None,
-    study: Annotated[Optional[str], typer.Option(help="Print this study's page (e.g. quickstart-lenet_relu) "
+    study: Annotated[str | None, typer.Option(help="Print this study's page (e.g. quickstart-lenet_relu) "
                                                       "instead of the list of studies.")] = None,
 ) -> None:
-    """Open optuna-dashboard on the study storage `harness tune` writes to (needs the dashboard extra); Ctrl-C stops it."""
+    """Open optuna-dashboard on the study storage `harness tune` writes to (needs the dashboard extra); Ctrl-C
+    stops it."""
     from harness.dashboard import serve
 
     try:
@@ -640,13 +590,15 @@ def _spell_resume_auto(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """The commands: user errors end in one line on stderr and exit code 2."""
+    """The commands: user errors end in one line on stderr and exit code 2 (or the exit code of
+    the launched processes whose rank 0 printed it)."""
     sys.argv[1:] = _spell_resume_auto(sys.argv[1:])
     try:
         app()
     except HarnessError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        if not getattr(exc, "reported", False):  # launched processes' errors: their rank 0 printed them
+            typer.echo(f"error: {exc}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
 
 
 def console_main() -> None:

@@ -14,15 +14,13 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from harness import reports, stats, tracking
-from harness.errors import HarnessError, first_line
+from harness.errors import ConfigError, UnknownNameError, WriteError, first_line
 from harness.experiment import check_name
 from harness.registry import unknown_name_message
 from harness.tracking import Tracker, no_runs_message
@@ -128,25 +126,26 @@ def select_parent(tracker: Tracker, experiment: str, run_id: str | None = None, 
     """(experiment id, parent run): `run_id` if given, else the latest `harness run` parent (the
     latest `harness tune` study parent with `study`)."""
     if run_id and study:
-        raise HarnessError("Give either --run RUN_ID or --study (the latest study), not both.")
+        raise ConfigError("Give either --run RUN_ID or --study (the latest study), not both.")
     experiment_id = tracker.find_experiment(experiment)
     if experiment_id is None:
-        raise HarnessError(no_runs_message(tracker, experiment))
+        raise UnknownNameError(no_runs_message(tracker, experiment))
     if run_id:
         run = tracker.find_run(run_id)
         if run is None or run.info.experiment_id != experiment_id:
-            raise HarnessError(f"No run '{run_id}' in experiment '{experiment}'; `harness runs {experiment}` lists its runs.")
+            raise UnknownNameError(f"No run '{run_id}' in experiment '{experiment}'; "
+                                   f"`harness runs {experiment}` lists its runs.")
         parent_of = run.data.tags.get(tracking.PARENT_RUN)
         if parent_of:
-            raise HarnessError(f"Run {run_id} is one variant or trial; compare its parent instead: --run {parent_of}.")
+            raise ConfigError(f"Run {run_id} is one variant or trial; compare its parent instead: --run {parent_of}.")
         if run.data.tags.get(tracking.KIND_TAG) not in ("run", "study"):
-            raise HarnessError(f"Run {run_id} was not made by `harness run` or `harness tune`; "
-                               f"`harness runs {experiment}` lists the runs that can be compared.")
+            raise ConfigError(f"Run {run_id} was not made by `harness run` or `harness tune`; "
+                              f"`harness runs {experiment}` lists the runs that can be compared.")
         return experiment_id, run
     parent = tracker.latest_parent_run(experiment_id, kind="study" if study else "run")
     if parent is None:
         command = f"harness tune {experiment}" if study else f"harness run {experiment}"
-        raise HarnessError(f"No `{command}` of experiment '{experiment}' is recorded yet; run `{command}` first.")
+        raise UnknownNameError(f"No `{command}` of experiment '{experiment}' is recorded yet; run `{command}` first.")
     return experiment_id, parent
 
 
@@ -221,8 +220,8 @@ def load_comparison(tracker: Tracker, experiment: str, run_id: str | None = None
     parent_id = parent.info.run_id
     children = [r for r in tracker.children(experiment_id, parent_id) if only is None or r.info.run_id in only]
     if not children:
-        raise HarnessError(f"Run {parent_id} of '{experiment}' has no variant or trial runs yet; "
-                           "wait for it to start training, or pick another with --run (see `harness runs`).")
+        raise UnknownNameError(f"Run {parent_id} of '{experiment}' has no variant or trial runs yet; "
+                               "wait for it to start training, or pick another with --run (see `harness runs`).")
     logged = {key for run in children for key in run.data.metrics}
     shown, varying = hyperparameter_columns([dict(r.data.params) for r in children])
     runs = runs_frame(children, shown, None if metric in (*RESULT_METRICS, *TIME_COLUMNS) else metric)
@@ -230,11 +229,12 @@ def load_comparison(tracker: Tracker, experiment: str, run_id: str | None = None
     # The default metric is always accepted: a run whose variants all failed early has none yet,
     # and its table (statuses, reasons) is still worth showing.
     if metric not in available and metric != DEFAULT_METRIC:
-        raise HarnessError(unknown_name_message("metric", metric, available))
+        raise UnknownNameError(unknown_name_message("metric", metric, available))
     # Results nobody logged (a study's trials are never tested) are left out rather than shown empty.
     runs = runs.drop(columns=[c for c in (*RESULT_METRICS, *TIME_COLUMNS) if c != metric and runs[c].isna().all()])
     # Elapsed time is shown only where some run was resumed: elsewhere it is the wall time again.
-    if "elapsed_seconds" in runs and metric != "elapsed_seconds" and runs["elapsed_seconds"].equals(runs.get("wall_seconds")):
+    if ("elapsed_seconds" in runs and metric != "elapsed_seconds"
+            and runs["elapsed_seconds"].equals(runs.get("wall_seconds"))):
         runs = runs.drop(columns="elapsed_seconds")
     # A study's trials are compared as trials; its retrained best (or a run's variants) as variants.
     kind = "study" if any(r.data.tags.get(tracking.KIND_TAG) == "trial" for r in children) else "run"
@@ -267,7 +267,7 @@ def best_run(comparison: Comparison) -> pd.Series | None:
 def check_format(fmt: str) -> None:
     """Fail on an unknown --format before anything is read."""
     if fmt not in FORMATS:
-        raise HarnessError(unknown_name_message("format", fmt, FORMATS))
+        raise UnknownNameError(unknown_name_message("format", fmt, FORMATS))
 
 
 def _show_param(value: Any) -> str:
@@ -353,7 +353,7 @@ def render(outcome: CompareOutcome, fmt: str) -> str:
             text += f"\n{reports.markdown_table(pairs_display(outcome.pairs))}\n{PAIRS_NOTE}\n"
         return text
     check_format(fmt)
-    raise HarnessError("The table format is printed with rich_tables, not rendered as text.")
+    raise ConfigError("The table format is printed with rich_tables, not rendered as text.")
 
 
 def rich_tables(outcome: CompareOutcome) -> list[Any]:
@@ -434,7 +434,8 @@ def class_error_rates(pooled: np.ndarray) -> np.ndarray:
     return np.divide(totals - correct, totals, out=np.full_like(totals, np.nan), where=totals > 0)
 
 
-def confused_pairs(name: str, first: np.ndarray, last: np.ndarray, classes: list[str], top: int = TOP_PAIRS) -> list[dict[str, Any]]:
+def confused_pairs(name: str, first: np.ndarray, last: np.ndarray, classes: list[str],
+                   top: int = TOP_PAIRS) -> list[dict[str, Any]]:
     """The `top` most-confused (true, predicted) pairs at the first and at the last epoch, with
     their count and rate (share of the true class) at both, and the change in rate."""
 
@@ -474,8 +475,8 @@ def write_reports(tracker: Tracker, c: Comparison, out: Path, confusion: bool = 
         table_csv = out / "comparison.csv"
         table_csv.write_text(c.table.to_csv(index=False))
     except OSError as exc:  # no permission, disk full, ...: one line naming the folder
-        raise HarnessError(f"Cannot write the comparison to {out}: {exc.strerror or first_line(exc)}; "
-                           "give another folder with --out.") from None
+        raise WriteError(f"Cannot write the comparison to {out}: {exc.strerror or first_line(exc)}; "
+                         "give another folder with --out.") from None
     outcome.files.append(table_csv)
     shown = f" (best {MAX_PANELS} of {len(c.table)} by {c.metric})" if len(c.table) > MAX_PANELS else ""
     spread = ", mean ± std over seeds" if c.repeated else ""
@@ -505,7 +506,8 @@ def _confusion_over_epochs(outcome: CompareOutcome, per_variant: dict[str, tuple
                            out: Path, shown: str) -> None:
     if not per_variant:
         outcome.notes.append("No finished run logged per-epoch validation confusion matrices "
-                             "(val_confusion/per_epoch.npy; runs without a validation split and tuning trials have none).")
+                             "(val_confusion/per_epoch.npy; runs without a validation split "
+                             "and tuning trials have none).")
         return
     rows, errors = [], {}
     for name, (arrays, classes) in per_variant.items():
@@ -539,10 +541,11 @@ def compare_experiment(tracker: Tracker, experiment: str, run_id: str | None = N
 
 
 def check_out(out: Path) -> None:
-    """Raise HarnessError unless `out` is a folder or can be made one (it is created if missing)."""
+    """Raise WriteError unless `out` is a folder or can be made one (it is created if missing)."""
     if out.exists() and not out.is_dir():
-        raise HarnessError(f"--out {out} is a file, not a folder; give a folder for the comparison's files "
-                           "(it is created if missing).")
+        raise WriteError(f"--out {out} is a file, not a folder; give a folder for the comparison's files "
+                         "(it is created if missing).")
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
-            raise HarnessError(f"--out {out}: {parent} is a file, not a folder; give a folder for the comparison's files.")
+            raise WriteError(f"--out {out}: {parent} is a file, not a folder; "
+                             "give a folder for the comparison's files.")

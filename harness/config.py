@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, UnknownNameError
 from harness.registry import unknown_name_message
 
 EARLY_STOPPING_METRICS = ("val_loss", "val_acc")
@@ -120,7 +120,7 @@ def _plain(value: Any) -> Any:
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
-        raise HarnessError(message)
+        raise ConfigError(message)
 
 
 def _number(name: str, value: float | None, ok: bool, rule: str) -> None:
@@ -142,7 +142,8 @@ def _integer(name: str, value: int | None, low: int, high: int, rule: str | None
 def _check_values(c: TrainConfig) -> None:
     """Every check that needs no registry (names are checked by `harness.validation.check_config`)."""
     if c.early_stopping_metric not in EARLY_STOPPING_METRICS:
-        raise HarnessError(unknown_name_message("early_stopping_metric", c.early_stopping_metric, EARLY_STOPPING_METRICS))
+        raise UnknownNameError(
+            unknown_name_message("early_stopping_metric", c.early_stopping_metric, EARLY_STOPPING_METRICS))
     # Lower-bound wording kept as before ("at least 1"); the upper bound is named too.
     _integer("epochs", c.epochs, 1, MAX_EPOCHS, f"at least 1 and at most {MAX_EPOCHS:,}")
     _integer("batch_size", c.batch_size, 1, MAX_BATCH_SIZE, f"at least 1 and at most {MAX_BATCH_SIZE:,}")
@@ -162,15 +163,16 @@ def _check_values(c: TrainConfig) -> None:
     _number("val_fraction", c.val_fraction, 0 <= c.val_fraction < 1, "in [0, 1)")
     _number("test_fraction", c.test_fraction, 0 < c.test_fraction < 1, "in (0, 1)")
     # A cap larger than the dataset is harmless (the split is sliced), so no upper bound.
-    _require(c.train_limit is None or c.train_limit >= 1, f"train_limit must be at least 1 or none (got {c.train_limit}).")
+    _require(c.train_limit is None or c.train_limit >= 1,
+             f"train_limit must be at least 1 or none (got {c.train_limit}).")
     _integer("early_stopping_patience", c.early_stopping_patience, 1, MAX_EPOCHS,
              f"at least 1 and at most {MAX_EPOCHS:,}, or none")
     _number("dropout", c.dropout, c.dropout is None or 0 <= c.dropout < 1, "in [0, 1) or none")
     _number("grad_clip", c.grad_clip, c.grad_clip is None or c.grad_clip > 0, "greater than 0 or none")
     _number("label_smoothing", c.label_smoothing, 0 <= c.label_smoothing < 1, "in [0, 1)")
     if c.auto_augment is not None and c.auto_augment not in AUTO_AUGMENT_POLICIES:
-        raise HarnessError(unknown_name_message("auto_augment policy", c.auto_augment, AUTO_AUGMENT_POLICIES)
-                           + " (or none)")
+        raise UnknownNameError(unknown_name_message("auto_augment policy", c.auto_augment, AUTO_AUGMENT_POLICIES)
+                               + " (or none)")
     _integer("randaugment_magnitude", c.randaugment_magnitude, 0, 30)
     _number("random_erasing", c.random_erasing, 0 <= c.random_erasing <= 1, "a probability in [0, 1]")
     _number("mixup_alpha", c.mixup_alpha, c.mixup_alpha >= 0, "0 (off) or more")
@@ -234,7 +236,7 @@ def parse_value(key: str, text: str) -> Any:
     """Parse the string `text` into the type of TrainConfig field `key`."""
     hints = typing.get_type_hints(TrainConfig)
     if key not in hints:
-        raise HarnessError(unknown_name_message("config key", key, field_names()))
+        raise UnknownNameError(unknown_name_message("config key", key, field_names()))
     return _parse_as(hints[key], text, key)
 
 
@@ -264,7 +266,7 @@ def _parse_as(tp: Any, text: str, key: str) -> Any:
         return text
     except ValueError:
         kind = {bool: "true/false", int: "an integer", float: "a number"}.get(tp, tp.__name__)
-        raise HarnessError(f"Cannot parse '{text}' for {key}: expected {kind}.") from None
+        raise ConfigError(f"Cannot parse '{text}' for {key}: expected {kind}.") from None
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,7 @@ def parse_overrides(items: list[str] | None) -> Overrides:
     per_variant: dict[str, dict[str, Any]] = {}
     for item in items or []:
         if "=" not in item:
-            raise HarnessError(f"Override '{item}' is not of the form key=value or VARIANT.key=value.")
+            raise ConfigError(f"Override '{item}' is not of the form key=value or VARIANT.key=value.")
         lhs, text = item.split("=", 1)
         lhs = lhs.strip()
         variant, _, key = lhs.rpartition(".")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from harness.errors import HarnessError, first_line
+from harness.errors import ConfigError, HarnessError, UnknownNameError, first_line
 
 T = TypeVar("T")
 _solo = threading.local()  # set while rank 0 runs a `from_main` function: nested calls stay local
@@ -207,8 +207,8 @@ def env_world() -> tuple[int, int, int, int] | None:
         local = int(os.environ.get("LOCAL_RANK", rank))
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     except ValueError:
-        raise HarnessError("RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be integers; start the "
-                           "processes with torchrun (or harness run --nproc-per-node N).") from None
+        raise ConfigError("RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be integers; start the "
+                          "processes with torchrun (or harness run --nproc-per-node N).") from None
     return rank, world, local, local_world
 
 
@@ -217,12 +217,12 @@ def choose_backend(requested: str, device: str) -> str:
     if requested not in BACKENDS:
         from harness.registry import unknown_name_message
 
-        raise HarnessError(unknown_name_message("distributed backend", requested, BACKENDS))
+        raise UnknownNameError(unknown_name_message("distributed backend", requested, BACKENDS))
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if requested == "nccl" or (requested == "auto" and cuda):
         if not torch.cuda.is_available():
-            raise HarnessError("The nccl backend needs CUDA GPUs and this machine has none; use --dist-backend gloo "
-                               "(or auto) to train on CPU processes.")
+            raise ConfigError("The nccl backend needs CUDA GPUs and this machine has none; use --dist-backend gloo "
+                              "(or auto) to train on CPU processes.")
         return "nccl"
     return "gloo"
 
@@ -238,8 +238,8 @@ def init_from_env(device: str = "auto", backend: str = "auto") -> Dist:
     chosen = choose_backend(backend, device)
     if chosen == "nccl":
         if local_rank >= torch.cuda.device_count():
-            raise HarnessError(f"Local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
-                               "start at most that many processes per node.")
+            raise ConfigError(f"Local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                              "start at most that many processes per node.")
         torch.cuda.set_device(local_rank)
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))

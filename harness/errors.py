@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can fix (bad names, values, missing data)."""
+"""The exception types for mistakes a user can fix: `HarnessError` and a few subclasses saying
+which kind of mistake (a bad value, an unknown name, broken data, an unusable store...)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,58 @@ T = TypeVar("T")
 class HarnessError(Exception):
     """A user-facing error: its message is one sentence saying what is wrong and how to fix it.
 
-    The CLI prints it on one line and exits non-zero, without a traceback.
+    The CLI prints it on one line and exits non-zero, without a traceback. The subclasses below
+    say which kind of mistake it is; catching `HarnessError` catches them all.
     """
+
+
+class ConfigError(HarnessError):
+    """A value that cannot work: a config field or `--set` override out of range or unparsable, a
+    command-line option (or option pair) refused, a schedule or setting this machine cannot run."""
+
+
+class UnknownNameError(HarnessError):
+    """A name that names nothing: not in a registry (model, dataset, optimizer, metric, format...;
+    the message suggests the closest registered name), or an experiment, variant, study, run id or
+    registered model that is not found, or has no finished record to act on yet."""
+
+
+class ExperimentFileError(HarnessError):
+    """An experiment file (or `Experiment` definition) that cannot be used: it fails to import,
+    defines no `experiment`, one with another name, or no valid variants."""
+
+
+class DataError(HarnessError):
+    """Data that is missing, corrupt or unreadable: a dataset or image folder, an image file,
+    downloaded files or pretrained weights that cannot be fetched or read."""
+
+
+class TrackingError(HarnessError):
+    """The MLflow tracking store or the Optuna storage cannot be used: unreachable, refused, read-only
+    or locked, or a read or write to it failed; the message is one line naming the store or path.
+
+    `unreachable` is True when the store did not answer at all (a tracking server that is down):
+    training can go on and the record be completed later with `--resume`."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+class ModelFormatError(HarnessError):
+    """A logged model that harness will not or cannot load: refused as unsafe (see
+    `harness.model_format.UntrustedModelError`), not an MLflow model, or without the metadata
+    (classes, input shape) harness needs."""
+
+
+class ResumeError(HarnessError):
+    """A run that cannot be resumed: nothing interrupted to resume, other options than it was started
+    with, a checkpoint missing, damaged or trained with other settings, or the run held by another process."""
+
+
+class WriteError(HarnessError):
+    """A file or folder harness must write cannot be written: read-only, full disk, permission
+    denied, or a file where a folder is needed (checkpoints, lock files, reports, comparisons)."""
 
 
 class Terminated(KeyboardInterrupt):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from harness.config import Overrides, TrainConfig, field_names
-from harness.errors import HarnessError, first_line
+from harness.errors import ExperimentFileError, HarnessError, UnknownNameError, first_line
 from harness.registry import unknown_name_message
 from harness.search_space import DEFAULT_SEARCH_SPACE, SearchSpace
 from harness.validation import check_config
@@ -41,13 +41,13 @@ class Experiment:
 
     def __post_init__(self) -> None:
         if not self.variants:
-            raise HarnessError(f"Experiment '{self.name}' defines no variants; add at least one TrainConfig.")
+            raise ExperimentFileError(f"Experiment '{self.name}' defines no variants; add at least one TrainConfig.")
         for name, cfg in self.variants.items():
             if not isinstance(cfg, TrainConfig):
-                raise HarnessError(f"Variant '{name}' of experiment '{self.name}' is not a TrainConfig.")
+                raise ExperimentFileError(f"Variant '{name}' of experiment '{self.name}' is not a TrainConfig.")
         for key in self.search_space:
             if key not in field_names():
-                raise HarnessError(
+                raise ExperimentFileError(
                     f"Search-space name '{key}' of experiment '{self.name}' is not a config field; "
                     + unknown_name_message("config key", key, field_names())
                 )
@@ -58,7 +58,7 @@ class Experiment:
         overrides = overrides or Overrides()
         unknown = set(overrides.per_variant) - set(self.variants)
         if unknown:
-            raise HarnessError(unknown_name_message(f"variant of '{self.name}'", sorted(unknown)[0], self.variants))
+            raise UnknownNameError(unknown_name_message(f"variant of '{self.name}'", sorted(unknown)[0], self.variants))
         return {
             name: check_config(dataclasses.replace(cfg, **{**overrides.common, **overrides.per_variant.get(name, {})}))
             for name, cfg in self.variants.items()
@@ -84,10 +84,10 @@ def experiment_names(folder: Path | None = None) -> list[str]:
 
 def check_name(name: str) -> str:
     """Return `name` if it is a plain identifier (what an experiment file's name must be), else
-    raise HarnessError: a name such as `../x` would otherwise import a file outside the folder."""
+    raise UnknownNameError: a name such as `../x` would otherwise import a file outside the folder."""
     if not name.isidentifier():
-        raise HarnessError(f"Experiment name '{name}' is not a plain name: use letters, digits and _ only "
-                           "(the file experiments/<name>.py; `harness list` shows them).")
+        raise UnknownNameError(f"Experiment name '{name}' is not a plain name: use letters, digits and _ only "
+                               "(the file experiments/<name>.py; `harness list` shows them).")
     return name
 
 
@@ -101,13 +101,13 @@ def load_experiment(name: str, folder: Path | None = None) -> Experiment:
         # Nothing is built from the name before this check: only a file `harness list` found
         # (e.g. my-exp.py) gets a hint, anything else (../x) is refused as it is.
         if name in experiment_names(folder):
-            raise HarnessError(f"{_shown(folder / f'{name}.py')}: the file name is not a plain name (letters, digits "
-                               f"and _); rename it to {_identifier_like(name)}.py.")
+            raise ExperimentFileError(f"{_shown(folder / f'{name}.py')}: the file name is not a plain name "
+                                      f"(letters, digits and _); rename it to {_identifier_like(name)}.py.")
         check_name(name)
     path = folder / f"{name}.py"
     shown = _shown(path)
     if not path.is_file():
-        raise HarnessError(unknown_name_message("experiment", name, experiment_names(folder)))
+        raise UnknownNameError(unknown_name_message("experiment", name, experiment_names(folder)))
     spec = importlib.util.spec_from_file_location(f"harness_experiments.{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -115,24 +115,25 @@ def load_experiment(name: str, folder: Path | None = None) -> Experiment:
         try:
             spec.loader.exec_module(module)
         except _OsExitCalled as exc:  # os._exit would end the process at once, output unflushed
-            raise HarnessError(_import_failure(shown, path, f"calls os._exit({exc.code!r}) at import")) from None
+            raise ExperimentFileError(_import_failure(shown, path, f"calls os._exit({exc.code!r}) at import")) from None
         except KeyboardInterrupt:
             if ctrl_c:  # a real Ctrl-C (SIGINT) while importing: the user wants to stop
                 raise
-            raise HarnessError(_import_failure(shown, path, "raises KeyboardInterrupt at import")) from None
+            raise ExperimentFileError(_import_failure(shown, path, "raises KeyboardInterrupt at import")) from None
         except SystemExit as exc:  # an experiment file must not end the command
-            raise HarnessError(_import_failure(shown, path, f"calls sys.exit({exc.code!r}) at import")) from None
+            raise ExperimentFileError(_import_failure(shown, path, f"calls sys.exit({exc.code!r}) at import")) from None
         except HarnessError as exc:  # e.g. an invalid TrainConfig: its message says what to change
-            raise HarnessError(_import_failure(shown, path, first_line(exc))) from None
+            raise ExperimentFileError(_import_failure(shown, path, first_line(exc))) from None
         except SyntaxError as exc:  # its line is in the exception, not in the traceback
-            raise HarnessError(_syntax_failure(shown, path, exc)) from None
-        except BaseException as exc:  # any other fault of the file's own code or imports
-            raise HarnessError(_import_failure(shown, path, f"{type(exc).__name__}: {first_line(exc)}")) from None
+            raise ExperimentFileError(_syntax_failure(shown, path, exc)) from None
+        except BaseException as exc:  # noqa: BLE001 - any other fault of the file's own code or imports
+            raise ExperimentFileError(
+                _import_failure(shown, path, f"{type(exc).__name__}: {first_line(exc)}")) from None
     exp = getattr(module, "experiment", None)
     if not isinstance(exp, Experiment):
-        raise HarnessError(f"{shown} must define `experiment = Experiment(...)` at module level.")
+        raise ExperimentFileError(f"{shown} must define `experiment = Experiment(...)` at module level.")
     if exp.name != name:
-        raise HarnessError(f"{shown} defines experiment '{exp.name}'; rename it to '{name}' to match its file.")
+        raise ExperimentFileError(f"{shown} defines experiment '{exp.name}'; rename it to '{name}' to match its file.")
     return dataclasses.replace(exp, source_file=str(path.resolve()))
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from harness import tracking
-from harness.errors import HarnessError
+from harness.errors import ConfigError, UnknownNameError
 from harness.study_liveness import end_dead_study_parents
 from harness.tracking import Tracker, no_runs_message
 
@@ -104,14 +104,15 @@ def recent_runs(tracker: Tracker, experiment: str, limit: int = 10) -> pd.DataFr
     """The newest `limit` parent runs of `experiment`, newest first, each followed by its
     children (a study's trials summarised in one line), as display-ready rows."""
     if limit < 1:
-        raise HarnessError(f"--limit must be at least 1 (got {limit}).")
+        raise ConfigError(f"--limit must be at least 1 (got {limit}).")
     experiment_id = tracker.find_experiment(experiment)
     parents = tracker.parent_runs(experiment_id, limit) if experiment_id is not None else []
     if not parents:
-        raise HarnessError(no_runs_message(tracker, experiment))
-    if any(p.info.status == "RUNNING" and p.data.tags.get(tracking.KIND_TAG) == "study" for p in parents):
-        if end_dead_study_parents(tracker, experiment_id, limit=limit):
-            parents = tracker.parent_runs(experiment_id, limit)
+        raise UnknownNameError(no_runs_message(tracker, experiment))
+    if any(
+        p.info.status == "RUNNING" and p.data.tags.get(tracking.KIND_TAG) == "study" for p in parents
+    ) and end_dead_study_parents(tracker, experiment_id, limit=limit):
+        parents = tracker.parent_runs(experiment_id, limit)
     resumable = tracker.latest_parent_run(experiment_id, unfinished_only=True)
     resumable_id = resumable.info.run_id if resumable is not None else None
     now_ms = int(time.time() * 1000)

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 import harness
-from harness import comparison as compare, reports, tracking
+from harness import comparison as compare
+from harness import reports, tracking
 from harness.config import field_names
-from harness.errors import HarnessError, first_line, os_error_reason
+from harness.errors import HarnessError, TrackingError, UnknownNameError, WriteError, first_line, os_error_reason
 from harness.experiment import Experiment, check_name, load_experiment
 from harness.tracking import Tracker
 from harness.uris import redact
@@ -47,7 +48,8 @@ ENV_TAGS = {"harness.version": "harness", "torch.version": "torch", "torchvision
             "python.version": "python", "device": "device", "host": "host", "git_commit": "git commit"}
 CONTEXT_TAG = "mlflow.data.context"  # MLflow's tag on a dataset input: train / validation / test
 MIN_TRIALS_FOR_IMPORTANCE = 2  # Optuna's importance evaluators need at least two complete trials
-STUDY_OPTIONS = ("variant", "trials", "sampler", "sampler_seed", "pruner", "n_jobs", "repeat", "seeds", "storage")  # study run params
+# study run params
+STUDY_OPTIONS = ("variant", "trials", "sampler", "sampler_seed", "pruner", "n_jobs", "repeat", "seeds", "storage")
 
 
 @dataclass
@@ -106,16 +108,16 @@ def default_out(experiment: str, run_id: str | None = None, study: bool = False)
 
 
 def check_out(out: Path) -> None:
-    """Raise HarnessError unless `out` can be written as a file (missing folders are created)."""
+    """Raise WriteError unless `out` can be written as a file (missing folders are created)."""
     if out.is_dir():
-        raise HarnessError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}.")
+        raise WriteError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}.")
     if out.exists() and not os.access(out, os.W_OK):
-        raise HarnessError(f"--out {out} is not writable (permission denied); give another file with --out.")
+        raise WriteError(f"--out {out} is not writable (permission denied); give another file with --out.")
     existing = next((p for p in out.parents if p.exists()), Path("."))
     if not existing.is_dir():
-        raise HarnessError(f"--out {out}: {existing} is a file, not a folder; give another file with --out.")
+        raise WriteError(f"--out {out}: {existing} is a file, not a folder; give another file with --out.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise HarnessError(f"--out {out}: folder {existing} is not writable; give another file with --out.")
+        raise WriteError(f"--out {out}: folder {existing} is not writable; give another file with --out.")
 
 
 def write_report(tracker: Tracker, experiment: str, run_id: str | None = None, study: bool = False,
@@ -146,8 +148,8 @@ def write_report(tracker: Tracker, experiment: str, run_id: str | None = None, s
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
     except OSError as exc:  # no permission, disk full, read-only file system: one line
-        raise HarnessError(f"Cannot write the report to {out}: {os_error_reason(exc)}; "
-                           "give another file with --out.") from None
+        raise WriteError(f"Cannot write the report to {out}: {os_error_reason(exc)}; "
+                         "give another file with --out.") from None
     tracker.log_bytes(parent.info.run_id, data, ARTIFACT)
     return ReportOutcome(out, parent.info.run_id, parent.data.tags.get(tracking.KIND_TAG, "run"), len(data),
                          notes=ctx.notes)
@@ -169,8 +171,8 @@ def latest_finished(tracker: Tracker, experiment: str, study: bool = False) -> t
     newest = f"the newest, {latest.info.run_id}, is {latest.info.status}"
     finished = tracker.latest_parent_run(experiment_id, kind=kind, finished_only=True)
     if finished is None:
-        raise HarnessError(f"Experiment '{experiment}' has no finished `{command}` yet ({newest}); report an "
-                           f"unfinished one by id with --run RUN_ID (`harness runs {experiment}` lists them).")
+        raise UnknownNameError(f"Experiment '{experiment}' has no finished `{command}` yet ({newest}); report an "
+                               f"unfinished one by id with --run RUN_ID (`harness runs {experiment}` lists them).")
     return finished.info.run_id, [f"reporting run {finished.info.run_id}, the latest finished `{command}` ({newest}; "
                                   f"--run {latest.info.run_id} reports it)."]
 
@@ -712,7 +714,8 @@ def study_commands(ctx: Context, reference: Reference) -> tuple[str, pd.DataFram
         fields = overrides(dict(run.data.params), reference.fields(variant))
         state = getattr(record, "trial_state", None)
         rows.append({"run": record.variant, "state": record.status if pd.isna(state) else state,
-                     "command": command("harness", "run", c.experiment, *set_arguments({variant: fields}, file_variants))})
+                     "command": command("harness", "run", c.experiment,
+                                        *set_arguments({variant: fields}, file_variants))})
         if base is None and run.data.tags.get(tracking.KIND_TAG) == "trial":
             base = {k: v for k, v in fields.items() if k not in tuned}  # what `tune --set` gave every trial
     if base is None:  # a continued study whose trials ran under an earlier parent run
@@ -740,7 +743,7 @@ def _first_trial_run(ctx: Context) -> Run | None:
     """The MLflow run of the study's first trial that has logged params (found through its user attribute)."""
     if ctx.study is None:
         return None
-    from harness.trial import TRIAL_RUN_ATTR
+    from harness.study_store import TRIAL_RUN_ATTR
 
     for trial in ctx.study.get_trials(deepcopy=False):
         run_id = trial.user_attrs.get(TRIAL_RUN_ATTR)
@@ -785,41 +788,41 @@ def study_storage(parent: Run, storage: str | None) -> str:
     """The storage to read the study from: --storage, else the one the study run recorded (unless its
     password was hidden), else the default; a sqlite or journal file that is not there is an error
     (opening it would create an empty storage)."""
-    from harness.tuning import DEFAULT_STORAGE
+    from harness.study_store import DEFAULT_STORAGE
 
     recorded = parent.data.params.get("storage")
     url = storage or recorded or DEFAULT_STORAGE
     if storage is None and recorded and "***" in recorded:
-        raise HarnessError(f"The study's storage {recorded} has a password, which is never recorded; "
-                           "give it with --storage.")
+        raise TrackingError(f"The study's storage {recorded} has a password, which is never recorded; "
+                            "give it with --storage.")
     path = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else \
         url[len("journal:"):] if url.startswith("journal:") else None
     if path and path != ":memory:" and not Path(path).is_file():
-        raise HarnessError(f"No Optuna storage file {path} (from {redact(url)}) here; run `harness report` where "
-                           "the study was run or give its storage with --storage.")
+        raise TrackingError(f"No Optuna storage file {path} (from {redact(url)}) here; run `harness report` where "
+                            "the study was run or give its storage with --storage.")
     return url
 
 
 def _load_study(parent: Run, storage: str | None) -> optuna.Study:
     """The Optuna study of a `harness tune` parent run (its `optuna.study_name` tag)."""
-    from harness.tuning import load_study
+    from harness.study_store import load_study
 
     name = parent.data.tags.get("optuna.study_name")
     if not name:
-        raise HarnessError(f"Run {parent.info.run_id} records no Optuna study name (tag optuna.study_name).")
+        raise UnknownNameError(f"Run {parent.info.run_id} records no Optuna study name (tag optuna.study_name).")
     return load_study(study_storage(parent, storage), name)
 
 
 def study_sections(ctx: Context, study: optuna.Study) -> list[Section]:
     """The best trial, the trials table and Optuna's plots."""
-    from harness.tuning import best_summary, trials_table
+    from harness.study_store import best_summary, trials_table
 
     table = trials_table(study)
     if "mlflow_run_id" in table:
         table["mlflow_run_id"] = table["mlflow_run_id"].astype("string").str[:8]
         table = table.rename(columns={"mlflow_run_id": "run"})
-    caption = (f"Every trial of study '{study.study_name}' (tune.trials_table): state, value (best val_acc), "
-               "params, seconds.")
+    caption = (f"Every trial of study '{study.study_name}' (as `harness study` lists them): "
+               "state, value (best val_acc), params, seconds.")
     recorded = ctx.parent.data.params  # how `harness tune` was asked to run (the storage without its password)
     options = pd.DataFrame([(k, recorded[k]) for k in STUDY_OPTIONS if k in recorded], columns=["", ""])
     body = paragraph(best_summary(study)) + table_html(options) + table_html(table, caption)

@@ -12,11 +12,10 @@ ends the command after the run is marked FAILED: the other ranks cannot go on wi
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 import threading
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,19 +26,24 @@ from torch import nn
 
 from harness import checkpoint
 from harness.callbacks import ConsoleProgress, EarlyStopping, MlflowEpochLogger
+from harness.checkpoint import checkpoint_root  # noqa: F401 - re-exported: its earlier home, still imported from here
 from harness.config import TrainConfig
 from harness.data import Data, data_key, load_data
 from harness.data.transforms import Preprocess
 from harness.distributed import SINGLE, Dist, GroupFailure, is_shared
-from harness.errors import HarnessError, Terminated, first_line
+from harness.errors import HarnessError, ResumeError, Terminated, first_line
 from harness.interrupts import stop_signals_as_interrupt
 from harness.process_clock import seconds_since_process_start
 from harness.tracking import DATA_DIGEST_TAG, PAUSED_METRIC, Tracker, TrackingError, now_ms
-from harness.uris import redact_text
 from harness.train import Callback, FitState, NonFiniteLossError, Trainer, build_trainer, evaluate, fit, param_count
+from harness.uris import redact_text
 
 STOP_TAG = "harness.stop_reason"  # why training ended before `epochs` (early stopping, pruning)
 SYSTEM_METRICS_INTERVAL = 10.0  # seconds; MLflow's own default
+# Taken (never released) by the first run a process trains, which logs `startup_seconds` just
+# before its first step: the process's start-up time. Later runs follow other training; a lock,
+# so that trials racing in parallel threads cannot both take it.
+_FIRST_TRAINING = threading.Lock()
 
 
 class DataCache:
@@ -97,11 +101,6 @@ class VariantResult:
     diverged: bool = False  # the loss became NaN or infinite
 
 
-def checkpoint_root() -> Path:
-    """`HARNESS_CHECKPOINT_DIR`, else ./checkpoints (one sub-folder per MLflow run id)."""
-    return Path(os.environ.get("HARNESS_CHECKPOINT_DIR") or "checkpoints")
-
-
 def open_run(ctx: RunContext, label: str, config: TrainConfig, tags: dict[str, str]) -> str:
     """Create the child run `label` under the context's parent, with `tags`, the environment
     tags and the config logged; returns its id."""
@@ -125,15 +124,16 @@ def world_params(dist: Dist, config: TrainConfig) -> dict[str, str]:
 def train_variant(
     ctx: RunContext, run_id: str, variant: str, config: TrainConfig, *, label: str | None = None,
     resume: bool = False, callbacks: Sequence[Callback] = (), test: bool = True,
-    startup: bool = False, plain_progress: bool = False,
+    plain_progress: bool = False,
 ) -> VariantResult:
     """Train `config` into run `run_id` and end the run, however training ends.
 
-    `resume` continues the run's checkpoint (the run is marked RUNNING again); `callbacks` join the checkpoint, MLflow, progress and early-stopping
-    ones; `test` scores the best epoch's weights on the test split and logs reports and the
-    model (trials skip it); `startup` logs the process's `startup_seconds` before the first
-    step; `plain_progress` prints epoch lines instead of a live bar (trials running in
-    parallel threads cannot share one terminal display).
+    `resume` continues the run's checkpoint (the run is marked RUNNING again); `callbacks` join the
+    checkpoint, MLflow, progress and early-stopping ones; `test` scores the best epoch's weights on
+    the test split and logs reports and the model (trials skip it); `plain_progress` prints epoch
+    lines instead of a live bar (trials running in parallel threads cannot share one terminal
+    display). The first run a process trains logs the process's `startup_seconds` before its first
+    step.
 
     A user error, a diverged loss, a full disk or a crash marks the run FAILED with a one-line
     reason and is returned (if the store cannot take that record either, the reason says so);
@@ -144,7 +144,7 @@ def train_variant(
     label = label or variant
     tracker = ctx.tracker
     if resume:
-        log_pause(tracker, run_id, checkpoint_root() / run_id)
+        log_pause(tracker, run_id, checkpoint.run_folder(run_id))
         tracker.reopen_run(run_id)
     state = FitState()
     main = ctx.dist.is_main
@@ -155,7 +155,7 @@ def train_variant(
         t = build_trainer(config, data, ctx.dist)
         if main:
             _log_lineage(ctx, run_id, config, data, test)
-        ckpt_dir = checkpoint_root() / run_id
+        ckpt_dir = checkpoint.run_folder(run_id)
         if resume:
             state = _restore(ctx, run_id, t, ckpt_dir, variant, label) or state
         all_callbacks: list[Callback] = [checkpoint.Checkpointer(ckpt_dir, writer=main),
@@ -165,7 +165,7 @@ def train_variant(
         if config.early_stopping_patience:
             all_callbacks.append(EarlyStopping(config.early_stopping_patience))
         all_callbacks += [*ctx.callbacks, *callbacks]
-        if startup:
+        if _FIRST_TRAINING.acquire(blocking=False):
             tracker.log_metrics(run_id, {"startup_seconds": seconds_since_process_start()})
         with _system_metrics(ctx, run_id):
             state = fit(t, all_callbacks, state)
@@ -187,7 +187,7 @@ def train_variant(
         if not exc.unreachable:
             return _agreed(ctx, exc, _failed(ctx, run_id, variant, config, label, state, str(exc), False))
         raise TrackingError(f"{exc}; '{label}' trained {state.epoch} epochs, checkpointed in "
-                            f"{checkpoint_root() / run_id}: once the store answers, --resume records the rest",
+                            f"{checkpoint.run_folder(run_id)}: once the store answers, --resume records the rest",
                             unreachable=True) from None
     except (HarnessError, NonFiniteLossError) as exc:
         return _agreed(ctx, exc, _failed(ctx, run_id, variant, config, label, state, str(exc),
@@ -241,6 +241,45 @@ def close_run(tracker: Tracker, run_id: str, status: str, reason: str | None) ->
         return str(exc)
 
 
+@dataclass
+class ParentRun:
+    """A run `parent_run` holds open: its id, and the status it ends with if the block completes
+    (FINISHED unless the block says otherwise with `end_as`)."""
+
+    run_id: str
+    status: str = "FINISHED"
+    reason: str | None = None
+
+    def end_as(self, status: str, reason: str | None = None) -> None:
+        """End the run `status` (with `reason` as its failure tag) when the block completes instead
+        of FINISHED: the work ran to its end but what it found is a failure (a variant FAILED, a
+        trial's seed failed). An exception in the block still ends it as `ended_on_error` says."""
+        self.status, self.reason = status, reason
+
+
+@contextmanager
+def parent_run(
+    tracker: Tracker, experiment_id: str, name: str = "", tags: Mapping[str, str] | None = None, *,
+    nested_in: str | None = None, run_id: str | None = None, resume_hint: str | None = None, secret: str = "",
+) -> Iterator[ParentRun]:
+    """The one life of a command's own run, the one that holds its work (`harness run`'s parent,
+    a study's, a trial's run over its seeds, `harness lr-find`'s run): start run `name` with
+    `tags` in `experiment_id` (under run `nested_in` if given), or take `run_id`, one the caller
+    already started or reopened; then the block runs under `ended_on_error` (Ctrl-C / SIGTERM:
+    KILLED; anything else: FAILED with its reason, `secret` hidden; an unreachable store: the
+    error names `resume_hint`). A block that completes ends the run FINISHED, or as it said
+    with `ParentRun.end_as`.
+
+    That last end is outside `ended_on_error` on purpose: if the store refuses it, the error is
+    the store's, and no second attempt marks a run FAILED whose work succeeded."""
+    if run_id is None:
+        run_id = tracker.start_run(experiment_id, name, dict(tags or {}), nested_in)
+    run = ParentRun(run_id)
+    with ended_on_error(tracker, run_id, resume_hint, secret):
+        yield run
+    tracker.end_run(run_id, run.status, run.reason)
+
+
 @contextmanager
 def ended_on_error(tracker: Tracker, run_id: str, resume_hint: str | None = None, secret: str = "") -> Iterator[None]:
     """Whatever stops the block ends run `run_id` (a parent: `harness run`'s, a study's): KILLED
@@ -248,7 +287,8 @@ def ended_on_error(tracker: Tracker, run_id: str, resume_hint: str | None = None
     A store that does not answer cannot be told: the error then ends with `resume_hint`, the
     command that completes the record later. If the failure cannot be recorded (the store is on
     a full disk too), the error says so. SIGTERM and SIGHUP count as Ctrl-C inside the block
-    (`harness.interrupts`), and the reason names the signal."""
+    (`harness.interrupts`), and the reason names the signal. Commands enter it through
+    `parent_run`, which also starts and ends the run."""
     try:
         with stop_signals_as_interrupt():
             yield
@@ -293,14 +333,14 @@ def check_resumable(tracker: Tracker, run: Any, variant: str) -> None:
     """Refuse to resume the interrupted child `run` if its checkpoint is gone or damaged while
     MLflow already has some of its epochs: training again from scratch would log those epochs
     twice. (A run killed before its first checkpoint has none logged and simply starts over.)"""
-    last = checkpoint_root() / run.info.run_id / checkpoint.LAST
+    last = checkpoint.run_folder(run.info.run_id) / checkpoint.LAST
     if last.is_file():
         checkpoint.load(last)  # a damaged file is one line naming it
         return
     if tracker.metric_history(run.info.run_id, "train_loss"):
-        raise HarnessError(f"Cannot resume variant '{variant}' (run {run.info.run_id}): its checkpoint {last} is "
-                           "missing but MLflow has epochs of it; put the file back (or point HARNESS_CHECKPOINT_DIR "
-                           "at its folder), or start a new run without --resume.")
+        raise ResumeError(f"Cannot resume variant '{variant}' (run {run.info.run_id}): its checkpoint {last} is "
+                          "missing but MLflow has epochs of it; put the file back (or point HARNESS_CHECKPOINT_DIR "
+                          "at its folder), or start a new run without --resume.")
 
 
 def log_pause(tracker: Tracker, run_id: str, ckpt_dir: Path) -> None:
@@ -342,14 +382,13 @@ def _restore(ctx: RunContext, run_id: str, t: Trainer, ckpt_dir: Path, variant: 
 
 
 def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, variant: str) -> None:
-    saved = checkpoint.saved_config(ckpt).to_dict()
-    current = config.to_dict()
-    changed = [k for k in current if k != "device" and saved.get(k) != current[k]]
+    """Refuse to continue a checkpoint trained with other settings, naming the first one changed."""
+    changed = checkpoint.changed_settings(ckpt, config)
     if changed:
-        k = changed[0]
-        raise HarnessError(
-            f"Cannot resume variant '{variant}': its checkpoint was trained with {k}={saved.get(k)!r} but now "
-            f"{k}={current[k]!r}; resume with the same --set options as the interrupted run."
+        k, (saved, now) = next(iter(changed.items()))
+        raise ResumeError(
+            f"Cannot resume variant '{variant}': its checkpoint was trained with {k}={saved!r} but now "
+            f"{k}={now!r}; resume with the same --set options as the interrupted run."
         )
 
 

@@ -23,9 +23,9 @@ from harness import tracking
 from harness.callbacks import live_bar, plain_output
 from harness.config import TrainConfig
 from harness.data import load_data
-from harness.errors import HarnessError
+from harness.errors import ConfigError
 from harness.experiment import Experiment
-from harness.lifecycle import ended_on_error
+from harness.lifecycle import parent_run
 from harness.tracking import Tracker
 from harness.train import Callback, FitState, Trainer, build_trainer, fit
 
@@ -175,9 +175,9 @@ def lr_find(tracker: Tracker, exp: Experiment, variant: str, config: TrainConfig
     """Run the range test for `config` (the variant's, with --set applied) as one MLflow run,
     showing its progress on stdout (a live bar on a terminal, plain lines otherwise)."""
     if not (0 < min_lr < max_lr and math.isfinite(max_lr)):
-        raise HarnessError(f"--min-lr and --max-lr must satisfy 0 < min-lr < max-lr (got {min_lr:g} and {max_lr:g}).")
+        raise ConfigError(f"--min-lr and --max-lr must satisfy 0 < min-lr < max-lr (got {min_lr:g} and {max_lr:g}).")
     if steps < 5:
-        raise HarnessError(f"--steps must be at least 5 (got {steps}).")
+        raise ConfigError(f"--steps must be at least 5 (got {steps}).")
     data = load_data(config, data_dir)
     steps_per_epoch = math.ceil(math.ceil(len(data.train) / config.batch_size) / config.accumulate_steps)
     # A constant schedule (the test sets the lr itself), no EMA or early stopping, and enough
@@ -190,9 +190,9 @@ def lr_find(tracker: Tracker, exp: Experiment, variant: str, config: TrainConfig
     warning = coarse_grid_warning(min_lr, max_lr, steps)
     if warning:
         tags[WARNING_TAG] = warning
-    run_id = tracker.start_run(experiment_id, f"lr-find-{variant}", tags)
     test = RangeTest(min_lr, max_lr, steps)
-    with ended_on_error(tracker, run_id):
+    with parent_run(tracker, experiment_id, f"lr-find-{variant}", tags) as run:
+        run_id = run.run_id
         tracker.log_config(run_id, config, exp.source_file)
         tracker.log_params(run_id, {"lr_find.min_lr": str(min_lr), "lr_find.max_lr": str(max_lr),
                                     "lr_find.steps": str(steps), "lr_find.rule": RULE})
@@ -203,7 +203,6 @@ def lr_find(tracker: Tracker, exp: Experiment, variant: str, config: TrainConfig
             pass
         suggestion = suggest_lr(test.lrs, test.smoothed)
         _log(tracker, run_id, variant, test, suggestion)
-    tracker.end_run(run_id, "FINISHED")
     return LrFindOutcome(run_id, suggestion, test.stop_reason, test, warning)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import ModelFormatError
 
 SAFE_FORMAT = "pt2"
 PT2_FILE = "model.pt2"
@@ -25,7 +25,7 @@ PICKLE_FILE = "model.pth"  # mlflow.pytorch's serialization_format="pickle"
 TRUST_HINT = "--trust-model (trust_model=True in Python)"
 
 
-class UntrustedModelError(HarnessError):
+class UntrustedModelError(ModelFormatError):
     """A logged model in a format that can execute code when loaded, refused before loading."""
 
 
@@ -68,11 +68,12 @@ def _flavors(folder: Path, uri: str) -> dict[str, Any]:
 
     mlmodel = folder / "MLmodel"
     if not mlmodel.is_file():
-        raise HarnessError(f"Model {uri} has no MLmodel file; it is not an MLflow model (log it with `harness run`).")
+        raise ModelFormatError(f"Model {uri} has no MLmodel file; it is not an MLflow model "
+                               "(log it with `harness run`).")
     try:
         spec = yaml.safe_load(mlmodel.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"Model {uri} has an unreadable MLmodel file ({type(exc).__name__}); "
-                           "it is not a model harness logged.") from None
+        raise ModelFormatError(f"Model {uri} has an unreadable MLmodel file ({type(exc).__name__}); "
+                               "it is not a model harness logged.") from None
     flavors = spec.get("flavors") if isinstance(spec, dict) else None
     return flavors if isinstance(flavors, dict) else {}

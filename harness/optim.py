@@ -35,10 +35,12 @@ def _torch() -> ModuleType:
 
 # ------------------------------------------------------------------ optimizers
 
-OPTIMIZERS.add("sgd", lambda p, c: _torch().optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay))
+OPTIMIZERS.add("sgd", lambda p, c: _torch().optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                                                      weight_decay=c.weight_decay))
 OPTIMIZERS.add("adam", lambda p, c: _torch().optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay))
 OPTIMIZERS.add("adamw", lambda p, c: _torch().optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay))
-OPTIMIZERS.add("rmsprop", lambda p, c: _torch().optim.RMSprop(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay))
+OPTIMIZERS.add("rmsprop", lambda p, c: _torch().optim.RMSprop(p, lr=c.lr, momentum=c.momentum,
+                                                              weight_decay=c.weight_decay))
 OPTIMIZERS.add("adagrad", lambda p, c: _torch().optim.Adagrad(p, lr=c.lr, weight_decay=c.weight_decay))
 OPTIMIZERS.add("adadelta", lambda p, c: _torch().optim.Adadelta(p, lr=c.lr, weight_decay=c.weight_decay))
 
@@ -68,14 +70,18 @@ SCHEDULERS.add("cosine", lambda opt, c, epochs, steps: _torch().optim.lr_schedul
 def _one_cycle(opt: Optimizer, c: TrainConfig, epochs: int, steps: int) -> LRScheduler:
     """One-cycle (Smith & Topin): stepped after every optimizer step, not every epoch (`PER_STEP`).
     Its rising phase is the warmup (the last warmup step trains at the peak, `lr`): warmup_epochs
-    of the epochs when given, else 30% (PyTorch's default)."""
+    of the epochs when given, else 30% (PyTorch's default). Momentum is not cycled: the config's
+    `momentum` (and Adam's betas) stay what they say."""
     total = max(c.epochs * steps, 2)
     pct_start = c.warmup_epochs / c.epochs if c.warmup_epochs else 0.3
     if c.warmup_epochs * steps == 1:
         # torch's rise ends at step pct_start * total - 1, so a one-step warmup would rise over 0 steps
         # and divide by zero: end it just before step 0, which then trains at the peak as it should.
         pct_start = (1 - 1e-6) / total
-    return _torch().optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=total, pct_start=pct_start)
+    return _torch().optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=total, pct_start=pct_start,
+                                                  # config.momentum (a tuned field) keeps its meaning;
+                                                  # adagrad/adadelta have no momentum to cycle
+                                                  cycle_momentum=False)
 
 
 SCHEDULERS.add("onecycle", _one_cycle)

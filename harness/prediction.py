@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness import tracking
-from harness.errors import HarnessError, first_line
+from harness.errors import ConfigError, DataError, ModelFormatError, UnknownNameError, first_line
 from harness.registry import unknown_name_message
 from harness.tracking import Tracker, TrackingError, no_runs_message
 from harness.uris import redact, redact_text
@@ -113,13 +113,13 @@ class PredictOutcome:
 def check_options(fmt: str, top_k: int, batch_size: int, device: str) -> None:
     """Fail on a bad option before MLflow or any image is read."""
     if fmt not in FORMATS:
-        raise HarnessError(unknown_name_message("format", fmt, FORMATS))
+        raise UnknownNameError(unknown_name_message("format", fmt, FORMATS))
     if top_k < 1:
-        raise HarnessError(f"--top-k must be at least 1; got {top_k}.")
+        raise ConfigError(f"--top-k must be at least 1; got {top_k}.")
     if batch_size < 1:
-        raise HarnessError(f"--batch-size must be at least 1; got {batch_size}.")
+        raise ConfigError(f"--batch-size must be at least 1; got {batch_size}.")
     if device not in ("auto", "cpu", "mps") and not (device == "cuda" or device.startswith("cuda:")):
-        raise HarnessError(f"--device must be auto, cpu or cuda (cuda:N for one GPU); got '{device}'.")
+        raise ConfigError(f"--device must be auto, cpu or cuda (cuda:N for one GPU); got '{device}'.")
 
 
 def find_images(paths: Sequence[Path]) -> tuple[list[Path], list[Unreadable]]:
@@ -227,17 +227,18 @@ def best_model_uri(tracker: Tracker, experiment: str) -> tuple[str, str]:
 
     experiment_id = tracker.find_experiment(experiment)
     if experiment_id is None:
-        raise HarnessError(f"{no_runs_message(tracker, experiment)} MODEL is {MODEL_FORMS}.")
+        raise UnknownNameError(f"{no_runs_message(tracker, experiment)} MODEL is {MODEL_FORMS}.")
     parent = tracker.latest_parent_run(experiment_id, kind="run", finished_only=True)
     if parent is None:
-        raise HarnessError(f"Experiment '{experiment}' has no finished `harness run` yet; finish one (`harness run "
-                           f"{experiment}`, or `--resume` the interrupted one) or give a model URI (MODEL is {MODEL_FORMS}).")
+        raise UnknownNameError(f"Experiment '{experiment}' has no finished `harness run` yet; finish one (`harness run "
+                               f"{experiment}`, or `--resume` the interrupted one) or give a model URI "
+                               f"(MODEL is {MODEL_FORMS}).")
     parent_id = parent.info.run_id
     comparison = load_comparison(tracker, experiment, run_id=parent_id, metric=DEFAULT_METRIC)
     best = best_run(comparison)
     if best is None:
-        raise HarnessError(f"Run {parent_id} of '{experiment}' has no finished variant with a model; see "
-                           f"`harness compare {experiment} --run {parent_id}`.")
+        raise UnknownNameError(f"Run {parent_id} of '{experiment}' has no finished variant with a model; see "
+                               f"`harness compare {experiment} --run {parent_id}`.")
     import pandas as pd
 
     value, seed = best.get(comparison.metric), best.get("seed")
@@ -254,15 +255,15 @@ def _check_exists(tracker: Tracker, uri: str) -> None:
     if uri.startswith("runs:/"):
         run_id = uri[len("runs:/"):].strip("/").split("/", 1)[0]
         if not run_id or tracker.find_run(run_id) is None:
-            raise HarnessError(f"No run '{run_id}' in tracking store {store}; check the run id (`harness runs "
-                               "EXPERIMENT` lists them) or --tracking-uri, or give the experiment name to use its "
-                               "best variant.")
+            raise UnknownNameError(f"No run '{run_id}' in tracking store {store}; check the run id (`harness runs "
+                                   "EXPERIMENT` lists them) or --tracking-uri, or give the experiment name to use its "
+                                   "best variant.")
     elif uri.startswith("models:/") and "@" in uri:
         name, alias = uri[len("models:/"):].rsplit("@", 1)
         if tracker.alias_version(name, alias) is None:
-            raise HarnessError(f"No registered model '{name}' with alias '{alias}' in tracking store {store}; "
-                               "register one (`harness run EXPERIMENT --register NAME`), check the name and alias "
-                               "(MLflow UI, Models page) or --tracking-uri, or give models:/NAME/VERSION.")
+            raise UnknownNameError(f"No registered model '{name}' with alias '{alias}' in tracking store {store}; "
+                                   "register one (`harness run EXPERIMENT --register NAME`), check the name and alias "
+                                   "(MLflow UI, Models page) or --tracking-uri, or give models:/NAME/VERSION.")
 
 
 def _model_info(tracker: Tracker, uri: str) -> dict[str, Any]:
@@ -273,7 +274,7 @@ def _model_info(tracker: Tracker, uri: str) -> dict[str, Any]:
         if exc.unreachable:  # already one clear line about the server
             raise
         reason = redact_text(first_line(exc.__cause__ or exc, 150), tracker.uri)
-        raise HarnessError(_missing_model_message(tracker, uri, reason)) from None
+        raise UnknownNameError(_missing_model_message(tracker, uri, reason)) from None
 
 
 def _missing_model_message(tracker: Tracker, uri: str, reason: str) -> str:
@@ -297,13 +298,13 @@ def _choice(uri: str, info: dict[str, Any], picked: str | None) -> ModelChoice:
     """The model's metadata as a ModelChoice; a model without it is one line."""
     meta = info.get("metadata") or {}
     if not all(key in meta for key in ("classes", "in_channels", "image_size")):
-        raise HarnessError(f"Model {uri} has no class names or input shape in its metadata (it was logged by an "
-                           "older harness); retrain it (`harness run EXPERIMENT`) to log a model harness predict "
-                           "can use.")
+        raise ModelFormatError(f"Model {uri} has no class names or input shape in its metadata (it was logged by an "
+                               "older harness); retrain it (`harness run EXPERIMENT`) to log a model harness predict "
+                               "can use.")
     channels = int(meta["in_channels"])
     if channels not in MODES:
-        raise HarnessError(f"Model {uri} takes {channels}-channel images; harness predict reads images as grayscale "
-                           "(1 channel) or RGB (3).")
+        raise ModelFormatError(f"Model {uri} takes {channels}-channel images; harness predict reads images as "
+                               "grayscale (1 channel) or RGB (3).")
     return ModelChoice(uri, tuple(str(c) for c in meta["classes"]), channels, int(meta["image_size"]), picked)
 
 
@@ -319,7 +320,7 @@ def load_module(tracker: Tracker, uri: str, device: torch.device, trust: bool = 
         try:
             module = module.to(device)
         except Exception as exc:  # noqa: BLE001 - anything torch says about moving it is one line
-            raise HarnessError(f"Cannot move model {uri} to {device} ({first_line(exc)}); use --device cpu.") from None
+            raise ConfigError(f"Cannot move model {uri} to {device} ({first_line(exc)}); use --device cpu.") from None
     return module
 
 
@@ -333,7 +334,7 @@ def pick_device(name: str) -> torch.device:
 
     device = resolve_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise HarnessError(f"--device {name}: no CUDA GPU is visible here; use --device cpu (or auto).")
+        raise ConfigError(f"--device {name}: no CUDA GPU is visible here; use --device cpu (or auto).")
     return device
 
 
@@ -523,16 +524,9 @@ class ThreadTuner:
         self.full = torch.get_num_threads()
         self.lean = max(1, self.full - 1)
         self.active = device.type == "cpu" and self.full > 1
-        self.decided = self.lean_batches = 0  # batches whose threads were chosen, and those on the lean setting
         self.is_lean = False
         if self.active and start_lean:
             self._set(True)
-
-    @classmethod
-    def for_job(cls, device: torch.device, files: int, batch_size: int) -> ThreadTuner:
-        """The tuner for `files` images in batches of `batch_size`: lean from the start when there
-        are batches enough for decoding to overlap the model."""
-        return cls(device, start_lean=files > PROBE_IMAGES + 2 * batch_size)
 
     def update(self, batch: int, waited: float, model_seconds: float) -> None:
         """After batch number `batch` (0-based) arrived, `waited` seconds after the model took
@@ -543,8 +537,6 @@ class ThreadTuner:
             self._set(True)
         elif waited < self.FULL_BELOW * model_seconds:
             self._set(False)
-        self.decided += 1
-        self.lean_batches += self.is_lean
 
     def _set(self, lean: bool) -> None:
         import torch
@@ -560,16 +552,23 @@ class ThreadTuner:
         torch.set_num_threads(self.full)
 
 
+def lean_from_the_start(files: int, batch_size: int) -> bool:
+    """Whether `files` images in batches of `batch_size` are batches enough for decoding to overlap
+    the model, so that `ThreadTuner` starts on the lean setting."""
+    return files > PROBE_IMAGES + 2 * batch_size
+
+
 def classify(module: torch.nn.Module, batches: Iterator[Decoded], classes: Sequence[str], top_k: int,
              device: torch.device, on_batch: Callable[[int], None] | None = None,
-             tuner: ThreadTuner | None = None) -> tuple[list[Prediction], list[Unreadable]]:
+             start_lean: bool = False) -> tuple[list[Prediction], list[Unreadable]]:
     """Top-k (class, probability) of every decoded image, probabilities the softmax of the
-    model's logits; and the files that failed to decode. `on_batch(n)` after each batch of n files;
-    `tuner` (default: a new one) sets torch's threads as the batches come."""
+    model's logits; and the files that failed to decode. `on_batch(n)` after each batch of n files
+    (torch's threads still as they were for that batch); a `ThreadTuner` (lean from the start
+    with `start_lean`) sets torch's threads as the batches come."""
     import torch
 
     k = min(top_k, len(classes))
-    tuner = tuner or ThreadTuner(device)
+    tuner = ThreadTuner(device, start_lean)
     predictions: list[Prediction] = []
     failed: list[Unreadable] = []
     model_seconds, waiting_since = 0.0, time.perf_counter()
@@ -602,10 +601,10 @@ def _top_k(module: torch.nn.Module, batch: Decoded, classes: Sequence[str], k: i
         if device.type == "cpu":
             raise
         # A torch.export program may hold tensors made for the CPU when it was traced.
-        raise HarnessError(f"The model cannot run on {device} ({first_line(exc)}); use --device cpu.") from None
+        raise ConfigError(f"The model cannot run on {device} ({first_line(exc)}); use --device cpu.") from None
     if logits.shape[1] != len(classes):
-        raise HarnessError(f"The model returns {logits.shape[1]} scores per image but its metadata names "
-                           f"{len(classes)} classes; it cannot be read by harness predict.")
+        raise ModelFormatError(f"The model returns {logits.shape[1]} scores per image but its metadata names "
+                               f"{len(classes)} classes; it cannot be read by harness predict.")
     top = torch.softmax(logits.float(), dim=1).topk(k, dim=1)
     values, indices = top.values.cpu().numpy(), top.indices.cpu().numpy()
     return [Prediction(path, tuple(classes[j] for j in idx), tuple(float(p) for p in probs))
@@ -614,15 +613,15 @@ def _top_k(module: torch.nn.Module, batch: Decoded, classes: Sequence[str], k: i
 
 def predict_files(module: torch.nn.Module, model: ModelChoice, files: Sequence[Path], top_k: int = 3,
                   batch_size: int = 256, device: torch.device | None = None, workers: int | None = None,
-                  on_batch: Callable[[int], None] | None = None,
-                  tuner: ThreadTuner | None = None) -> tuple[list[Prediction], list[Unreadable]]:
-    """Read, decode and classify `files` with a loaded module (the whole path after model loading)."""
+                  on_batch: Callable[[int], None] | None = None) -> tuple[list[Prediction], list[Unreadable]]:
+    """Read, decode and classify `files` with a loaded module (the whole path after model loading);
+    `on_batch` as `classify`'s."""
     import torch
 
     device = device or torch.device("cpu")
     batches = decoded_batches(files, model.channels, model.image_size, batch_size, workers)
-    tuner = tuner or ThreadTuner.for_job(device, len(files), batch_size)
-    return classify(module, batches, model.classes, top_k, device, on_batch, tuner)
+    return classify(module, batches, model.classes, top_k, device, on_batch,
+                    start_lean=lean_from_the_start(len(files), batch_size))
 
 
 def predict(tracker: Tracker, model: str, paths: Sequence[Path], top_k: int = 3, batch_size: int = 256,
@@ -638,7 +637,7 @@ def predict(tracker: Tracker, model: str, paths: Sequence[Path], top_k: int = 3,
     check_options("table", top_k, batch_size, device)
     files, missing = find_images(paths)
     if not files:
-        raise HarnessError(no_images_message(paths, missing))
+        raise DataError(no_images_message(paths, missing))
     target = pick_device(device)  # a missing GPU is said before MLflow is read
     choice = resolve_model(tracker, model)
     if choice.picked:
@@ -650,8 +649,8 @@ def predict(tracker: Tracker, model: str, paths: Sequence[Path], top_k: int = 3,
     for bad in unreadable:
         log(f"unreadable: {bad.path}: {bad.reason}")
     if not predictions:
-        raise HarnessError(f"None of the {len(unreadable)} files could be read as an image (listed above); "
-                           "give image files (.jpg .jpeg .png .bmp .webp) or folders holding them.")
+        raise DataError(f"None of the {len(unreadable)} files could be read as an image (listed above); "
+                        "give image files (.jpg .jpeg .png .bmp .webp) or folders holding them.")
     if unreadable:
         log(f"{len(unreadable)} of {len(files) + len(missing)} files could not be read; the others are classified.")
     return PredictOutcome(choice, predictions, unreadable, min(top_k, len(choice.classes)))
@@ -705,7 +704,7 @@ def render(outcome: PredictOutcome, fmt: str) -> str:
                for p in outcome.predictions]
         return json.dumps(doc, indent=1) + "\n"
     check_options(fmt, 1, 1, "cpu")
-    raise HarnessError("The table format is printed with rich_table, not rendered as text.")
+    raise ConfigError("The table format is printed with rich_table, not rendered as text.")
 
 
 def rich_table(outcome: PredictOutcome) -> Any:

@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError
 from harness.tracking import Tracker
 
 DEFAULT_ALIAS = "champion"
@@ -64,11 +64,11 @@ def _shown(version: tuple[str, float | None] | None) -> str:
 def check_names(name: str | None, alias: str) -> None:
     """Refuse a registered-model name or alias MLflow would refuse, before anything trains."""
     if name is not None and not _NAME.match(name):
-        raise HarnessError(f"--register '{name}' is not a usable model name; use letters, digits, '_', '-' and '.' "
-                           "(e.g. --register quickstart-lenet).")
+        raise ConfigError(f"--register '{name}' is not a usable model name; use letters, digits, '_', '-' and '.' "
+                          "(e.g. --register quickstart-lenet).")
     if not _ALIAS.match(alias) or _VERSION_ALIAS.match(alias) or alias.lower() == "latest":
-        raise HarnessError(f"--alias '{alias}' is not a usable alias; use letters, digits, '_' and '-', starting with "
-                           "a letter, and not 'latest' or v<number> (MLflow reserves those).")
+        raise ConfigError(f"--alias '{alias}' is not a usable alias; use letters, digits, '_' and '-', starting with "
+                          "a letter, and not 'latest' or v<number> (MLflow reserves those).")
 
 
 def register(tracker: Tracker, model_uri: str, name: str, value: float, alias: str = DEFAULT_ALIAS,
@@ -80,7 +80,7 @@ def register(tracker: Tracker, model_uri: str, name: str, value: float, alias: s
     Registrations racing each other (runs or tune workers finishing at once) all end with the
     alias on the best of them, whatever the timing."""
     if not math.isfinite(value):
-        raise HarnessError(f"Cannot register a model whose {METRIC} is {value}; train it with a validation split.")
+        raise ConfigError(f"Cannot register a model whose {METRIC} is {value}; train it with a validation split.")
     current = tracker.alias_version(name, alias)
     previous = None if current is None else (current[0], _number(current[1].get(METRIC)))
     # Full precision (repr): a rounded tag could let an equal model "beat" the champion.

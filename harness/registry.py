@@ -7,7 +7,7 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from harness.errors import HarnessError
+from harness.errors import UnknownNameError
 
 T = TypeVar("T")
 
@@ -115,7 +115,7 @@ class Registry(Generic[T]):
         self._items[name] = obj
 
     def get(self, name: str) -> T:
-        """The object registered under `name`, or a HarnessError suggesting the closest names."""
+        """The object registered under `name`, or an UnknownNameError suggesting the closest names."""
         if name not in self._items:
             self._complete_for(name)
         try:
@@ -123,7 +123,7 @@ class Registry(Generic[T]):
         except KeyError:
             # Entries `load_more` would add are described, not listed, while it has not run.
             more = self._more_description if self._load_more is not None else None
-            raise HarnessError(unknown_name_message(self.kind, name, self._items, more)) from None
+            raise UnknownNameError(unknown_name_message(self.kind, name, self._items, more)) from None
 
     def names(self) -> list[str]:
         """All registered names, sorted."""

@@ -30,13 +30,34 @@ MAX_LEGEND_CLASSES = 20  # more classes than this: a legend nobody can match to 
 LEARNING_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
 
 
-def _pyplot():  # noqa: ANN202 - matplotlib is imported lazily and without a display
+def _figure(**kwargs: Any) -> Figure:
+    """A matplotlib Figure drawn by Agg, made without pyplot: a report never changes the caller's
+    backend (a notebook's inline plots keep working) and needs no display."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    """`pyplot.subplots` on a `_figure` (constrained layout)."""
+    fig = _figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(*grid, **kwargs)
+
+
+def _rc(key: str) -> Any:
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return matplotlib.rcParams[key]
 
-    return plt
+
+def _colours(n: int) -> Any:
+    """The qualitative colour map for `n` lines."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
 
 
 # ----------------------------------------------------------------- sizing helpers
@@ -84,8 +105,7 @@ def _wrap(text: str, width: float, fontsize: float) -> str:
 
 
 def _title_points() -> float:
-    plt = _pyplot()
-    return _points(plt.rcParams["figure.titlesize"])
+    return _points(_rc("figure.titlesize"))
 
 
 def _fit(fig: Figure, rounds: int = 4) -> Figure:
@@ -109,12 +129,12 @@ def _fit(fig: Figure, rounds: int = 4) -> Figure:
     return fig
 
 
-def _grid(plt: Any, panels: int, width: float = 4.2, height: float = 3.8, columns: int = 4) -> tuple[Figure, list[Any]]:
+def _grid(panels: int, width: float = 4.2, height: float = 3.8, columns: int = 4) -> tuple[Figure, list[Any]]:
     """A constrained-layout figure with `panels` axes (each `width` x `height` inches) in rows of
     at most `columns`; the unused cells of the last row are left empty."""
     ncols = max(1, min(columns, panels))
     nrows = max(1, -(-panels // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout="constrained")
+    fig, axes = _subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
     for ax in axes.flat[panels:]:
         ax.remove()  # an empty cell rather than an empty frame
     return fig, list(axes.flat[:panels])
@@ -208,7 +228,6 @@ def confusion_figure(confusion: np.ndarray, classes: Sequence[str], title: str) 
 
     The figure is sized from the class count and the longest class name; counts get the largest
     font their cell allows and are left out only when that font would be unreadably small."""
-    plt = _pyplot()
     confusion = np.asarray(confusion)
     names = [str(c) for c in classes]
     k = len(names)
@@ -216,9 +235,9 @@ def confusion_figure(confusion: np.ndarray, classes: Sequence[str], title: str) 
     cell = side / max(k, 1)
     size, rotated, left, below = _matrix_labels(names, names, cell)
     width = left + side + 1.1  # + colorbar and its tick labels
-    title = _wrap(title, width - 0.2, _points(plt.rcParams["axes.titlesize"]))
-    height = below + side + _text_size(title, _points(plt.rcParams["axes.titlesize"]))[1] + 0.25
-    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    title = _wrap(title, width - 0.2, _points(_rc("axes.titlesize")))
+    height = below + side + _text_size(title, _points(_rc("axes.titlesize")))[1] + 0.25
+    fig, ax = _subplots(figsize=(width, height))
     im = ax.imshow(confusion, cmap="Blues")
     # A bar about a quarter inch thick, a fifth of an inch from the matrix (pad is a fraction of its width).
     fig.colorbar(im, ax=ax, aspect=max(20.0, side / 0.25), pad=min(0.05, 0.2 / side))
@@ -236,7 +255,6 @@ def confusion_grid_figure(matrices: dict[str, pd.DataFrame], title: str) -> Figu
 
     Panels are sized from the class count and the longest class name, rows hold fewer panels for
     larger matrices, and counts get the largest font their cell allows."""
-    plt = _pyplot()
     k = max((len(frame) for frame in matrices.values()), default=1)
     columns = 4 if k <= 12 else 3 if k <= 30 else 2  # bigger matrices, fewer per row: cells stay readable
     side = min(max(2.6, GRID_CELL * k), 12.0)
@@ -245,7 +263,7 @@ def confusion_grid_figure(matrices: dict[str, pd.DataFrame], title: str) -> Figu
     ynames = [str(c) for frame in matrices.values() for c in frame.index]
     size, rotated, left, below = _matrix_labels(xnames, ynames, cell)
     panel_pt = 10.0
-    fig, axes = _grid(plt, len(matrices), width=left + side + 0.15, height=below + side + 0.4, columns=columns)
+    fig, axes = _grid(len(matrices), width=left + side + 0.15, height=below + side + 0.4, columns=columns)
     image, written = None, []
     for ax, (label, frame) in zip(axes, matrices.items()):
         counts = frame.to_numpy(dtype=np.float64)
@@ -275,7 +293,6 @@ def class_error_figure(errors: dict[str, tuple[np.ndarray, Sequence[str]]], titl
     `errors[label]` is (rates of shape (epochs, classes), class names); one panel per label,
     one line per class; one shared legend when every panel has the same (at most 20) classes,
     else a legend beside each panel. Panels are sized so the legends fit."""
-    plt = _pyplot()
     class_lists = [[str(c) for c in classes] for _, classes in errors.values()]
     n_classes = max((len(c) for c in class_lists), default=0)
     legend = 0 < n_classes <= MAX_LEGEND_CLASSES
@@ -290,9 +307,9 @@ def class_error_figure(errors: dict[str, tuple[np.ndarray, Sequence[str]]], titl
     panel_w = plot_w + deco_w + (legend_w if legend and not shared else 0)
     panel_h = max(plot_h + deco_h, legend_h + 0.3 if legend and not shared else 0)
     columns = 4 if shared or not legend else 3  # a legend beside every panel makes panels wider
-    fig, axes = _grid(plt, len(errors), width=panel_w, height=panel_h, columns=columns)
+    fig, axes = _grid(len(errors), width=panel_w, height=panel_h, columns=columns)
     for ax, (label, (rates, classes)) in zip(axes, errors.items()):
-        colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        colours = _colours(len(classes))
         epochs = np.arange(1, len(rates) + 1)
         for c, name in enumerate(classes):
             ax.plot(epochs, rates[:, c], marker="o", markersize=2, color=colours(c % colours.N), label=str(name))
@@ -328,9 +345,8 @@ def learning_curve_figure(history: Sequence[dict[str, float]], title: str, best_
 
     `best_epoch` (1-based, as `FitState.best_epoch`; None or 0: not known) is marked on both
     panels by a dashed vertical line with the legend entry "best epoch N"."""
-    plt = _pyplot()
     epochs = np.arange(1, len(history) + 1)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    fig, (ax_loss, ax_acc) = _subplots(1, 2, figsize=(10, 4))
     for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
         for split in ("train", "val"):
             key = f"{split}_{metric}"
@@ -352,8 +368,7 @@ def lr_find_figure(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequ
                    title: str) -> Figure:
     """The learning-rate range test: training loss (raw and smoothed) against lr on a log axis,
     the suggested lr marked."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    fig, ax = _subplots(figsize=(7, 4.2))
     ax.plot(lrs, losses, color="0.75", linewidth=1, label="loss per step")
     ax.plot(lrs, smoothed, linewidth=2, label="smoothed loss")
     if suggestion is not None:
@@ -384,13 +399,12 @@ def overlay_curves_figure(curves: pd.DataFrame, title: str, best_epochs: Mapping
     The shared legend below the panels wraps into as many rows as the labels need."""
     from matplotlib.lines import Line2D
 
-    plt = _pyplot()
     best = {k: float(v) for k, v in (best_epochs or {}).items() if v is not None and np.isfinite(v) and v >= 1}
     labels = list(dict.fromkeys(curves["label"])) if len(curves) else []
     with_val = set(curves.loc[curves["metric"].str.startswith("val_"), "label"]) if len(curves) else set()
-    colours = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    colours = _colours(len(labels))
     width = 11.0
-    fig, axes = plt.subplots(2, 2, figsize=(width, 6.6), sharex=True, layout="constrained")
+    fig, axes = _subplots(2, 2, figsize=(width, 6.6), sharex=True)
     marked = False
     for ax, metric in zip(axes.flat, LEARNING_METRICS):
         low, high = (0.0, 1.0) if metric.endswith("acc") else (0.0, None)  # a std band must not leave the range
@@ -429,7 +443,7 @@ def overlay_curves_figure(curves: pd.DataFrame, title: str, best_epochs: Mapping
                                        markeredgecolor="black", markeredgewidth=0.6)
     height = 6.6
     if entries:
-        legend_pt = _points(plt.rcParams["legend.fontsize"])
+        legend_pt = _points(_rc("legend.fontsize"))
         entry_w = _longest(list(entries), legend_pt) + 0.75  # + line sample and column spacing
         ncol = max(1, min(len(entries), int((width - 0.4) // entry_w)))
         fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=ncol, frameon=False)
@@ -533,11 +547,19 @@ def optuna_figure(ax_or_axes: Any) -> Figure:
 
 def save_figure(figure: Figure, path: Path) -> Path:
     """Write a figure as PNG to `path` (folders created) and free it."""
-    plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
+    release(figure)
     return path
+
+
+def release(figure: Figure) -> None:
+    """Free a figure: one pyplot made (optuna's plots) is closed there; ours are only dropped."""
+    import sys
+
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(figure)
 
 
 def rich_table(frame: pd.DataFrame, title: str | None = None, caption: str | None = None) -> Table:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.errors import HarnessError, os_error_reason
+from harness.errors import ResumeError, WriteError, os_error_reason
 
 try:
     import fcntl
@@ -33,16 +33,17 @@ def run_lock(run_id: str, folder: Path) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+")  # noqa: SIM115 - held open for the whole block
     except OSError as exc:
-        raise HarnessError(f"Cannot create the run's lock file ({os_error_reason(exc)}); choose a writable "
-                           "checkpoint folder with HARNESS_CHECKPOINT_DIR.") from None
+        raise WriteError(f"Cannot create the run's lock file ({os_error_reason(exc)}); choose a writable "
+                         "checkpoint folder with HARNESS_CHECKPOINT_DIR.") from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip()
-            raise HarnessError(f"Run {run_id} is being trained by another process{f' (pid {holder})' if holder else ''}; "
-                               "wait for it to end (a second --resume of the same run is refused).") from None
+            raise ResumeError(f"Run {run_id} is being trained by another process"
+                              f"{f' (pid {holder})' if holder else ''}; "
+                              "wait for it to end (a second --resume of the same run is refused).") from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

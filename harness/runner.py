@@ -14,18 +14,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import tracking
+from harness.checkpoint import checkpoint_root
 from harness.config import TrainConfig
 from harness.distributed import SINGLE, Dist
-from harness.errors import HarnessError
+from harness.errors import ConfigError, ResumeError
 from harness.experiment import Experiment
 from harness.lifecycle import (
     SYSTEM_METRICS_INTERVAL,
     RunContext,
     VariantResult,
     check_resumable,
-    checkpoint_root,
-    ended_on_error,
     open_run,
+    parent_run,
     train_variant,
 )
 from harness.promotion import DEFAULT_ALIAS, METRIC, Promotion, check_names
@@ -91,22 +91,24 @@ def run_experiment(
         check_world(config, dist.world_size)
     experiment_id = tracker.ensure_experiment(exp.name, exp.description)
     if resume == "auto":
-        resume = dist.from_main(lambda: tracker.local.latest_parent_run(experiment_id, unfinished_only=True) is not None)
+        resume = dist.from_main(
+            lambda: tracker.local.latest_parent_run(experiment_id, unfinished_only=True) is not None)
         if not resume:
             print(f"No interrupted run of {exp.name}: starting a new one.", flush=True)
     device = next(iter(configs.values())).device
     env_tags = tracking.environment_tags(device, exp.source_file)
     with ExitStack() as held:
         existing: dict[tuple[str, int | None], PriorRun] = {}
+        reopened: str | None = None  # a resumed parent, reopened once every check passed
         if resume:
-            parent_id, plan, existing = dist.from_main(  # rank 0 decides alone, on its own tracker
+            reopened, plan, existing = dist.from_main(  # rank 0 decides alone, on its own tracker
                 lambda: _prepare_resume(tracker.local, exp, configs, experiment_id, plan, held))
-        else:
-            parent_id = tracker.start_run(experiment_id, f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                          {tracking.KIND_TAG: "run", **env_tags})
-        ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir, dist=dist,
-                         system_metrics=system_metrics, callbacks=callbacks)
-        with ended_on_error(tracker, parent_id, f"harness run {exp.name} --resume"):
+        with parent_run(tracker, experiment_id, f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                        {tracking.KIND_TAG: "run", **env_tags}, run_id=reopened,
+                        resume_hint=f"harness run {exp.name} --resume") as parent:
+            parent_id = parent.run_id
+            ctx = RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir, dist=dist,
+                             system_metrics=system_metrics, callbacks=callbacks)
             if not resume:
                 if dist.is_main:
                     held.enter_context(run_lock(parent_id, checkpoint_root()))
@@ -118,9 +120,8 @@ def run_experiment(
             comparison = _log_comparison(tracker.local, exp.name, parent_id) if dist.is_main else None
             promotion = register.promote(tracker.local, comparison) \
                 if register is not None and comparison is not None else None
-        ok = all(r.status == "FINISHED" for r in results)
-        tracker.end_run(parent_id, "FINISHED" if ok else "FAILED",
-                        None if ok else "; ".join(f"{r.label or r.variant}: {r.reason}" for r in results if r.reason))
+            if not all(r.status == "FINISHED" for r in results):
+                parent.end_as("FAILED", "; ".join(f"{r.label or r.variant}: {r.reason}" for r in results if r.reason))
     return RunOutcome(parent_id, results, comparison, promotion)
 
 
@@ -135,8 +136,8 @@ class Registration:
         """Refuse before training: a name MLflow would refuse, or no validation split to compare on."""
         check_names(self.name, self.alias)
         if all(c.val_fraction == 0 for c in configs.values()):
-            raise HarnessError("--register compares models on their validation accuracy, but every variant has "
-                               "val_fraction=0; leave val_fraction above 0 to register.")
+            raise ConfigError("--register compares models on their validation accuracy, but every variant has "
+                              "val_fraction=0; leave val_fraction above 0 to register.")
 
     def promote(self, tracker: Tracker, comparison: Comparison) -> Promotion | None:
         """Register the model of the comparison's best run (`compare.best_run`: the best variant by
@@ -162,12 +163,12 @@ def _prepare_resume(tracker: Tracker, exp: Experiment, configs: dict[str, TrainC
     after every check that could refuse: nothing is reopened or changed before they pass."""
     parent = tracker.latest_parent_run(experiment_id, unfinished_only=True)
     if parent is None:
-        raise HarnessError(f"No interrupted run of '{exp.name}' to resume; start one with `harness run {exp.name}`.")
+        raise ResumeError(f"No interrupted run of '{exp.name}' to resume; start one with `harness run {exp.name}`.")
     parent_id = parent.info.run_id
     recorded = SeedPlan.from_params(parent.data.params)
     if plan.repeated and plan != recorded:
-        raise HarnessError(f"Cannot resume run {parent_id}: it was started with {recorded.describe()}, not "
-                           f"{plan.describe()}; resume with the same option or leave it out.")
+        raise ResumeError(f"Cannot resume run {parent_id}: it was started with {recorded.describe()}, not "
+                          f"{plan.describe()}; resume with the same option or leave it out.")
     # Keyed by (variant, seed): with repeats a variant has one child per seed.
     existing = {(r.data.tags.get(tracking.VARIANT_TAG, r.info.run_name), tracking.run_seed(r)): r
                 for r in tracker.children(experiment_id, parent_id)}
@@ -184,10 +185,10 @@ def _prepare_resume(tracker: Tracker, exp: Experiment, configs: dict[str, TrainC
     return parent_id, recorded, prior
 
 
-def _train_jobs(ctx: RunContext, jobs: list[Job], existing: dict[tuple[str, int | None], PriorRun]) -> list[VariantResult]:
+def _train_jobs(ctx: RunContext, jobs: list[Job],
+                existing: dict[tuple[str, int | None], PriorRun]) -> list[VariantResult]:
     """Every job in order; a job whose child already FINISHED (in a resumed run) is reported, not trained."""
     results: list[VariantResult] = []
-    trained = False  # the process's first training step is its start-up time; later jobs follow other training
     for job in jobs:
         previous = existing.get((job.variant, job.config.seed))
         if previous is not None and previous.status == "FINISHED":
@@ -195,20 +196,19 @@ def _train_jobs(ctx: RunContext, jobs: list[Job], existing: dict[tuple[str, int 
             results.append(VariantResult(job.variant, job.config, previous.run_id, "FINISHED",
                                          dict(previous.metrics), label=job.label))
             continue
-        results.append(_run_job(ctx, job, previous, startup=not trained))
-        trained = True
+        results.append(_run_job(ctx, job, previous))
     return results
 
 
-def _run_job(ctx: RunContext, job: Job, previous: PriorRun | None, startup: bool) -> VariantResult:
+def _run_job(ctx: RunContext, job: Job, previous: PriorRun | None) -> VariantResult:
     """Train one (variant, seed) as a new child run, or continue `previous`, its interrupted run."""
     if previous is not None:
         run_id = previous.run_id
     else:
-        tags = {tracking.KIND_TAG: "variant", tracking.VARIANT_TAG: job.variant, tracking.SEED_TAG: str(job.config.seed)}
+        tags = {tracking.KIND_TAG: "variant", tracking.VARIANT_TAG: job.variant,
+                tracking.SEED_TAG: str(job.config.seed)}
         run_id = open_run(ctx, job.label, job.config, tags)
-    return train_variant(ctx, run_id, job.variant, job.config, label=job.label, resume=previous is not None,
-                         startup=startup)
+    return train_variant(ctx, run_id, job.variant, job.config, label=job.label, resume=previous is not None)
 
 
 def _log_comparison(tracker: Tracker, experiment: str, parent_id: str) -> Comparison:
@@ -230,7 +230,7 @@ def _check_same_seeds(parent_id: str, existing: dict[tuple[str, int | None], Any
     variants = {job.variant for job in jobs}
     for variant, seed in existing:
         if variant in variants and seed is not None and (variant, seed) not in planned:
-            raise HarnessError(
+            raise ResumeError(
                 f"Cannot resume run {parent_id}: it trained variant '{variant}' at seed {seed}, which the current "
                 "options do not; resume with the same --set options as the interrupted run."
             )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Choice:
         return "one of " + ", ".join(map(str, self.choices))
 
 
-Distribution = Union[FloatRange, IntRange, Choice]
+Distribution = FloatRange | IntRange | Choice
 SearchSpace = Mapping[str, Distribution]
 
 # lr, momentum, batch size and weight decay: what users tune first for SGD-trained CNNs.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from harness.config import SEED_LIMIT, TrainConfig
-from harness.errors import HarnessError
+from harness.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -20,17 +20,18 @@ class SeedPlan:
 
     def __post_init__(self) -> None:
         if self.repeat is not None and self.seeds is not None:
-            raise HarnessError("--repeat and --seeds exclude each other: use --repeat K (K seeds from each "
-                               "variant's own seed) or --seeds a,b,c, not both.")
+            raise ConfigError("--repeat and --seeds exclude each other: use --repeat K (K seeds from each "
+                              "variant's own seed) or --seeds a,b,c, not both.")
         if self.repeat is not None and self.repeat < 1:
-            raise HarnessError(f"--repeat must be at least 1 (got {self.repeat}).")
+            raise ConfigError(f"--repeat must be at least 1 (got {self.repeat}).")
         if self.seeds is not None:
             if not self.seeds:
-                raise HarnessError("--seeds needs at least one seed, e.g. --seeds 0,1,2.")
+                raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0,1,2.")
             if len(set(self.seeds)) != len(self.seeds):
-                raise HarnessError(f"--seeds lists a seed twice ({','.join(map(str, self.seeds))}); give distinct seeds.")
+                raise ConfigError(f"--seeds lists a seed twice ({','.join(map(str, self.seeds))}); "
+                                  "give distinct seeds.")
             if any(not 0 <= s < SEED_LIMIT for s in self.seeds):  # the same range as TrainConfig.seed
-                raise HarnessError(f"--seeds must be integers from 0 to {SEED_LIMIT - 1}.")
+                raise ConfigError(f"--seeds must be integers from 0 to {SEED_LIMIT - 1}.")
 
     @classmethod
     def parse(cls, repeat: int | None, seeds: str | None) -> SeedPlan:
@@ -40,7 +41,8 @@ class SeedPlan:
             try:
                 parsed = tuple(int(part) for part in seeds.replace(" ", "").split(",") if part)
             except ValueError:
-                raise HarnessError(f"Cannot parse --seeds '{seeds}': expected comma-separated integers such as 0,1,2.") from None
+                raise ConfigError(f"Cannot parse --seeds '{seeds}': "
+                                  "expected comma-separated integers such as 0,1,2.") from None
         return cls(repeat, parsed)
 
     @property
@@ -59,8 +61,9 @@ class SeedPlan:
         for variant, config in configs.items():
             last = self.seeds_for(config)[-1]
             if last >= SEED_LIMIT:
-                raise HarnessError(f"{self.describe()} from seed {config.seed} of variant '{variant}' reaches seed {last}, "
-                                   f"past the largest seed {SEED_LIMIT - 1}; use a smaller seed or --seeds a,b,c.")
+                raise ConfigError(f"{self.describe()} from seed {config.seed} of variant '{variant}' "
+                                  f"reaches seed {last}, "
+                                  f"past the largest seed {SEED_LIMIT - 1}; use a smaller seed or --seeds a,b,c.")
 
     def to_params(self) -> dict[str, str]:
         """Parent-run params that record the plan (so `--resume` can follow it)."""

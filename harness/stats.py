@@ -99,7 +99,8 @@ def compare_to_best(runs: pd.DataFrame, summary: pd.DataFrame, metric: str, by: 
     for name in summary[by]:
         mine = values.get(name, np.array([]))
         spread = len(mine) > 1 and len(reference) > 1 and (mine.std() > 0 or reference.std() > 0)
-        raw.append(math.nan if name == best or not spread else float(stats.ttest_ind(mine, reference, equal_var=False).pvalue))
+        raw.append(math.nan if name == best or not spread
+                   else float(stats.ttest_ind(mine, reference, equal_var=False).pvalue))
     adjusted = holm(raw)
     out = summary.copy()
     out["p_vs_best"] = raw

@@ -8,8 +8,8 @@ when this module is imported: commands that track nothing never pay for it.
 
 from __future__ import annotations
 
-import functools
 import errno
+import functools
 import io
 import logging
 import os
@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import harness
 from harness.config import TrainConfig, flatten
-from harness.errors import HarnessError, first_line, os_error_reason, retry
+from harness.errors import HarnessError, TrackingError, first_line, os_error_reason, retry
 from harness.registry import closest_name
 from harness.uris import redact, redact_text
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
     from harness.distributed import Dist
-    from mlflow.entities import Run
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's embedded default; artifacts go to ./mlruns
 PARENT_RUN = "mlflow.parentRunId"
@@ -68,17 +68,6 @@ _UNREACHABLE_SIGNS = ("Max retries exceeded", "Connection refused", "Failed to e
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class TrackingError(HarnessError):
-    """An MLflow read or write failed; the message is one line naming the store or path.
-
-    `unreachable` is True when the store did not answer at all (a tracking server that is down):
-    training can go on and the record be completed later with `--resume`."""
-
-    def __init__(self, message: str, unreachable: bool = False) -> None:
-        super().__init__(message)
-        self.unreachable = unreachable
-
-
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """`uri`, else MLFLOW_TRACKING_URI, else the embedded sqlite store in the working folder."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
@@ -94,11 +83,12 @@ def check_sqlite_file(uri: str) -> None:
         return
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise HarnessError(f"{path} is a folder, not a database file")
+        raise TrackingError(f"{path} is a folder, not a database file")
     if path.exists() and not os.access(path, os.W_OK):
-        raise HarnessError(f"{path} is not writable ({'read-only file system' if not os.access(folder, os.W_OK) else 'permission denied'})")
+        raise TrackingError(f"{path} is not writable "
+                            f"({'read-only file system' if not os.access(folder, os.W_OK) else 'permission denied'})")
     if folder.exists() and not os.access(folder, os.W_OK):
-        raise HarnessError(f"folder {folder} is not writable (sqlite needs it for its journal)")
+        raise TrackingError(f"folder {folder} is not writable (sqlite needs it for its journal)")
 
 
 def check_reachable(uri: str) -> None:
@@ -171,7 +161,7 @@ class Tracker:
     @classmethod
     def open(cls, uri: str | None = None) -> Tracker:
         """A tracker on the resolved URI (`uri`, else $MLFLOW_TRACKING_URI, else the embedded
-        sqlite store); an unusable store is one HarnessError naming it (password hidden)."""
+        sqlite store); an unusable store is one TrackingError naming it (password hidden)."""
         import mlflow  # noqa: F401 - configures its loggers on import; quieted just below
 
         resolved = resolve_tracking_uri(uri)
@@ -190,7 +180,7 @@ class Tracker:
             return cls(retry(lambda: _checked_client(resolved)), resolved)
         except Exception as exc:  # noqa: BLE001 - bad URI, server down, missing driver
             reason = redact_text(first_line(exc), resolved)
-            raise HarnessError(
+            raise TrackingError(
                 f"Cannot use MLflow tracking store '{redact(resolved)}' ({reason}); "
                 "check --tracking-uri / MLFLOW_TRACKING_URI and that the server is reachable."
             ) from None
@@ -399,11 +389,11 @@ class Tracker:
     @_guarded("log a figure")
     def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
         """Save a matplotlib figure as a PNG artifact and free it."""
-        import matplotlib.pyplot as plt
+        from harness.reports import release
 
         png = io.BytesIO()
         figure.savefig(png, format="png")
-        plt.close(figure)
+        release(figure)
         self.log_bytes(run_id, png.getvalue(), artifact_file)
 
     @_guarded("log an artifact")
@@ -562,7 +552,8 @@ class Tracker:
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         inputs = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d.get("source_type", "local"),
-                                       source=json.dumps({"uri": d["source"]}), profile=json.dumps(d.get("profile", {}))),
+                                       source=json.dumps({"uri": d["source"]}),
+                                       profile=json.dumps(d.get("profile", {}))),
                                tags=[InputTag("mlflow.data.context", d["context"])]) for d in datasets]
         # Two runs recording the same new dataset at once (parallel trials, workers): MLflow looks
         # it up, then inserts it, and the second insert fails on the unique key; the retry finds it.
@@ -654,7 +645,8 @@ def no_runs_message(tracker: Tracker, experiment: str) -> str:
     """One sentence for an experiment with nothing recorded, with the closest recorded name."""
     close = closest_name(experiment, tracker.experiment_names(), cutoff=0.6)
     hint = f" (did you mean '{close}'?)" if close else ""
-    return f"No runs of experiment '{experiment}' are recorded in this tracking store{hint}; run `harness run {experiment}` first."
+    return (f"No runs of experiment '{experiment}' are recorded in this tracking store{hint}; "
+            f"run `harness run {experiment}` first.")
 
 
 def _checked_client(uri: str) -> MlflowClient:

@@ -20,13 +20,13 @@ from torch import Tensor, nn
 
 from harness.config import TrainConfig
 from harness.data import Data
-from harness.data.in_memory import InMemorySplit, Split
 from harness.data.auto_augment import batch_auto_augment
 from harness.data.batch_augment import mix_batch
+from harness.data.in_memory import InMemorySplit, Split
 from harness.data.transforms import BatchTransform, Preprocess
 from harness.device import resolve_device, seed_everything
 from harness.distributed import SINGLE, Dist
-from harness.errors import HarnessError
+from harness.errors import ConfigError
 from harness.models import build_model
 from harness.optim import INITS, PER_STEP, build_optimizer, build_scheduler
 from harness.validation import check_config
@@ -89,7 +89,7 @@ class Trainer:
 def check_world(config: TrainConfig, world_size: int) -> None:
     """`batch_size` is the global batch: it must split evenly over the processes."""
     if config.batch_size % world_size:
-        raise HarnessError(
+        raise ConfigError(
             f"batch_size {config.batch_size} does not split evenly over {world_size} processes; choose a batch_size "
             f"divisible by {world_size} (it is the global batch: each process takes batch_size / {world_size}).")
 
@@ -120,8 +120,8 @@ def build_trainer(config: TrainConfig, data: Data, dist: Dist = SINGLE) -> Train
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     if config.sync_batchnorm and dist.enabled and device.type != "cuda":
-        raise HarnessError("sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU version); "
-                           "leave it false for processes on the CPU.")
+        raise ConfigError("sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU version); "
+                          "leave it false for processes on the CPU.")
     data = on_device(data, device)
     image_size = config.image_size or data.native_size
     model = build_model(
@@ -172,7 +172,8 @@ def on_device(data: Data, device: torch.device) -> Data:
         return data
     if sum(s.nbytes for s in splits) > DEVICE_RESIDENT_BYTES:
         return data
-    moved = {name: getattr(data, name).to(device) for name in ("train", "val", "test") if getattr(data, name) is not None}
+    moved = {name: getattr(data, name).to(device) for name in ("train", "val", "test")
+             if getattr(data, name) is not None}
     return dataclasses.replace(data, **moved)
 
 
@@ -488,6 +489,15 @@ def fit(t: Trainer, callbacks: Sequence[Callback] = (), state: FitState | None =
                 logging.getLogger(__name__).warning("on_fit_end of %s failed after %s", type(cb).__name__,
                                                     type(exc).__name__, exc_info=True)
         raise
-    for cb in callbacks:
-        cb.on_fit_end(t, state, None)
+    failure: Exception | None = None
+    for cb in callbacks:  # every callback ends (a progress bar stops) even if one before it fails
+        try:
+            cb.on_fit_end(t, state, None)
+        except Exception as exc:  # noqa: BLE001 - the first failure is raised once all have ended
+            if failure is None:
+                failure = exc
+            else:
+                logging.getLogger(__name__).warning("on_fit_end of %s failed too", type(cb).__name__, exc_info=True)
+    if failure is not None:
+        raise failure
     return state

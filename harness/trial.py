@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 
 from harness import tracking
-from harness.checkpoint import LAST, saved_config
+from harness.checkpoint import LAST, changed_settings, run_folder
 from harness.checkpoint import load as load_checkpoint
 from harness.config import TrainConfig
 from harness.errors import HarnessError
@@ -22,19 +22,17 @@ from harness.lifecycle import (
     STOP_TAG,
     RunContext,
     VariantResult,
-    checkpoint_root,
-    ended_on_error,
     open_run,
+    parent_run,
     train_variant,
 )
 from harness.search_space import suggest
 from harness.seeds import SeedPlan
+from harness.study_store import STD_ATTR, TRIAL_RUN_ATTR
 from harness.train import Callback, FitState, Trainer
 
-TRIAL_RUN_ATTR = "mlflow_run_id"
 CONTINUES_ATTR = "continues_trial"  # a retried trial that continued the dead trial's checkpoint and run
 CONTINUES_ATTR_TAG = "harness.continues_trial"
-STD_ATTR = "val_acc_std"  # with seeds: the std of the seeds' best validation accuracies
 
 
 class OptunaPruning(Callback):
@@ -108,7 +106,8 @@ class Objective:
             # a region to avoid, so pruned (the sampler learns from it), said in one line, no run.
             raise optuna.TrialPruned(f"sampled values refused: {exc}") from None
         label = f"trial-{trial.number}"
-        tags = {tracking.KIND_TAG: "trial", "optuna.study_name": self.study_name, "optuna.trial_number": str(trial.number)}
+        tags = {tracking.KIND_TAG: "trial", "optuna.study_name": self.study_name,
+                "optuna.trial_number": str(trial.number)}
         if self.seeds.repeated:
             return self._seeds(trial, config, label, tags)
         pruning = OptunaPruning(trial)
@@ -140,14 +139,16 @@ class Objective:
     def _seeds(self, trial: optuna.Trial, config: TrainConfig, label: str, tags: dict[str, str]) -> float:
         """The trial at every seed of the plan, each a child of the trial's run."""
         tracker = self.ctx.tracker
-        trial_run = tracker.start_run(self.ctx.experiment_id, label, {**tags, **self.ctx.env_tags}, self.ctx.parent_id)
-        trial.set_user_attr(TRIAL_RUN_ATTR, trial_run)
-        seed_ctx = dataclasses.replace(self.ctx, parent_id=trial_run)
         seeds = self.seeds.seeds_for(config)
-        trial.set_user_attr("seeds", seeds)
         values: list[float] = []
         stop: optuna.TrialPruned | TrialFailed | None = None
-        with ended_on_error(tracker, trial_run):  # Ctrl-C, a crash: the trial's run does not stay RUNNING
+        # Ctrl-C, a crash, a store error: the trial's run does not stay RUNNING.
+        with parent_run(tracker, self.ctx.experiment_id, label, {**tags, **self.ctx.env_tags},
+                        nested_in=self.ctx.parent_id) as run:
+            trial_run = run.run_id
+            trial.set_user_attr(TRIAL_RUN_ATTR, trial_run)
+            seed_ctx = dataclasses.replace(self.ctx, parent_id=trial_run)
+            trial.set_user_attr("seeds", seeds)
             tracker.log_config(trial_run, config, self.ctx.source_file)
             for i, seed in enumerate(seeds):
                 pruning = OptunaPruning(trial) if i == 0 and not self.by_seed else None  # epoch pruners: seed 1
@@ -166,20 +167,23 @@ class Objective:
                             stop = optuna.TrialPruned(f"pruned after {i + 1} seeds (Wilcoxon)")
                 if stop is not None:
                     break
+            if stop is not None:
+                # A pruned trial's run FINISHED (its seeds so far are sound), a failed one's FAILED.
+                pruned = isinstance(stop, optuna.TrialPruned)
+                self._state(trial_run, optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.FAIL)
+                if pruned:
+                    tracker.set_tags(trial_run, {STOP_TAG: str(stop)})
+                else:
+                    run.end_as("FAILED", str(stop))
+            else:
+                mean, std = statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+                trial.set_user_attr(STD_ATTR, std)
+                trial.set_user_attr("seed_values", values)
+                # `best_val_acc` of a trial run is the mean over its seeds (what the study optimises).
+                tracker.log_metrics(trial_run, {"best_val_acc": mean, "best_val_acc_std": std})
+                self._state(trial_run, optuna.trial.TrialState.COMPLETE)
         if stop is not None:
-            pruned = isinstance(stop, optuna.TrialPruned)
-            self._state(trial_run, optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.FAIL)
-            if pruned:
-                tracker.set_tags(trial_run, {STOP_TAG: str(stop)})
-            tracker.end_run(trial_run, "FINISHED" if pruned else "FAILED", None if pruned else str(stop))
-            raise stop
-        mean, std = statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-        trial.set_user_attr(STD_ATTR, std)
-        trial.set_user_attr("seed_values", values)
-        # `best_val_acc` of a trial run is the mean over its seeds (what the study optimises).
-        tracker.log_metrics(trial_run, {"best_val_acc": mean, "best_val_acc_std": std})
-        self._state(trial_run, optuna.trial.TrialState.COMPLETE)
-        tracker.end_run(trial_run, "FINISHED")
+            raise stop  # after the run ended: Optuna's verdict, not a failure of the block
         return mean
 
     def _state(self, run_id: str, state: optuna.trial.TrialState) -> None:
@@ -199,17 +203,16 @@ class Objective:
         if not history or not dead_run:
             return None
         dead = history[-1]
-        last = checkpoint_root() / dead_run / LAST
+        last = run_folder(dead_run) / LAST
         why_not = None
         if not last.is_file():
             why_not = (f"its checkpoint {last} is not reachable from here (put HARNESS_CHECKPOINT_DIR on storage "
                        "every worker shares to continue instead)")
         else:
             try:
-                saved = saved_config(load_checkpoint(last))
+                changed = changed_settings(load_checkpoint(last), config)
             except HarnessError as exc:
-                saved, why_not = None, str(exc)
-            changed = [k for k, v in config.to_dict().items() if k != "device" and saved and saved.to_dict()[k] != v]
+                changed, why_not = {}, str(exc)
             if changed:
                 why_not = f"its checkpoint was trained with other settings ({', '.join(changed)})"
         if why_not:

@@ -4,11 +4,12 @@ The objective is the trial's best validation accuracy, in the one meaning of "be
 harness has: the validation accuracy of the epoch chosen by `early_stopping_metric` (the
 lowest val_loss by default; see `FitState.best_metrics`). The test set is never used for
 selection. Each epoch is reported to Optuna and the pruner may stop the trial. Each trial's
-run goes through `harness.lifecycle`, like `harness run`'s variants. Storage is any SQLAlchemy
-URL (default: sqlite `optuna.db` with a busy timeout) or `journal:PATH`; RDB storages run a
-heartbeat so a trial whose worker died is failed and retried with the same params; the study's
-MLflow parent run carries a heartbeat of its own so a dead worker's parent is ended too
-(`end_dead_study_parents`). Storage URIs are only ever shown through `harness.uris`.
+run goes through `harness.lifecycle`, like `harness run`'s variants. The storage is opened by
+`harness.study_store` (any SQLAlchemy URL, default sqlite `optuna.db`, or `journal:PATH`); RDB
+storages run a heartbeat so a trial whose worker died is failed and retried with the same params
+(its MLflow run ended KILLED, `StaleTrialRetry`); the study's MLflow parent run carries a
+heartbeat of its own so a dead worker's parent is ended too (`end_dead_study_parents`). Storage
+URIs are only ever shown through `harness.uris`.
 """
 
 from __future__ import annotations
@@ -26,15 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pandas as pd
 import torch
 
 from harness import reports, tracking
 from harness.config import TrainConfig
 from harness.distributed import SINGLE, Dist
-from harness.errors import HarnessError, first_line, retry
+from harness.errors import ConfigError
 from harness.experiment import Experiment
-from harness.lifecycle import SYSTEM_METRICS_INTERVAL, RunContext, VariantResult, ended_on_error
+from harness.lifecycle import SYSTEM_METRICS_INTERVAL, RunContext, VariantResult, parent_run
 from harness.promotion import DEFAULT_ALIAS, Promotion, check_names
 from harness.promotion import register as register_model
 from harness.registry import Registry
@@ -46,16 +46,26 @@ from harness.study_liveness import (
     end_dead_study_parents,
     parent_heartbeat,
 )
+from harness.study_store import (
+    DEFAULT_STORAGE,
+    FINISHED_STATES,
+    OBJECTIVE_NAME,
+    STALE_TRIAL_RETRIES,
+    TRIAL_RUN_ATTR,
+    default_study_name,
+    finished_trials,
+    has_complete_trial,
+    open_storage,
+    pick_variant,
+    trial_line,
+    trials_table,
+)
 from harness.tracking import Tracker, now_ms
-from harness.trial import STD_ATTR, TRIAL_RUN_ATTR, Objective, follow_trials, train_on_every_rank
-from harness.uris import redact, redact_text
+from harness.trial import Objective, follow_trials, train_on_every_rank
+from harness.uris import redact
 
-# Heartbeats and the matplotlib plots are marked experimental; they are what we rely on.
+# Optuna's matplotlib plots are marked experimental; they are what the parent run shows.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-DEFAULT_STORAGE = "sqlite:///optuna.db"
-FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-OBJECTIVE_NAME = "val_acc"  # how optuna-dashboard and Optuna's plots label the objective
 
 SAMPLERS: Registry[Any] = Registry("sampler")
 SAMPLERS.add("tpe", lambda seed: optuna.samplers.TPESampler(seed=seed))
@@ -98,55 +108,23 @@ class TuneOptions:
     def __post_init__(self) -> None:
         """Reject impossible values with one sentence each, before any store is opened."""
         if self.register is not None and not self.retrain_best:
-            raise HarnessError("--register needs --retrain-best: the model registered is the best trial's params "
-                               "retrained on train + validation (trials keep no model).")
+            raise ConfigError("--register needs --retrain-best: the model registered is the best trial's params "
+                              "retrained on train + validation (trials keep no model).")
         check_names(self.register, self.alias)
         if self.trials < 1:
-            raise HarnessError(f"--trials must be at least 1 (got {self.trials}).")
+            raise ConfigError(f"--trials must be at least 1 (got {self.trials}).")
         if self.n_jobs < 1:
-            raise HarnessError(f"--n-jobs must be at least 1 (got {self.n_jobs}).")
+            raise ConfigError(f"--n-jobs must be at least 1 (got {self.n_jobs}).")
         if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
-            raise HarnessError(f"--timeout must be a positive number of seconds (got {self.timeout:g}); "
-                               "leave it out for no time limit.")
+            raise ConfigError(f"--timeout must be a positive number of seconds (got {self.timeout:g}); "
+                              "leave it out for no time limit.")
         if self.heartbeat_seconds < 1:
-            raise HarnessError(f"--heartbeat must be at least 1 second (got {self.heartbeat_seconds}).")
+            raise ConfigError(f"--heartbeat must be at least 1 second (got {self.heartbeat_seconds}).")
         SAMPLERS.get(self.sampler)  # unknown names: one "did you mean" line
         PRUNERS.get(self.pruner)
         if self.pruner in BY_SEED_PRUNERS and len(self.seeds.seeds or range(self.seeds.repeat or 1)) < 2:
-            raise HarnessError(f"--pruner {self.pruner} compares a trial's seeds: add --repeat K (K >= 2) or "
-                               "--seeds a,b,...")
-
-
-def open_storage(url: str | None, heartbeat_seconds: int = 10, tracker: Tracker | None = None) -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url`: `journal:PATH` for a journal file, else a SQLAlchemy URL.
-
-    RDB storages get a heartbeat: a trial whose worker stopped beating for 3 intervals is
-    marked FAIL by the next worker and re-queued with the same params; with a `tracker`, its
-    MLflow run is marked KILLED too.
-    """
-    url = url or DEFAULT_STORAGE
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        path = url.removeprefix("journal:")
-        try:
-            return optuna.storages.JournalStorage(JournalFileBackend(path))
-        except OSError as exc:  # a missing folder, no permission, a directory
-            raise HarnessError(f"Cannot open the Optuna journal file '{path}' ({exc.strerror or first_line(exc)}); "
-                               "create its folder or choose another --storage journal:PATH.") from None
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        engine_kwargs["connect_args"] = {"timeout": 60}  # wait for a lock instead of failing at once
-    try:
-        return retry(lambda: optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
-            heartbeat_stale_trial_callback=StaleTrialRetry(tracker),
-        ))
-    except Exception as exc:  # noqa: BLE001 - unreachable server, bad URL, missing driver
-        raise HarnessError(
-            f"Cannot open Optuna storage '{redact(url)}' ({redact_text(first_line(exc), url)}); "
-            "check the URL and that the database is reachable."
-        ) from None
+            raise ConfigError(f"--pruner {self.pruner} compares a trial's seeds: add --repeat K (K >= 2) or "
+                              "--seeds a,b,...")
 
 
 class StaleTrialRetry:
@@ -155,7 +133,7 @@ class StaleTrialRetry:
 
     def __init__(self, tracker: Tracker | None) -> None:
         self.tracker = tracker
-        self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+        self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=STALE_TRIAL_RETRIES)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         run_id = trial.user_attrs.get(TRIAL_RUN_ATTR)
@@ -166,62 +144,6 @@ class StaleTrialRetry:
             except Exception:  # noqa: BLE001 - the retry matters more than the bookkeeping
                 pass
         self._retry(study, trial)
-
-
-def finished_trials(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
-
-
-def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
-    """One line per finished trial: number, state, the epoch it stopped at, params, value."""
-    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-    epoch = f" at epoch {trial.last_step}" if trial.last_step is not None else ""
-    if "seeds" in trial.user_attrs:  # with seeds, the steps are seeds (Wilcoxon) or the first seed's epochs
-        done = len(trial.user_attrs.get("seed_values", []))
-        epoch = f" after {done} of {len(trial.user_attrs['seeds'])} seeds"
-        if not done and trial.state == optuna.trial.TrialState.PRUNED:  # an epoch pruner stopped the first seed
-            epoch = f" at epoch {trial.last_step} of its first seed"
-    value = f": {OBJECTIVE_NAME} {trial.value:.4f}" if trial.value is not None else ""
-    return f"trial {trial.number} {trial.state.name}{epoch}{value} with {params}"
-
-
-def default_study_name(exp: Experiment, variant: str) -> str:
-    return f"{exp.name}-{variant}"
-
-
-def pick_variant(exp: Experiment, variant: str | None) -> str:
-    if variant is None:
-        return next(iter(exp.variants))
-    if variant not in exp.variants:
-        from harness.registry import unknown_name_message
-
-        raise HarnessError(unknown_name_message(f"variant of '{exp.name}'", variant, exp.variants))
-    return variant
-
-
-def load_study(storage_url: str | None, study_name: str) -> optuna.Study:
-    """An existing study, or a HarnessError naming the studies the storage has."""
-    storage = open_storage(storage_url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    if study_name not in names:
-        from harness.registry import unknown_name_message
-
-        raise HarnessError(unknown_name_message(f"study in '{redact(storage_url or DEFAULT_STORAGE)}'", study_name, names))
-    return optuna.load_study(study_name=study_name, storage=storage)
-
-
-def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """Number, state, value, params, duration and MLflow run of every trial; with seeds, the
-    value as "mean ± std" over them."""
-    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration", "user_attrs"))
-    frame = frame.rename(columns=lambda c: c.removeprefix("params_").removeprefix("user_attrs_"))
-    if "duration" in frame:
-        frame["duration"] = frame["duration"].dt.total_seconds()
-    value = next((c for c in frame.columns if c == "value" or c.startswith("value_")), None)
-    if STD_ATTR in frame and value is not None:
-        frame.insert(frame.columns.get_loc(value) + 1, "mean ± std", [
-            f"{v:.4f} ± {s:.4f}" if pd.notna(v) and pd.notna(s) else "" for v, s in zip(frame[value], frame[STD_ATTR])])
-    return frame
 
 
 @dataclass
@@ -245,8 +167,14 @@ def tune(tracker: Tracker, exp: Experiment, variant: str | None, base: TrainConf
     each trial is one Optuna trial and one MLflow run whatever the number of processes.
     """
     variant = pick_variant(exp, variant)
+    # The first optimizer imports torch._dynamo (seconds on a small CPU). A Ctrl-C that lands in a
+    # garbage-collection callback during that import is dropped by Python and training goes on, so
+    # it is imported here, before any run opens (measured: 10 of 13 Ctrl-Cs one second in were lost).
+    import torch._dynamo  # noqa: F401
+
     if base.val_fraction == 0:
-        raise HarnessError("Tuning selects on validation accuracy; set val_fraction above 0 (e.g. --set val_fraction=0.1).")
+        raise ConfigError("Tuning selects on validation accuracy; "
+                          "set val_fraction above 0 (e.g. --set val_fraction=0.1).")
     if dist.enabled:
         opened: list[tuple[optuna.Study, RunContext]] = []
         ids = dist.from_main(lambda: _open_study(tracker.local, exp, variant, base, options, data_dir, opened))
@@ -269,12 +197,13 @@ def tune(tracker: Tracker, exp: Experiment, variant: str | None, base: TrainConf
 
 
 def _open_study(tracker: Tracker, exp: Experiment, variant: str, base: TrainConfig, options: TuneOptions,
-                data_dir: Path | None, opened: list[tuple[optuna.Study, RunContext]]) -> tuple[str, str, dict[str, str]]:
+                data_dir: Path | None,
+                opened: list[tuple[optuna.Study, RunContext]]) -> tuple[str, str, dict[str, str]]:
     """Open (or create) the study and start its MLflow parent run; appends (study, context) to
     `opened` and returns (experiment id, parent run id, environment tags)."""
     pruner = PRUNERS.get(options.pruner)()
     study_name = options.study_name or default_study_name(exp, variant)
-    storage = open_storage(options.storage, options.heartbeat_seconds, tracker)
+    storage = open_storage(options.storage, options.heartbeat_seconds, StaleTrialRetry(tracker))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=study_name, storage=storage, pruner=pruner,
                                 direction="maximize", load_if_exists=True)
@@ -297,9 +226,9 @@ def _open_study(tracker: Tracker, exp: Experiment, variant: str, base: TrainConf
 
 def _tune_in(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: TrainConfig, exp: Experiment,
              variant: str, options: TuneOptions) -> TuneOutcome:
-    """The study under its parent run, which ends however this does."""
+    """The study under its parent run (started by `_open_study`), which ends however this does."""
     parent_id = ctx.parent_id
-    with ended_on_error(tracker, parent_id, secret=options.storage or ""), \
+    with parent_run(tracker, ctx.experiment_id, run_id=parent_id, secret=options.storage or "") as parent, \
             parent_heartbeat(tracker, parent_id, options.heartbeat_seconds):
         retrained = _run_study(tracker, study, ctx, base, exp, variant, options)
         promotion = None
@@ -312,7 +241,8 @@ def _tune_in(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: Train
                                         "harness.run_id": retrained.run_id, "harness.parent_run_id": parent_id,
                                         "harness.study": study.study_name,
                                         "test_acc": f"{retrained.metrics.get('test_acc', float('nan')):.6g}"})
-    tracker.end_run(parent_id, "FINISHED" if retrained is None or retrained.status == "FINISHED" else "FAILED")
+        if retrained is not None and retrained.status != "FINISHED":
+            parent.end_as("FAILED")  # the retrain's own run carries the reason
     return TuneOutcome(study, parent_id, retrained, promotion)
 
 
@@ -320,7 +250,8 @@ def _run_study(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: Tra
                variant: str, options: TuneOptions) -> VariantResult | None:
     """The trials, the study's summary on the parent run, and the optional retrain of the best."""
     # The storage is a param so the study can be found again; never with its password.
-    tracker.log_params(ctx.parent_id, {"variant": variant, "sampler": options.sampler, "sampler_seed": str(options.seed),
+    tracker.log_params(ctx.parent_id, {"variant": variant, "sampler": options.sampler,
+                                       "sampler_seed": str(options.seed),
                                        "pruner": options.pruner,
                                        "trials": str(options.trials), "n_jobs": str(options.n_jobs),
                                        "storage": redact(options.storage or DEFAULT_STORAGE),
@@ -341,7 +272,7 @@ def _run_study(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: Tra
     else:
         print(f"Study '{study.study_name}' already has {finished_trials(study)} finished trials.", flush=True)
     log_study(tracker, ctx.parent_id, study)
-    if not (options.retrain_best and _has_best(study)):
+    if not (options.retrain_best and has_complete_trial(study)):
         return None
     config = base.override(**study.best_params, val_fraction=0.0)  # train + validation
     tags = {tracking.KIND_TAG: "variant", tracking.VARIANT_TAG: "retrain-best", tracking.SEED_TAG: str(config.seed)}
@@ -381,10 +312,6 @@ def _quiet_interrupted_trials() -> Iterator[None]:
         logger.removeFilter(quiet)
 
 
-def _has_best(study: optuna.Study) -> bool:
-    return any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
-
-
 def log_study(tracker: Tracker, run_id: str, study: optuna.Study) -> None:
     """Best params/value, the trials table and Optuna's plots on the study's parent run."""
     table = trials_table(study)
@@ -392,7 +319,7 @@ def log_study(tracker: Tracker, run_id: str, study: optuna.Study) -> None:
     tracker.log_text(run_id, reports.markdown_table(table), "trials.md")
     counts = table["state"].value_counts().to_dict() if len(table) else {}
     tracker.log_metrics(run_id, {f"trials_{k.lower()}": float(v) for k, v in counts.items()})
-    if not _has_best(study):
+    if not has_complete_trial(study):
         return
     tracker.log_dict(run_id, study.best_params, "best_params.json")
     tracker.log_metrics(run_id, {"best_value": study.best_value, "best_trial": float(study.best_trial.number)})
@@ -412,14 +339,3 @@ def log_study(tracker: Tracker, run_id: str, study: optuna.Study) -> None:
             tracker.log_text(run_id, f"{name} not drawn: {exc}\n", f"plots/{name}.txt")
             continue
         tracker.log_figure(run_id, reports.optuna_figure(ax), f"plots/{name}.png")
-
-
-def best_summary(study: optuna.Study) -> str:
-    """One paragraph: finished trials and the best one."""
-    n = finished_trials(study)
-    if not _has_best(study):
-        return f"Study '{study.study_name}': {n} finished trials, none complete."
-    best = study.best_trial
-    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
-    value = best.value if best.value is not None and not math.isnan(best.value) else float("nan")
-    return f"Study '{study.study_name}': {n} finished trials; best trial {best.number}: val_acc {value:.4f} with {params}"

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError, TrackingError
 from harness.uris import redact
 
 DEFAULT_HOST = "127.0.0.1"
@@ -143,17 +143,18 @@ def plan(tracking_uri: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
 def pick_port(host: str, port: int) -> int:
     """`port` if it can be bound on `host` now (0: any free port); a HarnessError otherwise."""
     if not 0 <= port <= 65535:
-        raise HarnessError(f"--port {port} is not a TCP port; use a number from 1 to 65535 (0 picks a free one).")
+        raise ConfigError(f"--port {port} is not a TCP port; use a number from 1 to 65535 (0 picks a free one).")
     try:
         return _bind_probe(host, port)
     except socket.gaierror:
-        raise HarnessError(f"--host '{host}' is not a known host name or address; use e.g. --host 127.0.0.1.") from None
+        raise ConfigError(f"--host '{host}' is not a known host name or address; use e.g. --host 127.0.0.1.") from None
     except OSError as exc:
         if port and exc.errno in _IN_USE_ERRNOS:
             hint = _free_port_hint(host)
-            raise HarnessError(f"Port {port} on {host} is already in use (another MLflow UI?); "
-                               f"pick another with --port{hint}.") from None
-        raise HarnessError(f"Cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --host or --port.") from None
+            raise ConfigError(f"Port {port} on {host} is already in use (another MLflow UI?); "
+                              f"pick another with --port{hint}.") from None
+        raise ConfigError(f"Cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                          "choose another --host or --port.") from None
 
 
 def _bind_probe(host: str, port: int) -> int:
@@ -191,7 +192,7 @@ def serve(tracking_uri: str | None = None, host: str = DEFAULT_HOST, port: int =
              "(nothing to start here).")
         return
     if _scheme(uri).startswith("databricks"):
-        raise HarnessError(f"'{redact(uri)}' is a Databricks workspace; open its MLflow UI in the workspace.")
+        raise TrackingError(f"'{redact(uri)}' is a Databricks workspace; open its MLflow UI in the workspace.")
     server = plan(uri, host, port)
     missing = _missing_sqlite_file(uri)
     # Open the store as `harness run` does: a dead database fails here in seconds with one
@@ -216,8 +217,8 @@ def serve(tracking_uri: str | None = None, host: str = DEFAULT_HOST, port: int =
             echo("In the UI, runs, metrics and artifacts are under 'Model training' (top left) "
                  "or an experiment's 'Training runs'.")
             code = proc.wait()
-            raise HarnessError(f"The MLflow server stopped on its own (exit code {code}): "
-                               f"{_log_tail(log_path)} (full log: {log_path}).")
+            raise TrackingError(f"The MLflow server stopped on its own (exit code {code}): "
+                                f"{_log_tail(log_path)} (full log: {log_path}).")
         except HarnessError:
             keep_log = True  # the error message points at it
             raise
@@ -245,13 +246,13 @@ def wait_until_up(proc: subprocess.Popen, url: str, timeout: float, log_path: Pa
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = _log_tail(log_path) if log_path else ""
-            raise HarnessError(f"The MLflow server exited during start-up (exit code {proc.returncode}): {tail}"
-                               + (f" (full log: {log_path})." if log_path else ""))
+            raise TrackingError(f"The MLflow server exited during start-up (exit code {proc.returncode}): {tail}"
+                                + (f" (full log: {log_path})." if log_path else ""))
         if _answers(url + "/health"):
             return
         time.sleep(0.3)
-    raise HarnessError(f"The MLflow server did not answer at {url} within {timeout:.0f} s"
-                       + (f"; see its log {log_path}." if log_path else "."))
+    raise TrackingError(f"The MLflow server did not answer at {url} within {timeout:.0f} s"
+                        + (f"; see its log {log_path}." if log_path else "."))
 
 
 def stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
@@ -368,8 +369,8 @@ def _check_remote(uri: str) -> None:
     try:
         tracking.check_reachable(uri)  # GET <uri>/health
     except Exception:  # noqa: BLE001 - refused, timed out, HTTP error: all mean "not answering"
-        raise HarnessError(f"The tracking server {redact(uri)} does not answer; check that it runs and "
-                           "--tracking-uri / MLFLOW_TRACKING_URI.") from None
+        raise TrackingError(f"The tracking server {redact(uri)} does not answer; check that it runs and "
+                            "--tracking-uri / MLFLOW_TRACKING_URI.") from None
 
 
 def _answers(url: str, timeout: float = 2.0) -> bool:

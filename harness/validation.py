@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from harness.config import TrainConfig
 from harness.data import DATASETS
-from harness.errors import HarnessError
+from harness.errors import ConfigError
 from harness.models import MODELS
 from harness.optim import INITS, OPTIMIZERS, SCHEDULERS
 
@@ -27,10 +27,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
         registry.get(name)  # a miss raises HarnessError naming the closest registered name
     spec = MODELS.get(config.model)
     if config.image_size is not None and config.image_size < spec.min_image_size:
-        raise HarnessError(
+        raise ConfigError(
             f"image_size {config.image_size} is too small for model '{config.model}'; "
             f"use at least {spec.min_image_size}."
         )
     if (config.pretrained or config.freeze_backbone) and not spec.supports_pretrained:
-        raise HarnessError(f"pretrained/freeze_backbone need a torchvision model (tv_*), not '{config.model}'.")
+        raise ConfigError(f"pretrained/freeze_backbone need a torchvision model (tv_*), not '{config.model}'.")
     return config

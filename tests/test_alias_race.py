@@ -11,8 +11,8 @@ import random
 from pathlib import Path
 
 import pytest
+from helpers import children_of
 from mlflow import MlflowClient
-from test_lineage_registry import _children
 
 from harness import promotion
 
@@ -33,7 +33,7 @@ def _register_rounds(uri: str, names: list[str], values: list[float], barrier: m
 
 @pytest.mark.parametrize("workers", [2, 4])
 def test_concurrent_registrations_always_end_on_the_best_version(quickstart_store: Path, workers: int) -> None:
-    (child,) = _children(MlflowClient(), "quickstart")
+    (child,) = children_of("quickstart")
     uri = f"runs:/{child.info.run_id}/model"
     rng = random.Random(workers)
     names = [f"race-{workers}-{i}-{rng.randrange(10**6)}" for i in range(ROUNDS)]
@@ -74,7 +74,7 @@ def test_concurrent_registrations_always_end_on_the_best_version(quickstart_stor
 def test_a_hand_moved_alias_on_an_untagged_version_is_left_alone(quickstart_store: Path) -> None:
     from harness.tracking import Tracker
 
-    (child,) = _children(MlflowClient(), "quickstart")
+    (child,) = children_of("quickstart")
     uri = f"runs:/{child.info.run_id}/model"
     client, tracker = MlflowClient(), Tracker.open()
     name = f"by-hand-{random.randrange(10**6)}"

@@ -4,6 +4,8 @@ free of PyTorch until a function is called."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +80,75 @@ def test_tune_returns_the_study_and_its_trials(workdir: Path) -> None:
     table = result.trials_table
     assert len(table) == 2 and {"number", "state", "mlflow_run_id"} <= set(table.columns)
     assert any(c == "value" or c.startswith("value_") for c in table.columns)
+
+
+DATA_PARALLEL = """
+from harness.config import TrainConfig
+from harness.experiment import Experiment
+
+experiment = Experiment(name="dp_api", description="data-parallel from Python", variants={
+    "net": TrainConfig(model="lenet_relu", dataset="synthetic", epochs=1, train_limit=256, batch_size=16, lr=0.02,
+                       seed=3),
+})
+"""
+
+
+def test_run_on_two_processes_from_python(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nproc_per_node=2`: two gloo CPU processes train data-parallel, each `python -m harness run
+    dp_api ...`; the call returns their records, read back from MLflow, and leaves this process's
+    environment as it was."""
+    from mlflow import MlflowClient
+
+    from harness.launch import OUTCOME_ENV
+    from harness.tracking import LAUNCH_ENV
+
+    (workdir / "experiments" / "dp_api.py").write_text(DATA_PARALLEL)
+    monkeypatch.setenv("HARNESS_DIST_TIMEOUT", "60")
+
+    def launcher_state() -> tuple[object, ...]:  # what the launch sets for its processes, or for itself
+        names = (LAUNCH_ENV, OUTCOME_ENV, "OMP_NUM_THREADS", "TORCH_CPP_LOG_LEVEL")
+        return (*(os.environ.get(n) for n in names), signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+
+    before = launcher_state()
+    result = harness.run("dp_api", nproc_per_node=2, device="cpu", set={"net.lr": 0.03}, system_metrics=False)
+    assert launcher_state() == before
+    assert result.launched and result.status == "FINISHED" and not result.failed
+    (record,) = result.variants
+    assert (record.variant, record.label, record.config.lr, record.config.batch_size) == ("net", "net", 0.03, 16)
+    assert record.best_val_acc is not None and record.test_acc is not None
+    run = MlflowClient().get_run(record.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+    assert (run.data.params["world_size"], run.data.params["backend"], run.data.params["per_device_batch_size"]) == \
+        ("2", "gloo", "8")
+    assert list(result.table["variant"]) == ["net"] and result.table.iloc[0]["status"] == "FINISHED"
+    assert harness.compare("dp_api")["run_id"].tolist() == [record.run_id]
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda: harness.run(Experiment(name="inline", description="", variants={"a": TrainConfig()}), nproc_per_node=2,
+                         device="cpu"), "was not loaded from"),
+    (lambda: harness.run("quickstart", nproc_per_node=2, device="cpu", callbacks=[CountEpochs()]),
+     "callbacks cannot reach the processes"),
+    (lambda: harness.tune(Experiment(name="inline", description="", variants={"a": TrainConfig()}), nproc_per_node=2,
+                          device="cpu"), "was not loaded from"),
+    (lambda: harness.run("quickstart", nproc_per_node=0), "--nproc-per-node must be at least 1"),
+    (lambda: harness.run("quickstart", resume="yes"), "resume must be True, False or 'auto'"),
+    (lambda: harness.compare("quickstart", write=True, only=["x"]), "only= picks child runs"),
+])
+def test_what_cannot_be_launched_is_refused_before_anything_starts(workdir: Path, call, says: str) -> None:
+    with pytest.raises(HarnessError, match=says):
+        call()
+    assert not (workdir / "mlflow.db").exists()  # nothing was started, not even the store
+
+
+def test_the_processes_command_line_is_the_cli_s_options() -> None:
+    from harness.launch import worker_command
+
+    assert worker_command("run", "dp", {"set": ["epochs=1", "a.lr=0.1"], "seeds": "0,1", "repeat": None,
+                                        "resume": "auto", "system_metrics": False, "register": None,
+                                        "backend": "gloo", "data_dir": Path("d"), "timeout": 1.5}) == [
+        "run", "dp", "--set", "epochs=1", "--set", "a.lr=0.1", "--seeds", "0,1", "--resume", "auto",
+        "--no-system-metrics", "--dist-backend", "gloo", "--data-dir", "d", "--timeout", "1.5"]
 
 
 @pytest.mark.parametrize("call, says", [

@@ -30,15 +30,16 @@ def test_scaling_runs_one_and_two_processes_and_reports_ratios() -> None:
     by_shape = {(r["processes"], r["threads_per_process"]): r for r in rows}
     for r in rows:
         assert r["case"] == "tiny" and r["device"] == "cpu" and r["images_per_second"] > 0 and r["spread"] >= 0
-        assert r["ratio_vs_1proc_all_cores"] == pytest.approx(r["images_per_second"] / by_shape[1, 2]["images_per_second"])
+        assert r["ratio_vs_1proc_all_cores"] == pytest.approx(
+            r["images_per_second"] / by_shape[1, 2]["images_per_second"])
     # Efficiency counts baseline-sized shares of the machine: 1 for the baseline, 2 for the others.
     assert by_shape[1, 1]["efficiency"] == pytest.approx(1.0)
     assert by_shape[2, 1]["efficiency"] == pytest.approx(
         by_shape[2, 1]["images_per_second"] / (2 * by_shape[1, 1]["images_per_second"]))
 
 def test_study_comparison_spends_the_budget_and_reports_every_strategy() -> None:
-    from harness.search_space import DEFAULT_SEARCH_SPACE
     from harness.bench.study import compare_strategies
+    from harness.search_space import DEFAULT_SEARCH_SPACE
 
     base = TrainConfig(model="lenet_relu", dataset="synthetic", epochs=2, train_limit=256, seed=0)
     rows = compare_strategies(base, DEFAULT_SEARCH_SPACE, load_data(base), budget_epochs=6, seeds=(0,),
@@ -73,13 +74,12 @@ def test_startup_is_measured_from_a_real_harness_run() -> None:
 
 
 def test_bad_bench_options_are_one_line_and_exit_2() -> None:
-    import subprocess
-    import sys
+    from helpers import harness
 
     for args, expected in ((["--epochs", "1"], "--epochs must be at least 2"),
                            (["--study-budget", "-1"], "--study-budget must be 0"),
                            (["--study-seeds", "0"], "--study-seeds must be at least 1")):
-        proc = subprocess.run([sys.executable, "-m", "harness.cli", "bench", *args], capture_output=True, text=True)
+        proc = harness("bench", *args, timeout=None)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and expected in proc.stderr
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
+from helpers import quickstart_run_ids
 from PIL import Image
 
 from harness.bench.mnist_sample import SAMPLE_DIR
@@ -42,9 +42,7 @@ def test_predict_benchmark_measures_every_contender(quickstart_store: Path, tmp_
     from harness.tracking import Tracker
 
     files = _pngs(tmp_path / "pngs", 40)
-    parent = mlflow.search_runs(experiment_names=["quickstart"], filter_string="tags.`harness.kind` = 'run'")["run_id"][0]
-    child = mlflow.search_runs(experiment_names=["quickstart"],
-                               filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")["run_id"][0]
+    _, child = quickstart_run_ids()
     row = measure_predict(Tracker.open(), f"runs:/{child}/model", files, batch_size=16, repeats=2, log=lambda _: None)
     for key in ("harness", "pyfunc", "harness_model", "decode", "script"):
         assert row[key] > 0 and row[f"{key}_spread"] >= 0, key
@@ -52,3 +50,4 @@ def test_predict_benchmark_measures_every_contender(quickstart_store: Path, tmp_
     assert row["harness_model/pyfunc"] == pytest.approx(row["harness_model"] / row["pyfunc"])
     assert row["harness/script"] == pytest.approx(row["harness"] / row["script"])
     assert row["images"] == 40 and row["batch_size"] == 16 and row["device"] == "cpu"
+    assert 0 <= row["harness_lean_share"] <= 1  # read from torch's threads after each batch

@@ -5,13 +5,12 @@ CLI in a subprocess where importing torch, torchvision or mlflow fails."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import python
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,9 +47,8 @@ def experiments_copy(tmp_path: Path) -> Path:
 
 
 def _run(code: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HARNESS_EXPERIMENTS_DIR": str(cwd / "experiments"), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)
+    env = {"HARNESS_EXPERIMENTS_DIR": str(cwd / "experiments"), "COLUMNS": "200"}
+    return python("-c", code, *args, cwd=cwd, env=env, timeout=120)
 
 
 def test_blocker_blocks_torch(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import harness
+from helpers import experiment_runs, write_experiment
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -59,9 +60,7 @@ class Store:
 
 
 def _parent_ids(experiment: str) -> list[str]:
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.`harness.kind` = 'run'",
-                              order_by=["attributes.start_time ASC"])
-    return list(runs["run_id"])
+    return [r.info.run_id for r in experiment_runs(experiment, "run")]
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +73,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         mp.setenv("HARNESS_CHECKPOINT_DIR", str(root / "checkpoints"))
         mp.setenv("HARNESS_EXPERIMENTS_DIR", str(root / "experiments"))
         mlflow.set_tracking_uri(uri)
-        (root / "experiments").mkdir()
-        (root / "experiments" / "cmp.py").write_text(CMP)
-        (root / "experiments" / "broken.py").write_text(BROKEN)
+        write_experiment(root, "cmp", CMP)
+        write_experiment(root, "broken", BROKEN)
         runner = CliRunner()
         single = runner.invoke(app, ["run", "cmp"])
         assert single.exit_code == 0, single.output
@@ -214,7 +212,8 @@ def test_runs_lists_failed_run_with_resume_command(store: Store, capsys: pytest.
     assert "harness run cmp --resume" not in out  # finished runs have nothing to continue
 
 
-def test_resume_with_repeats_matches_children_by_variant_and_seed(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_with_repeats_matches_children_by_variant_and_seed(store: Store,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     before = set(_children(store.broken)["run_id"])
     code, _, err = harness(capsys, "run", "broken", "--resume", "--repeat", "3")
     assert code == 2 and "started with --repeat 2" in err
@@ -232,7 +231,8 @@ def test_resume_with_repeats_matches_children_by_variant_and_seed(store: Store, 
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["compare", "cmp", "--metric", "best_val_accc"], "Unknown metric 'best_val_accc'. Did you mean 'best_val_acc'"),
+        (["compare", "cmp", "--metric", "best_val_accc"],
+         "Unknown metric 'best_val_accc'. Did you mean 'best_val_acc'"),
         (["compare", "cmp", "--run", "0123456789abcdef"], "No run '0123456789abcdef' in experiment 'cmp'"),
         (["compare", "cmp", "--format", "yaml"], "Unknown format 'yaml'"),
         (["compare", "cmp", "--study"], "No `harness tune cmp` of experiment 'cmp' is recorded yet"),
@@ -244,7 +244,8 @@ def test_resume_with_repeats_matches_children_by_variant_and_seed(store: Store, 
         (["run", "cmp", "--seeds", "0,x"], "Cannot parse --seeds '0,x'"),
     ],
 )
-def test_bad_input_is_one_clear_line(store: Store, capsys: pytest.CaptureFixture[str], args: list[str], expected: str) -> None:
+def test_bad_input_is_one_clear_line(store: Store, capsys: pytest.CaptureFixture[str], args: list[str],
+                                     expected: str) -> None:
     code, out, err = harness(capsys, *args)
     assert code == 2, (out, err)
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -384,7 +384,8 @@ def test_resolve_checks_names() -> None:
     assert str(info.value).startswith("Unknown model 'lenett'. Did you mean 'lenet'? Choose one of: ")
     with pytest.raises(HarnessError, match="image_size 8 is too small for model 'lenet'; use at least 12."):
         _two_variant_experiment().resolve(parse_overrides(["model=lenet", "image_size=8"]))
-    with pytest.raises(HarnessError, match=r"pretrained/freeze_backbone need a torchvision model \(tv_\*\), not 'lenet'."):
+    with pytest.raises(HarnessError,
+                       match=r"pretrained/freeze_backbone need a torchvision model \(tv_\*\), not 'lenet'."):
         _two_variant_experiment().resolve(parse_overrides(["model=lenet", "pretrained=true"]))
 
 
@@ -429,7 +430,8 @@ def test_unknown_experiment_suggests_closest() -> None:
     assert "quickstrat" in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["../quickstart", "../../tmp/x/evil", "sub/quickstart", "/tmp/evil", "quick start", ""])
+@pytest.mark.parametrize("name",
+                         ["../quickstart", "../../tmp/x/evil", "sub/quickstart", "/tmp/evil", "quick start", ""])
 def test_experiment_names_are_plain(name: str, tmp_path: Path) -> None:
     """A name that is not an identifier is refused before any path is built from it."""
     with pytest.raises(HarnessError, match="is not a plain name"):

@@ -14,7 +14,6 @@ import socket
 import struct
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import harness
-from test_ui_browser import _chromium, _screenshots
+from helpers import browser_kit, busy_port, cli_error_line, http_get
 from uiserver import UiProcess, start_harness
 
 from harness import dashboard
@@ -34,17 +33,9 @@ TIMEOUT_MS = 30_000  # optuna-dashboard's React app renders in a few seconds eve
 SECRET = "s3cr3t-pw"
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    """`harness ARGS` through the CLI's `main` (errors: one line, exit 2); returns (exit code, all output)."""
-    code, out, err = harness(capsys, *args)
-    return code, out + err
-
-
-def _one_error_line(code: int, output: str) -> str:
-    lines = output.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, output)
-    assert "Traceback" not in output
-    return lines[0]
+def _error_line(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """`harness ARGS` through the CLI's `main`: exit 2 and, stdout and stderr together, one `error:` line."""
+    return cli_error_line(harness(capsys, *args), with_stdout=True)
 
 
 def _storage_with_a_study(folder: Path) -> str:
@@ -57,7 +48,7 @@ def test_without_optuna_dashboard_one_line_names_the_extra(tmp_path: Path, monke
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # `import optuna_dashboard` now fails
-    line = _one_error_line(*_cli(capsys, "dashboard", "--port", "0"))
+    line = _error_line(capsys, "dashboard", "--port", "0")
     assert "optuna-dashboard is not installed" in line and "pip install -e '.[dashboard]'" in line
     assert not re.search(r"pip install\s+['\"]?harness", line), "`harness` on PyPI is an unrelated project"
     assert not (tmp_path / "optuna.db").exists()  # failed before any storage was opened
@@ -65,11 +56,8 @@ def test_without_optuna_dashboard_one_line_names_the_extra(tmp_path: Path, monke
 
 def test_busy_port_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     storage = _storage_with_a_study(tmp_path)
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        line = _one_error_line(*_cli(capsys, "dashboard", "--storage", storage, "--port", str(port)))
+    with busy_port() as port:
+        line = _error_line(capsys, "dashboard", "--storage", storage, "--port", str(port))
     assert line.startswith(f"error: Port {port} on 127.0.0.1 is already in use") and "--port" in line
     with pytest.raises(HarnessError, match="not a TCP port"):
         dashboard.open_dashboard(storage, port=70000)
@@ -79,19 +67,18 @@ def test_bad_storage_and_study_are_one_line_with_the_password_hidden(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     # Nothing listens on port 1: refused at once (after open_storage's retries, about 3 s).
-    code, output = _cli(capsys, "dashboard", "--port", "0",
-                        "--storage", f"postgresql://harness:{SECRET}@127.0.0.1:1/optuna")
-    line = _one_error_line(code, output)
-    assert SECRET not in output and "postgresql://harness:***@127.0.0.1:1/optuna" in line
+    code, out, err = harness(capsys, "dashboard", "--port", "0",
+                             "--storage", f"postgresql://harness:{SECRET}@127.0.0.1:1/optuna")
+    line = cli_error_line((code, out, err), with_stdout=True)
+    assert SECRET not in out + err and "postgresql://harness:***@127.0.0.1:1/optuna" in line
     # No storage file here: said so, and no empty optuna.db left behind.
-    line = _one_error_line(*_cli(capsys, "dashboard", "--port", "0"))
+    line = _error_line(capsys, "dashboard", "--port", "0")
     assert "No Optuna storage at optuna.db" in line and "harness tune" in line
     assert not (tmp_path / "optuna.db").exists()
-    line = _one_error_line(*_cli(capsys, "dashboard", "--port", "0",
-                                 "--storage", f"journal:{tmp_path}/missing.log"))
+    line = _error_line(capsys, "dashboard", "--port", "0", "--storage", f"journal:{tmp_path}/missing.log")
     assert "missing.log" in line and not (tmp_path / "missing.log").exists()
     storage = _storage_with_a_study(tmp_path)
-    line = _one_error_line(*_cli(capsys, "dashboard", "--port", "0", "--storage", storage, "--study", "t"))
+    line = _error_line(capsys, "dashboard", "--port", "0", "--storage", storage, "--study", "t")
     assert "Unknown study" in line and line.endswith("Choose one of: s.")
 
 
@@ -122,12 +109,6 @@ def _study(folder: Path) -> optuna.Study:
     return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{folder}/optuna.db")
 
 
-def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        assert response.status == 200
-        return json.loads(response.read())
-
-
 def test_dashboard_serves_the_study_in_process_and_stops_on_ctrl_c(quickstart_store: Path) -> None:
     study = _study(quickstart_store)
     with harness_dashboard(quickstart_store, "--study", STUDY) as server:
@@ -135,7 +116,7 @@ def test_dashboard_serves_the_study_in_process_and_stops_on_ctrl_c(quickstart_st
         study_id = int(server.url.rsplit("/", 1)[1])
         assert server.url.startswith("http://127.0.0.1:") and server.url.endswith(f"/dashboard/studies/{study_id}")
         base = server.url.split("/dashboard")[0]
-        detail = _get_json(f"{base}/api/studies/{study_id}")
+        detail = json.loads(http_get(f"{base}/api/studies/{study_id}"))
         assert detail["name"] == STUDY and len(detail["trials"]) == len(study.trials) >= 3
         assert all(t["intermediate_values"] for t in detail["trials"])  # the per-epoch val_acc reports
         # Served in-process: no child process, and the command line is what was typed (no storage added).
@@ -160,10 +141,7 @@ def _reset_connection(base_url: str) -> None:
 
 
 def test_dashboard_in_a_browser_lists_trials_and_intermediate_values(quickstart_store: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
-                                   "(pip install -e '.[dev]'); no browser download is needed")
-    chromium = _chromium()
-    shots = _screenshots()
+    sync_api, chromium, shots = browser_kit()
     trials = _study(quickstart_store).trials
     assert len(trials) >= 3 and all(t.intermediate_values for t in trials)
     with harness_dashboard(quickstart_store, "--study", STUDY) as server, sync_api.sync_playwright() as playwright:

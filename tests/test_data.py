@@ -89,7 +89,8 @@ def test_digits_channel_stats(digits) -> None:  # noqa: ANN001
 # ------------------------------------------------------------------ synthetic
 
 
-@pytest.mark.parametrize(("name", "channels", "size", "hflip"), [("synthetic", 1, 28, False), ("synthetic_rgb", 3, 32, True)])
+@pytest.mark.parametrize(("name", "channels", "size", "hflip"),
+                         [("synthetic", 1, 28, False), ("synthetic_rgb", 3, 32, True)])
 def test_synthetic_shapes(name: str, channels: int, size: int, hflip: bool) -> None:
     """Synthetic datasets have MNIST / CIFAR shapes, 10 classes and the same test set for any seed."""
     data = load_data(TrainConfig(dataset=name, val_fraction=0.1))
@@ -199,7 +200,8 @@ def test_preprocess_resizes_and_normalises() -> None:
 @pytest.mark.parametrize("augment", [False, True])
 def test_batch_transform_output(augment: bool) -> None:
     """uint8 batches become float32, normalised, at the Preprocess image_size (augmented or not)."""
-    transform = BatchTransform(Preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), image_size=32), CPU, augment=augment, hflip=True)
+    transform = BatchTransform(Preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), image_size=32), CPU, augment=augment,
+                               hflip=True)
     images = torch.full((4, 3, 28, 28), 255, dtype=torch.uint8)
     out = transform(images, train=True, generator=torch.Generator().manual_seed(0))
     assert out.dtype == torch.float32 and out.shape == (4, 3, 32, 32)
@@ -244,7 +246,8 @@ def class_folders(tmp_path: Path) -> Path:
 
 
 def _folder_config(path: Path, **changes) -> TrainConfig:  # noqa: ANN003
-    return TrainConfig(dataset="image_folder", data_path=str(path), image_size=32, num_workers=0, device="cpu", **changes)
+    return TrainConfig(dataset="image_folder", data_path=str(path), image_size=32, num_workers=0, device="cpu",
+                       **changes)
 
 
 def _files(split) -> list[str]:  # noqa: ANN001 - a StreamedSplit

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlflow import MlflowClient
+from helpers import (
+    children,
+    copy_experiment,
+    folder_env,
+    free_port,
+    harness,
+    harness_popen,
+    history,
+    one_error_line,
+    python_popen,
+    runs,
+    wait_for_checkpoint,
+    write_experiment,
+)
 
 from harness.tracking import FAILURE_TAG
 
@@ -45,58 +57,21 @@ KILL_EPOCHS = 5  # the killed run's: it is killed after its first
 KILL_BOUND_SECONDS = 60  # a rank killed with -9: the command must end within this
 
 
-def setup(root: Path, name: str, variants: str, epochs: int = EPOCHS, batch: int = 16, limit: int = 800) -> dict[str, str]:
+def setup(root: Path, name: str, variants: str, epochs: int = EPOCHS, batch: int = 16,
+          limit: int = 800) -> dict[str, str]:
     """A working folder with one experiment; returns the environment to run `harness` in."""
-    (root / "experiments").mkdir(parents=True, exist_ok=True)
-    (root / "experiments" / f"{name}.py").write_text(EXPERIMENT.format(name=name, epochs=epochs, variants=variants,
-                                                                       batch=batch, limit=limit))
+    write_experiment(root, name, EXPERIMENT.format(name=name, epochs=epochs, variants=variants, batch=batch,
+                                                   limit=limit))
     return environment(root)
 
 
 def environment(root: Path) -> dict[str, str]:
-    return {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "HARNESS_CHECKPOINT_DIR": str(root / "ckpt"),
-            "HARNESS_EXPERIMENTS_DIR": str(root / "experiments"), "HARNESS_DIST_TIMEOUT": "60", "COLUMNS": "200"}
-
-
-def harness(*args: str, cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=timeout)
+    return {**folder_env(root), "HARNESS_DIST_TIMEOUT": "60", "COLUMNS": "200"}
 
 
 def copy(template: Path, dest: Path) -> tuple[Path, dict[str, str]]:
     shutil.copytree(template, dest)
     return dest, environment(dest)
-
-
-def children(uri: str) -> list:
-    client = MlflowClient(uri)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(ids, max_results=1000)
-    return sorted((r for r in runs if "mlflow.parentRunId" in r.data.tags), key=lambda r: r.info.start_time)
-
-
-def all_runs(uri: str) -> list:
-    client = MlflowClient(uri)
-    return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
-
-
-def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
-
-
-def one_error_line(stderr: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    return lines[0]
-
-
-def wait_for_checkpoint(proc: subprocess.Popen, folder: Path, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not list(folder.glob("*/last.pt")):
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "no checkpoint written"
-        time.sleep(0.02)
 
 
 def worker_pid(launcher: int, rank: int) -> int:
@@ -129,8 +104,7 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproce
     (folder, the command's outcome, seconds from the kill to the command's end)."""
     root = tmp_path_factory.mktemp("dpkill")
     env = setup(root, "dpkill", ONE_VARIANT, epochs=KILL_EPOCHS)
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "dpkill", "--nproc-per-node", "2"], cwd=root,
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = harness_popen("run", "dpkill", "--nproc-per-node", "2", cwd=root, env=env)
     wait_for_checkpoint(proc, root / "ckpt")
     os.kill(worker_pid(proc.pid, 1), signal.SIGKILL)
     killed = time.monotonic()
@@ -215,7 +189,7 @@ def test_a_rank_killed_with_sigkill_ends_the_command_in_bounded_time_and_resume_
     assert "rank 1" in line and "SIGKILL" in line and "--resume --nproc-per-node 2" in line, line
     root, env = copy(template, tmp_path / "a")
     uri = env["MLFLOW_TRACKING_URI"]
-    assert not [r for r in all_runs(uri) if r.info.status == "RUNNING"]
+    assert not [r for r in runs(uri) if r.info.status == "RUNNING"]
     (run,) = children(uri)
     assert run.info.status == "FAILED" and "rank 1" in run.data.tags[FAILURE_TAG]
 
@@ -233,17 +207,16 @@ def test_a_rank_killed_with_sigkill_ends_the_command_in_bounded_time_and_resume_
 def test_rank_0_killed_leaves_the_launcher_to_mark_the_runs_failed(tmp_path: Path) -> None:
     """Rank 0 (the one that records) dies without a word: the launcher process ends the runs."""
     env = setup(tmp_path, "dpkill", ONE_VARIANT, epochs=50, batch=4)
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "dpkill", "--nproc-per-node", "2"], cwd=tmp_path,
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = harness_popen("run", "dpkill", "--nproc-per-node", "2", cwd=tmp_path, env=env)
     wait_for_checkpoint(proc, tmp_path / "ckpt")
     os.kill(worker_pid(proc.pid, 0), signal.SIGKILL)
     out, err = proc.communicate(timeout=KILL_BOUND_SECONDS)
     assert proc.returncode == 2
     line = one_error_line(err)
     assert "process of rank 0 was killed by SIGKILL" in line, line
-    runs = all_runs(env["MLFLOW_TRACKING_URI"])
-    assert {r.info.status for r in runs} == {"FAILED"}, [(r.info.run_name, r.info.status) for r in runs]
-    assert all("rank 0 was killed by SIGKILL" in r.data.tags[FAILURE_TAG] for r in runs)
+    found = runs(env["MLFLOW_TRACKING_URI"])
+    assert {r.info.status for r in found} == {"FAILED"}, [(r.info.run_name, r.info.status) for r in found]
+    assert all("rank 0 was killed by SIGKILL" in r.data.tags[FAILURE_TAG] for r in found)
 
 
 def test_a_two_process_checkpoint_resumes_on_one_process_saying_what_changed(killed_run, tmp_path: Path) -> None:
@@ -254,14 +227,14 @@ def test_a_two_process_checkpoint_resumes_on_one_process_saying_what_changed(kil
     assert "written by 2 process(es), resumed on 1" in resumed.stdout, resumed.stdout
     (run,) = children(env["MLFLOW_TRACKING_URI"])
     assert run.info.status == "FINISHED" and run.data.tags["harness.resumed_world_size"] == "1"
-    assert [s for s, _ in history(env["MLFLOW_TRACKING_URI"], run.info.run_id, "train_loss")] == list(range(1, KILL_EPOCHS + 1))
+    assert ([s for s, _ in history(env["MLFLOW_TRACKING_URI"], run.info.run_id, "train_loss")]
+            == list(range(1, KILL_EPOCHS + 1)))
 
 
 def test_a_one_process_checkpoint_resumes_on_two(tmp_path: Path) -> None:
     # Small steps (batch 4) so that the stop comes well before the last epoch.
     env = setup(tmp_path, "dpkill", ONE_VARIANT, epochs=4, batch=4, limit=400)
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "dpkill"], cwd=tmp_path,
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = harness_popen("run", "dpkill", cwd=tmp_path, env=env)
     wait_for_checkpoint(proc, tmp_path / "ckpt")
     proc.terminate()
     proc.communicate(timeout=60)
@@ -276,25 +249,17 @@ def test_a_one_process_checkpoint_resumes_on_two(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_every_process_and_marks_the_runs_killed(tmp_path: Path) -> None:
     env = setup(tmp_path, "dpstop", ONE_VARIANT, epochs=50, batch=4)
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "dpstop", "--nproc-per-node", "2"], cwd=tmp_path,
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = harness_popen("run", "dpstop", "--nproc-per-node", "2", cwd=tmp_path, env=env, start_new_session=True)
     wait_for_checkpoint(proc, tmp_path / "ckpt")
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
     out, err = proc.communicate(timeout=KILL_BOUND_SECONDS)
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("Interrupted: runs marked KILLED"), err
-    runs = all_runs(env["MLFLOW_TRACKING_URI"])
-    assert {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
+    found = runs(env["MLFLOW_TRACKING_URI"])
+    assert {r.info.status for r in found} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in found]
 
 
 # ----------------------------------------------------------------- torchrun, two "machines"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "harness"])
@@ -302,17 +267,15 @@ def test_two_machines_train_one_variant_into_one_run(tmp_path: Path, launcher: s
     """Two "machines" on one host: `torchrun --nnodes 2 ... -m harness run dp` on each, or the
     harness's own `harness run dp --nnodes 2 --node-rank R --rdzv-endpoint ...`."""
     env = setup(tmp_path, "dp", ONE_VARIANT, epochs=1)
-    port = _free_port()
+    port = free_port()
     options = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-endpoint", f"127.0.0.1:{port}"]
     commands = {
         "torchrun": lambda rank: ["-m", "torch.distributed.run", *options, "--node-rank", str(rank), "-m", "harness",
                                   "run", "dp"],
         "harness": lambda rank: ["-m", "harness", "run", "dp", *options, "--node-rank", str(rank)],
     }
-    nodes = [subprocess.Popen(
-        [sys.executable, *commands[launcher](rank)],
-        cwd=tmp_path, env={**os.environ, **env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True) for rank in (0, 1)]
+    nodes = [python_popen(*commands[launcher](rank), cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1"})
+             for rank in (0, 1)]
     outcomes = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outcomes
     (run,) = children(env["MLFLOW_TRACKING_URI"])
@@ -429,7 +392,7 @@ def test_an_unreachable_rendezvous_endpoint_is_one_line_after_a_bounded_wait(tmp
     env = setup(tmp_path, "dp", ONE_VARIANT, epochs=1)
     start = time.monotonic()
     result = harness("run", "dp", "--nnodes", "2", "--node-rank", "1", "--nproc-per-node", "1", "--rdzv-endpoint",
-                     f"127.0.0.1:{_free_port()}", "--rdzv-timeout", "3", cwd=tmp_path, env=env, timeout=120)
+                     f"127.0.0.1:{free_port()}", "--rdzv-timeout", "3", cwd=tmp_path, env=env, timeout=120)
     assert time.monotonic() - start < 60
     assert result.returncode == 2
     line = one_error_line(result.stderr)
@@ -455,8 +418,7 @@ def test_nproc_per_node_under_torchrun_is_refused(workdir: Path, capsys: pytest.
 def test_tune_on_two_processes_runs_one_trial_per_trial_and_prunes_on_both_ranks(tmp_path: Path) -> None:
     import optuna
 
-    (tmp_path / "experiments").mkdir()
-    shutil.copy(Path(__file__).resolve().parent.parent / "experiments" / "quickstart.py", tmp_path / "experiments")
+    copy_experiment(tmp_path)
     env = environment(tmp_path)
     storage = f"sqlite:///{tmp_path}/optuna.db"
     # Seed 0 with 3-epoch trials prunes trial 2 after epoch 2 (training is deterministic on this CPU).

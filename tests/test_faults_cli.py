@@ -8,22 +8,13 @@ line), and what the user must see (exit code, text in the stderr line).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-GOOD = '''
-from harness.config import TrainConfig
-from harness.experiment import Experiment
-
-experiment = Experiment(name="{name}", description="fine", variants={{"net": TrainConfig()}})
-'''
+from helpers import GOOD_EXPERIMENT, harness_popen, one_error_line, runs_in, wait_until, write_experiment
 
 # Writes a marker file when imported: proves a refused name never ran the file.
 EVIL = '''
@@ -65,7 +56,8 @@ CASES = [
          ["quickstart", "(broken: experiments/bad.py line 3: NameError"]),
     Case("failing-import-run", {"bad": IMPORT_ERROR}, ["run", "bad"], 2,
          ["experiments/bad.py line 2: ModuleNotFoundError: No module named 'no_such_module_for_harness_tests'"]),
-    Case("exception-at-import-show", {"bad": RAISES}, ["show", "bad"], 2, ["experiments/bad.py line 1: ValueError: boom"]),
+    Case("exception-at-import-show", {"bad": RAISES}, ["show", "bad"], 2,
+         ["experiments/bad.py line 1: ValueError: boom"]),
     Case("invalid-config-in-file-run", {"bad": BAD_CONFIG}, ["run", "bad"], 2,
          ["experiments/bad.py line 3: lr must be a finite number greater than 0 (got inf)."]),
     Case("no-experiment-defined-run", {"bad": NO_EXPERIMENT}, ["run", "bad"], 2,
@@ -79,11 +71,12 @@ CASES = [
     Case("keyboard-interrupt-show", {"bad": INTERRUPTS}, ["show", "bad"], 2,
          ["experiments/bad.py line 1: raises KeyboardInterrupt at import"]),
     # 3. names are plain identifiers: nothing outside experiments/ is imported
-    Case("dotdot-name-show", {}, ["show", "../outside/evil"], 2, ["Experiment name '../outside/evil' is not a plain name"]),
+    Case("dotdot-name-show", {}, ["show", "../outside/evil"], 2,
+         ["Experiment name '../outside/evil' is not a plain name"]),
     Case("dotdot-name-run", {}, ["run", "../outside/evil"], 2, ["is not a plain name"]),
     Case("slash-name-show", {}, ["show", "sub/evil"], 2, ["Experiment name 'sub/evil' is not a plain name"]),
     Case("absolute-name-show", {}, ["show", "/tmp/evil"], 2, ["is not a plain name"]),
-    Case("dash-file-show", {"my-exp": GOOD.format(name="my-exp")}, ["show", "my-exp"], 2,
+    Case("dash-file-show", {"my-exp": GOOD_EXPERIMENT.format(name="my-exp")}, ["show", "my-exp"], 2,
          ["experiments/my-exp.py: the file name is not a plain name", "rename it to my_exp.py"]),
     Case("dotdot-name-compare", {}, ["compare", "../outside/evil"], 2, ["is not a plain name"]),
     # 4. config values that used to pass and fail later (in training, NumPy or the allocator)
@@ -109,33 +102,19 @@ CASES = [
 
 
 def _harness(workdir: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=workdir, env={**os.environ, "COLUMNS": "200"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return harness_popen(*args, cwd=workdir, env={"COLUMNS": "200"})
 
 
 def _runs(workdir: Path) -> list[tuple[str, str]]:
     """(run name, status) of every MLflow run in the working folder's store (none if never opened)."""
-    if not (workdir / "mlflow.db").exists():
-        return []
-    import mlflow
-
-    frame = mlflow.search_runs(search_all_experiments=True)
-    return [] if frame.empty else list(zip(frame["tags.mlflow.runName"], frame["status"]))
-
-
-def _one_error_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    return lines[0]
+    return [(r.info.run_name, r.info.status) for r in runs_in(workdir)]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_fault_is_one_clear_line(workdir: Path, case: Case) -> None:
     """The fault ends in one `error:` line and the exit code of the table, before any run is created."""
     for name, source in case.files.items():
-        (workdir / "experiments" / f"{name}.py").write_text(source)
+        write_experiment(workdir, name, source)
     (workdir / "outside").mkdir()
     (workdir / "outside" / "evil.py").write_text(EVIL)
     (workdir / "experiments" / "sub").mkdir()
@@ -144,7 +123,7 @@ def test_fault_is_one_clear_line(workdir: Path, case: Case) -> None:
     proc = _harness(workdir, *case.args)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == case.code, (out, err)
-    line = _one_error_line(err)
+    line = one_error_line(err)
     for text in case.expected:
         assert text in line, line
     for text in case.stdout:
@@ -157,9 +136,9 @@ def test_fault_is_one_clear_line(workdir: Path, case: Case) -> None:
 def test_list_shows_good_and_broken(workdir: Path) -> None:
     """`harness list` lists every good experiment with its variants on stdout, one row per broken
     file, and one stderr line per broken file; exit 1 says it found a problem."""
-    (workdir / "experiments" / "another.py").write_text(GOOD.format(name="another"))
-    (workdir / "experiments" / "bad.py").write_text(SYNTAX)
-    (workdir / "experiments" / "exits.py").write_text(EXITS)
+    write_experiment(workdir, "another", GOOD_EXPERIMENT.format(name="another"))
+    write_experiment(workdir, "bad", SYNTAX)
+    write_experiment(workdir, "exits", EXITS)
     proc = _harness(workdir, "list")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, (out, err)
@@ -179,13 +158,10 @@ def test_ctrl_c_while_importing_still_stops_list(workdir: Path) -> None:
     """A real Ctrl-C (SIGINT) while an experiment file is being imported stops `harness list`
     with exit 130 and one line: it is not taken for a broken file."""
     started = workdir / "started"
-    (workdir / "experiments" / "slow.py").write_text(
-        f"import time\nfrom pathlib import Path\n\nPath({str(started)!r}).touch()\ntime.sleep(60)\n")
+    write_experiment(workdir, "slow",
+                     f"import time\nfrom pathlib import Path\n\nPath({str(started)!r}).touch()\ntime.sleep(60)\n")
     proc = _harness(workdir, "list")
-    deadline = time.time() + 60
-    while not started.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert started.exists(), proc.communicate()
+    wait_until(started.exists, proc, timeout=60, what=f"{started} created by the experiment file")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, (out, err)
@@ -201,7 +177,7 @@ def test_repeat_past_the_largest_seed_is_one_line(workdir: Path) -> None:
     proc = _harness(workdir, "run", "quickstart", "--set", "seed=4294967295", "--repeat", "2")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, (out, err)
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert "--repeat 2 from seed 4294967295 of variant 'lenet_relu' reaches seed 4294967296" in line
     assert all(status != "RUNNING" for _, status in _runs(workdir)), _runs(workdir)
     assert not [name for name, _ in _runs(workdir) if name.startswith("lenet_relu")]  # no child was started

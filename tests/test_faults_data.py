@@ -5,10 +5,11 @@ torchvision's own dataset classes from generated files in the exact layouts torc
 and checks that their class names reach a real `harness run`'s confusion matrix. Only
 torchvision's md5 check is bypassed (the generated files cannot match the published sums).
 
-The second part is a table of faults, each a `harness run` of the quickstart: exit code 1, exactly one `error:` line on stderr naming the file, no
-traceback; in MLflow the variant FAILED with that one-line reason in `harness.failure_reason`,
-the parent FAILED, nothing left RUNNING. Faults that need real worker processes run as real
-`python -m harness run` processes (in parallel); the rest through the same CLI in-process, for speed.
+The second part is a table of faults, each a `harness run` of the quickstart: exit code 1, exactly one
+`error:` line on stderr naming the file, no traceback; in MLflow the variant FAILED with that one-line
+reason in `harness.failure_reason`, the parent FAILED, nothing left RUNNING. Faults that need real
+worker processes run as real `python -m harness run` processes (in parallel); the rest through the
+same CLI in-process, for speed.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import io
 import os
 import pickle
 import struct
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import copy_experiment, harness_popen, runs, sqlite_uri
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -33,18 +33,20 @@ from harness.config import TrainConfig
 from harness.data import load_data
 from harness.errors import HarnessError
 
-REPO = Path(__file__).resolve().parent.parent
-
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-CIFAR100_CLASSES = """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
-camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin
-elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man
-maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain
-plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake
-spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip
-turtle wardrobe whale willow_tree wolf woman worm""".split()
+CIFAR100_CLASSES = ["apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+                    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+                    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup",
+                    "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house",
+                    "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man",
+                    "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
+                    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine",
+                    "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew",
+                    "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar", "sunflower",
+                    "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor", "train", "trout",
+                    "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm"]
 
 
 # ------------------------------------------------------------------ writers of the real formats
@@ -215,10 +217,12 @@ LOADER_FAULTS = [
     ("cifar batch not a pickle", "cifar10",
      lambda r: _truncate(write_cifar(r) / "data_batch_3", 100), "not a readable pickle"),
     ("cifar batch garbage", "cifar10",
-     lambda r: (write_cifar(r) / "test_batch").write_bytes(b"<html>not found</html>") and r / "cifar-10-batches-py" / "test_batch",
+     lambda r: ((write_cifar(r) / "test_batch").write_bytes(b"<html>not found</html>")
+                and r / "cifar-10-batches-py" / "test_batch"),
      "not a readable pickle"),
     ("cifar batch lacks data", "cifar100",
-     lambda r: _unpickle_rewrite(write_cifar(r, hundred=True) / "train", lambda e: {k: v for k, v in e.items() if k != "data"}),
+     lambda r: _unpickle_rewrite(write_cifar(r, hundred=True) / "train",
+                                 lambda e: {k: v for k, v in e.items() if k != "data"}),
      "lacks its 'data' key"),
     ("cifar batch count mismatch", "cifar10",
      lambda r: _unpickle_rewrite(write_cifar(r) / "data_batch_2", lambda e: {**e, "labels": e["labels"][:10]}),
@@ -379,8 +383,7 @@ CLI_FAULTS = [
 
 def _prepare(fault: Fault, folder: Path) -> tuple[list[str], Path]:
     """The quickstart experiment in `folder`, the fault's data, and the `harness run` arguments."""
-    (folder / "experiments").mkdir(exist_ok=True)
-    (folder / "experiments" / "quickstart.py").write_text((REPO / "experiments" / "quickstart.py").read_text())
+    copy_experiment(folder)
     args, bad = fault.cause(folder)
     return ["run", "quickstart", "--set", "epochs=1", "--tracking-uri", f"sqlite:///{folder}/mlflow.db", *args], bad
 
@@ -393,10 +396,9 @@ def subprocess_outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, t
     for fault in [f for f in CLI_FAULTS if f.subprocess]:
         folder = tmp_path_factory.mktemp("fault")
         args, bad = _prepare(fault, folder)
-        env = {**os.environ, "HARNESS_EXPERIMENTS_DIR": str(folder / "experiments"), "OMP_NUM_THREADS": "1",
+        env = {"HARNESS_EXPERIMENTS_DIR": str(folder / "experiments"), "OMP_NUM_THREADS": "1",
                "HARNESS_CHECKPOINT_DIR": str(folder / "checkpoints")}
-        proc = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=folder, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = harness_popen(*args, cwd=folder, env=env)
         procs[fault.case] = (proc, folder, bad)
     outcomes = {}
     for case, (proc, folder, bad) in procs.items():
@@ -425,11 +427,10 @@ def test_cli_fault_is_one_line_and_failed_in_mlflow(request: pytest.FixtureReque
     assert errors[0].startswith("error: variant 'lenet_relu' FAILED: ")
     assert str(bad) in errors[0] and fault.says in errors[0], errors[0]
 
-    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
-    (variant,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    found = runs(sqlite_uri(folder))
+    assert not [r.info.run_name for r in found if r.info.status == "RUNNING"]
+    (variant,) = [r for r in found if "mlflow.parentRunId" in r.data.tags]
+    (parent,) = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
     assert (variant.info.status, parent.info.status) == ("FAILED", "FAILED")
     reason = variant.data.tags["harness.failure_reason"]
     assert "\n" not in reason and str(bad) in reason and fault.says in reason

@@ -11,77 +11,38 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import (
+    assert_none_running,
+    child,
+    folder_env,
+    free_port,
+    harness,
+    harness_popen,
+    one_error_line,
+    python,
+    runs,
+    start_mlflow_server,
+    steps,
+    wait_for_checkpoint,
+    wait_until,
+    write_synthetic_experiment,
+)
 from mlflow import MlflowClient
 
 from harness.tracking import FAILURE_TAG
-
-EXPERIMENT = """
-from harness.config import TrainConfig
-from harness.experiment import Experiment
-
-experiment = Experiment(name="{name}", description="fault test", variants={{
-    "net": TrainConfig(model="lenet_relu", dataset="synthetic", epochs={epochs}, train_limit={limit}, batch_size=32),
-}})
-"""
-
-
-def write_experiment(folder: Path, name: str, epochs: int = 2, limit: int = 500) -> None:
-    (folder / "experiments").mkdir(exist_ok=True)
-    (folder / "experiments" / f"{name}.py").write_text(EXPERIMENT.format(name=name, epochs=epochs, limit=limit))
-
-
-def harness(*args: str, cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def start(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=cwd, env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def one_error_line(stderr: str) -> str:
-    """The single line the user sees; fails on tracebacks or extra lines."""
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    return lines[0]
-
-
-def runs(uri: str) -> list:
-    client = MlflowClient(uri)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(ids, max_results=1000) if ids else []
-
-
-def assert_nothing_running(uri: str) -> None:
-    running = [r.info.run_name for r in runs(uri) if r.info.status == "RUNNING"]
-    assert not running, f"left RUNNING: {running}"
-
-
-def steps(uri: str, run_id: str, key: str = "train_loss") -> list[int]:
-    return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, key))
-
-
-def child(uri: str) -> object:
-    (run,) = [r for r in runs(uri) if "mlflow.parentRunId" in r.data.tags]
-    return run
 
 
 @pytest.fixture()
 def folder(tmp_path: Path) -> dict[str, str]:
     """A working folder with its own store and checkpoints; returns the environment to run in."""
-    return {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "HARNESS_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
-            "HARNESS_EXPERIMENTS_DIR": str(tmp_path / "experiments")}
+    return folder_env(tmp_path)
 
 
 @pytest.fixture()
@@ -110,13 +71,13 @@ def test_disk_full_while_checkpointing_fails_in_one_line_and_resume_continues(tm
                                                                             mount) -> None:
     small = mount("small", "size=300k")  # best.pt (250 kB) fits, last.pt (weights + momentum) does not
     env = {**folder, "HARNESS_CHECKPOINT_DIR": str(small)}
-    write_experiment(tmp_path, "full")
+    write_synthetic_experiment(tmp_path, "full")
     result = harness("run", "full", cwd=tmp_path, env=env)
     assert result.returncode == 1, result.stderr
     line = one_error_line(result.stderr)
     assert "no space left on the device" in line and str(small) in line and "--resume" in line, line
     uri = folder["MLFLOW_TRACKING_URI"]
-    assert_nothing_running(uri)
+    assert_none_running(runs(uri))
     run = child(uri)
     assert run.info.status == "FAILED" and "no space left" in run.data.tags[FAILURE_TAG]
     assert not list(small.rglob("*.tmp")), "a partial checkpoint was left behind"
@@ -127,19 +88,19 @@ def test_disk_full_while_checkpointing_fails_in_one_line_and_resume_continues(tm
     run = MlflowClient(uri).get_run(run.info.run_id)
     assert run.info.status == "FINISHED" and FAILURE_TAG not in run.data.tags  # the old reason is gone
     assert steps(uri, run.info.run_id) == [1, 2]
-    assert_nothing_running(uri)
+    assert_none_running(runs(uri))
 
 
 def test_disk_full_while_logging_artifacts_marks_runs_failed_with_the_reason(tmp_path: Path, folder: dict[str, str],
                                                                            mount) -> None:
     work = mount("work", "size=200k")  # ./mlruns (artifacts of the default store) fills up; the store itself does not
-    write_experiment(tmp_path, "fullart")
+    write_synthetic_experiment(tmp_path, "fullart")
     result = harness("run", "fullart", cwd=work, env=folder)
     assert result.returncode == 1, result.stderr
     line = one_error_line(result.stderr)
     assert "no space left on the device" in line and str(work) in line, line
     uri = folder["MLFLOW_TRACKING_URI"]
-    assert_nothing_running(uri)
+    assert_none_running(runs(uri))
     run = child(uri)
     assert run.info.status == "FAILED" and "no space left" in run.data.tags[FAILURE_TAG]
     parent = MlflowClient(uri).get_run(run.data.tags["mlflow.parentRunId"])
@@ -149,9 +110,10 @@ def test_disk_full_while_logging_artifacts_marks_runs_failed_with_the_reason(tmp
 def test_disk_full_with_the_store_on_it_says_the_record_could_not_be_written(tmp_path: Path, folder: dict[str, str],
                                                                           mount) -> None:
     everything = mount("all", "size=1200k")  # store, artifacts and checkpoints on one disk that fills up
-    write_experiment(tmp_path, "allfull")
+    write_synthetic_experiment(tmp_path, "allfull")
     env = {"HARNESS_EXPERIMENTS_DIR": folder["HARNESS_EXPERIMENTS_DIR"]}
-    result = harness("run", "allfull", cwd=everything, env={**env, "MLFLOW_TRACKING_URI": "", "HARNESS_CHECKPOINT_DIR": ""})
+    result = harness("run", "allfull", cwd=everything,
+                     env={**env, "MLFLOW_TRACKING_URI": "", "HARNESS_CHECKPOINT_DIR": ""})
     assert result.returncode != 0
     line = one_error_line(result.stderr)
     assert "no space left" in line and "could not record the failure" in line, line
@@ -160,7 +122,7 @@ def test_disk_full_with_the_store_on_it_says_the_record_could_not_be_written(tmp
 @pytest.mark.parametrize("checkpoints_elsewhere", [False, True], ids=["checkpoints-here", "checkpoints-elsewhere"])
 def test_read_only_working_folder_names_the_folder_and_the_option(tmp_path: Path, folder: dict[str, str], mount,
                                                                   checkpoints_elsewhere: bool) -> None:
-    write_experiment(tmp_path, "ro")
+    write_synthetic_experiment(tmp_path, "ro")
     readonly = mount("ro", "ro,size=1m")
     env = dict(folder)
     if not checkpoints_elsewhere:
@@ -173,14 +135,14 @@ def test_read_only_working_folder_names_the_folder_and_the_option(tmp_path: Path
         assert "mlruns" in line and "--tracking-uri" in line, line
     else:
         assert "checkpoints" in line and "HARNESS_CHECKPOINT_DIR" in line, line
-    assert_nothing_running(folder["MLFLOW_TRACKING_URI"])
+    assert_none_running(runs(folder["MLFLOW_TRACKING_URI"]))
 
 
 # ----------------------------------------------------------------- unusable and vanishing stores
 
 
 def test_unusable_sqlite_store_fails_within_seconds(tmp_path: Path, folder: dict[str, str], mount) -> None:
-    write_experiment(tmp_path, "store")
+    write_synthetic_experiment(tmp_path, "store")
     (tmp_path / "a_folder").mkdir()
     readonly = mount("rostore", "ro,size=1m")
     for uri, expected in ((f"sqlite:///{tmp_path}/a_folder", "is a folder"),
@@ -193,46 +155,16 @@ def test_unusable_sqlite_store_fails_within_seconds(tmp_path: Path, folder: dict
         assert "Cannot use MLflow tracking store" in line and expected in line, line
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(folder: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "artifacts"),
-         "--workers", "1"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    import urllib.request
-
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                pytest.skip("mlflow server could not start here")
-            time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.skip("mlflow server did not answer within 90 s")
-
-
 def test_tracking_server_dying_mid_run_keeps_training_and_resume_completes_the_record(tmp_path: Path,
                                                                                      folder: dict[str, str]) -> None:
-    port = _free_port()
-    server = _start_server(tmp_path, port)
+    port = free_port()
+    server = start_mlflow_server(tmp_path, port)
     uri = f"http://127.0.0.1:{port}"
     env = {**folder, "MLFLOW_TRACKING_URI": uri}
-    write_experiment(tmp_path, "vanish", epochs=6, limit=3000)
-    proc = start("run", "vanish", cwd=tmp_path, env=env)
+    write_synthetic_experiment(tmp_path, "vanish", epochs=6, limit=3000)
+    proc = harness_popen("run", "vanish", cwd=tmp_path, env=env)
     try:
-        deadline = time.time() + 120
-        while not list(Path(folder["HARNESS_CHECKPOINT_DIR"]).glob("*/last.pt")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.05)
+        wait_for_checkpoint(proc, Path(folder["HARNESS_CHECKPOINT_DIR"]))
         os.killpg(server.pid, signal.SIGKILL)  # the server dies after epoch 1
         server.wait()
         began = time.monotonic()
@@ -248,7 +180,7 @@ def test_tracking_server_dying_mid_run_keeps_training_and_resume_completes_the_r
     assert "epoch 6/6" in out  # training went on to the end while the store was down
     ckpt = next(Path(folder["HARNESS_CHECKPOINT_DIR"]).glob("*/last.pt"))
 
-    server = _start_server(tmp_path, port)  # the store is back
+    server = start_mlflow_server(tmp_path, port)  # the store is back
     try:
         resumed = harness("run", "vanish", "--resume", cwd=tmp_path, env=env)
         assert resumed.returncode == 0, resumed.stderr
@@ -256,7 +188,7 @@ def test_tracking_server_dying_mid_run_keeps_training_and_resume_completes_the_r
         run = MlflowClient(uri).get_run(run_id)
         assert run.info.status == "FINISHED" and "test_acc" in run.data.metrics
         assert steps(uri, run_id) == [1, 2, 3, 4, 5, 6]  # each epoch exactly once
-        assert_nothing_running(uri)
+        assert_none_running(runs(uri))
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -270,18 +202,13 @@ def interrupted_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     """Made once: an experiment whose run was stopped (SIGTERM) after its first checkpoint
     (folder, child run id). The stop flushes the buffered epochs, so MLflow holds some."""
     root = tmp_path_factory.mktemp("interrupted")
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "HARNESS_CHECKPOINT_DIR": str(root / "ckpt"),
-           "HARNESS_EXPERIMENTS_DIR": str(root / "experiments")}
-    write_experiment(root, "stopped", epochs=200, limit=500)
-    proc = start("run", "stopped", cwd=root, env=env)
-    deadline = time.time() + 120
-    while not list((root / "ckpt").glob("*/last.pt")):
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline
-        time.sleep(0.05)
+    env = folder_env(root)
+    write_synthetic_experiment(root, "stopped", epochs=200, limit=500)
+    proc = harness_popen("run", "stopped", cwd=root, env=env)
+    wait_for_checkpoint(proc, root / "ckpt")
     proc.terminate()
     proc.communicate(timeout=60)
-    assert_nothing_running(env["MLFLOW_TRACKING_URI"])
+    assert_none_running(runs(env["MLFLOW_TRACKING_URI"]))
     run = child(env["MLFLOW_TRACKING_URI"])
     assert steps(env["MLFLOW_TRACKING_URI"], run.info.run_id), "the stop should have flushed the logged epochs"
     return root, run.info.run_id
@@ -295,9 +222,7 @@ def interrupted(interrupted_template: tuple[Path, str], tmp_path: Path) -> tuple
     template, run_id = interrupted_template
     root = tmp_path / "copy"
     shutil.copytree(template, root)
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "HARNESS_CHECKPOINT_DIR": str(root / "ckpt"),
-           "HARNESS_EXPERIMENTS_DIR": str(root / "experiments")}
-    return root, env, run_id
+    return root, folder_env(root), run_id
 
 
 def test_resume_with_its_checkpoint_deleted_refuses_and_changes_nothing(interrupted) -> None:
@@ -311,7 +236,7 @@ def test_resume_with_its_checkpoint_deleted_refuses_and_changes_nothing(interrup
     assert "last.pt is missing" in line and "without --resume" in line, line
     assert steps(uri, run_id) == logged  # nothing retrained, no epoch logged twice
     assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"  # left as it was
-    assert_nothing_running(uri)
+    assert_none_running(runs(uri))
 
 
 @pytest.mark.parametrize("damage", [b"", os.urandom(4096)], ids=["empty", "random-bytes"])
@@ -323,19 +248,16 @@ def test_resume_with_a_damaged_checkpoint_names_the_file(interrupted, damage: by
     assert result.returncode == 2
     line = one_error_line(result.stderr)
     assert str(last) in line and "is damaged" in line, line
-    assert_nothing_running(env["MLFLOW_TRACKING_URI"])
+    assert_none_running(runs(env["MLFLOW_TRACKING_URI"]))
 
 
 def test_a_second_resume_of_the_same_run_is_refused(interrupted) -> None:
     cwd, env, run_id = interrupted
     uri = env["MLFLOW_TRACKING_URI"]
-    first = start("run", "stopped", "--resume", cwd=cwd, env=env)
+    first = harness_popen("run", "stopped", "--resume", cwd=cwd, env=env)
     try:
-        deadline = time.time() + 120
-        while MlflowClient(uri).get_run(run_id).info.status != "RUNNING":  # the first resume holds the run
-            assert first.poll() is None, first.communicate()
-            assert time.time() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: MlflowClient(uri).get_run(run_id).info.status == "RUNNING", first, timeout=120,
+                   what="the first resume holds the run", interval=0.1)
         second = harness("run", "stopped", "--resume", cwd=cwd, env=env)
         assert second.returncode == 2
         line = one_error_line(second.stderr)
@@ -345,7 +267,7 @@ def test_a_second_resume_of_the_same_run_is_refused(interrupted) -> None:
         first.communicate(timeout=60)
     history = steps(uri, run_id)
     assert history == sorted(set(history)), "an epoch was logged twice"
-    assert_nothing_running(uri)
+    assert_none_running(runs(uri))
 
 
 def test_a_lock_of_a_dead_process_does_not_block(tmp_path: Path) -> None:
@@ -359,7 +281,7 @@ def test_a_lock_of_a_dead_process_does_not_block(tmp_path: Path) -> None:
         with run_lock("r1", Path({str(tmp_path)!r})):
             os._exit(9)
     """)
-    assert subprocess.run([sys.executable, "-c", script]).returncode == 9
+    assert python("-c", script).returncode == 9
     assert (tmp_path / "r1.lock").exists()
     with run_lock("r1", tmp_path):
         pass
@@ -370,12 +292,9 @@ def test_resume_auto_continues_the_interrupted_run_and_sigusr1_stops_it_like_sig
     sends before preemption with --signal) checkpoints and marks the runs KILLED."""
     cwd, env, run_id = interrupted
     uri = env["MLFLOW_TRACKING_URI"]
-    proc = start("run", "stopped", "--resume", "auto", cwd=cwd, env=env)
-    deadline = time.time() + 120
-    while MlflowClient(uri).get_run(run_id).info.status != "RUNNING":
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline
-        time.sleep(0.1)
+    proc = harness_popen("run", "stopped", "--resume", "auto", cwd=cwd, env=env)
+    wait_until(lambda: MlflowClient(uri).get_run(run_id).info.status == "RUNNING", proc, timeout=120,
+               what="the resume holds the run", interval=0.1)
     proc.send_signal(signal.SIGUSR1)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
@@ -384,11 +303,11 @@ def test_resume_auto_continues_the_interrupted_run_and_sigusr1_stops_it_like_sig
     assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
     history = steps(uri, run_id)
     assert history == sorted(set(history)), "an epoch was logged twice"
-    assert_nothing_running(uri)
+    assert_none_running(runs(uri))
 
 
 def test_resume_auto_without_an_interrupted_run_starts_a_new_one(tmp_path: Path, folder: dict[str, str]) -> None:
-    write_experiment(tmp_path, "fresh", epochs=1, limit=64)
+    write_synthetic_experiment(tmp_path, "fresh", epochs=1, limit=64)
     result = harness("run", "fresh", "--resume=auto", cwd=tmp_path, env=folder)
     assert result.returncode == 0, result.stderr
     assert "No interrupted run of fresh: starting a new one." in result.stdout

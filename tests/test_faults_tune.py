@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,9 +20,21 @@ from pathlib import Path
 
 import optuna
 import pytest
-from mlflow import MlflowClient
+from helpers import (
+    assert_none_running,
+    copy_experiment,
+    folder_env,
+    harness_popen,
+    one_error_line,
+    one_line,
+    runs_in,
+    sqlite_uri,
+    steps,
+    trials,
+    wait_for_checkpoint,
+    wait_for_running_trial,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cr3t"
 STUDY = "quickstart-lenet_relu"
 # Trials long enough to be interrupted mid-way (Ctrl-C, kill -9): each epoch takes about a second.
@@ -43,52 +54,22 @@ class Case:
 
 
 def _folder(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "experiments").mkdir(exist_ok=True)
-    (root / "experiments" / "quickstart.py").write_text((REPO / "experiments" / "quickstart.py").read_text())
+    """`root`, holding the quickstart experiment."""
+    copy_experiment(root)
     return root
 
 
-def _env(folder: Path) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
-            "HARNESS_EXPERIMENTS_DIR": str(folder / "experiments"), "HARNESS_CHECKPOINT_DIR": str(folder / "checkpoints")}
-
-
 def _harness(folder: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=folder, env=_env(folder),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _one_clean_line(err: str) -> str:
-    """stderr's one line (no traceback, nothing else)."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def _runs(folder: Path) -> list:
-    """Every MLflow run of the folder's store (none if the store was never created)."""
-    if not (folder / "mlflow.db").exists():
-        return []
-    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    ids = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(ids, max_results=1000) if ids else []
-
-
-def _trials(storage: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=STUDY, storage=storage).trials
-    except KeyError:  # no such study: nothing was created
-        return []
+    """`python -m harness ARGS` in `folder`, with its store, checkpoints and experiments there."""
+    return harness_popen(*args, cwd=folder, env=folder_env(folder, checkpoints="checkpoints"))
 
 
 def _nothing_running(folder: Path, storage: str | None = None) -> None:
-    running = [r.info.run_name for r in _runs(folder) if r.info.status == "RUNNING"]
-    assert not running, f"MLflow runs left RUNNING: {running}"
+    assert_none_running(runs_in(folder))
     storage = storage or f"sqlite:///{folder}/optuna.db"
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
         return
-    assert not [t.number for t in _trials(storage) if t.state == optuna.trial.TrialState.RUNNING]
+    assert not [t.number for t in trials(storage) if t.state == optuna.trial.TrialState.RUNNING]
 
 
 UNREACHABLE = f"postgresql://user:{PASSWORD}@127.0.0.1:1/db"
@@ -127,29 +108,15 @@ def one_line_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple
 def test_user_mistake_is_one_line_and_creates_nothing(case: Case, one_line_errors: dict) -> None:
     folder, code, out, err = one_line_errors[case.name]
     assert code == case.code, (out, err)
-    line = _one_clean_line(err)
-    assert line.startswith("error: "), line
+    line = one_error_line(err)
     for text in case.says:
         assert text in line, line
     for text in case.never:
         assert text not in line + out, line
     # Rejected before any study or study run exists.
-    assert not [r for r in _runs(folder) if r.data.tags.get("harness.kind") == "study"]
-    assert not (folder / "optuna.db").exists() or not _trials(f"sqlite:///{folder}/optuna.db")
+    assert not [r for r in runs_in(folder) if r.data.tags.get("harness.kind") == "study"]
+    assert not (folder / "optuna.db").exists() or not trials(f"sqlite:///{folder}/optuna.db")
     _nothing_running(folder)
-
-
-def _wait_for_running_trial(proc: subprocess.Popen, storage: str, timeout: float = 120) -> None:
-    """Until a trial of the study is RUNNING with its MLflow run opened (and an epoch under way)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("mlflow_run_id")
-               for t in _trials(storage)):
-            time.sleep(1.0)
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.2)
-    raise AssertionError("no trial started")
 
 
 def test_ctrl_c_is_one_line_trial_fail_and_runs_killed(tmp_path: Path) -> None:
@@ -158,14 +125,14 @@ def test_ctrl_c_is_one_line_trial_fail_and_runs_killed(tmp_path: Path) -> None:
     folder = _folder(tmp_path)
     storage = f"sqlite:///{folder}/optuna.db"
     proc = _harness(folder, "tune", "quickstart", "--trials", "2", *LONG)
-    _wait_for_running_trial(proc, storage)
+    wait_for_running_trial(proc, storage)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
-    assert _one_clean_line(err) == "Interrupted: re-run the same command to continue the study."
-    (trial,) = _trials(storage)
+    assert one_line(err) == "Interrupted: re-run the same command to continue the study."
+    (trial,) = trials(storage)
     assert trial.state == optuna.trial.TrialState.FAIL
-    runs = {r.info.run_id: r for r in _runs(folder)}
+    runs = {r.info.run_id: r for r in runs_in(folder)}
     run = runs[trial.user_attrs["mlflow_run_id"]]
     assert run.info.status == "KILLED" and run.data.tags["harness.trial_state"] == "FAIL"
     assert runs[run.data.tags["mlflow.parentRunId"]].info.status == "KILLED"
@@ -179,10 +146,10 @@ def test_worker_killed_9_its_study_run_is_recognised_as_dead(tmp_path: Path) -> 
     folder = _folder(tmp_path)
     storage = f"sqlite:///{folder}/optuna.db"
     proc = _harness(folder, "tune", "quickstart", "--trials", "1", *LONG)
-    _wait_for_running_trial(proc, storage)
+    wait_for_running_trial(proc, storage)
     proc.kill()
     proc.communicate(timeout=60)
-    (parent,) = [r for r in _runs(folder) if r.data.tags.get("harness.kind") == "study"]
+    (parent,) = [r for r in runs_in(folder) if r.data.tags.get("harness.kind") == "study"]
     assert parent.info.status == "RUNNING" and "harness.heartbeat" in parent.data.tags
     time.sleep(3.5)  # past 3 heartbeats of 1 s
 
@@ -190,19 +157,19 @@ def test_worker_killed_9_its_study_run_is_recognised_as_dead(tmp_path: Path) -> 
     out, err = listed.communicate(timeout=120)
     assert listed.returncode == 0 and not err.strip(), err
     assert "worker stopped (no heartbeat)" in out and "RUNNING" not in out, out
-    runs = {r.info.run_id: r for r in _runs(folder)}
+    runs = {r.info.run_id: r for r in runs_in(folder)}
     assert runs[parent.info.run_id].info.status == "KILLED"
     assert runs[parent.info.run_id].data.tags["harness.failure_reason"] == "worker stopped (no heartbeat)"
     _nothing_running(folder, storage="sqlite:///nowhere.db")  # MLflow side; Optuna's trial waits for a worker
 
     # The next worker of the study: Optuna's heartbeat fails the dead trial and retries its params.
-    (dead,) = _trials(storage)
+    (dead,) = trials(storage)
     worker = _harness(folder, "tune", "quickstart", "--trials", "1", "--heartbeat", "1", "--set", "epochs=1")
     out, err = worker.communicate(timeout=300)
     assert worker.returncode == 0 and not err.strip(), err
-    trials = _trials(storage)
-    assert trials[dead.number].state == optuna.trial.TrialState.FAIL
-    assert any(t.params == dead.params and t.number != dead.number for t in trials)
+    after = trials(storage)
+    assert after[dead.number].state == optuna.trial.TrialState.FAIL
+    assert any(t.params == dead.params and t.number != dead.number for t in after)
     _nothing_running(folder)
 
 
@@ -211,10 +178,7 @@ RETRY_COMMAND = ("tune", "quickstart", "--trials", "1", "--pruner", "none", "--h
 
 def _kill_after_first_checkpoint(proc: subprocess.Popen, folder: Path) -> None:
     """kill -9 the tune worker `proc` once its trial has written its first checkpoint."""
-    deadline = time.time() + 120
-    while not list((folder / "checkpoints").glob("*/last.pt")):
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.02)
+    wait_for_checkpoint(proc, folder / "checkpoints")
     proc.kill()
     proc.communicate(timeout=60)
 
@@ -227,7 +191,7 @@ def test_a_retried_trial_continues_the_dead_trials_checkpoint_and_run(tmp_path: 
     storage = f"sqlite:///{folder}/optuna.db"
     command = RETRY_COMMAND
     _kill_after_first_checkpoint(_harness(folder, *command), folder)
-    (dead,) = _trials(storage)
+    (dead,) = trials(storage)
     dead_run = dead.user_attrs["mlflow_run_id"]
     time.sleep(3.5)  # past 3 heartbeats of 1 s: the next worker fails the dead trial and retries it
 
@@ -236,16 +200,16 @@ def test_a_retried_trial_continues_the_dead_trials_checkpoint_and_run(tmp_path: 
     assert worker.returncode == 0 and not err.strip(), err
     assert f"trial-1: retries trial 0: continues its checkpoint and MLflow run {dead_run}." in out, out
     assert "resuming after epoch" in out
-    first, retry = _trials(storage)
+    first, retry = trials(storage)
     assert first.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.COMPLETE
     assert retry.params == dead.params and retry.user_attrs["continues_trial"] == 0
     assert retry.user_attrs["mlflow_run_id"] == dead_run  # one MLflow run for both
     assert sorted(retry.intermediate_values) == list(range(1, 26))  # the dead trial's epochs count for the pruner
-    runs = {r.info.run_id: r for r in _runs(folder)}
+    runs = {r.info.run_id: r for r in runs_in(folder)}
     run = runs[dead_run]
     assert run.info.status == "FINISHED" and run.data.tags["harness.trial_state"] == "COMPLETE"
     assert run.data.tags["optuna.trial_number"] == "1" and run.data.tags["harness.continues_trial"] == "0"
-    epochs = [m.step for m in MlflowClient(f"sqlite:///{folder}/mlflow.db").get_metric_history(dead_run, "train_loss")]
+    epochs = steps(sqlite_uri(folder), dead_run)
     assert sorted(epochs) == list(range(1, 26)), epochs  # continuous, no epoch twice
     assert len([r for r in runs.values() if r.data.tags.get("harness.kind") == "trial"]) == 1
     _nothing_running(folder)
@@ -256,14 +220,14 @@ def test_a_retry_whose_checkpoint_is_unreachable_starts_over_saying_so(tmp_path:
     storage = f"sqlite:///{folder}/optuna.db"
     command = RETRY_COMMAND
     _kill_after_first_checkpoint(_harness(folder, *command), folder)
-    (dead,) = _trials(storage)
+    (dead,) = trials(storage)
     shutil.rmtree(folder / "checkpoints")  # another machine's local disk, as far as this worker can tell
     time.sleep(3.5)
     worker = _harness(folder, "tune", "quickstart", "--trials", "1", "--heartbeat", "1", "--set", "epochs=2")
     out, err = worker.communicate(timeout=300)
     assert worker.returncode == 0 and not err.strip(), err
     assert "trial-1: retries trial 0, but its checkpoint" in out and "is not reachable from here" in out, out
-    retry = _trials(storage)[1]
+    retry = trials(storage)[1]
     assert retry.user_attrs["mlflow_run_id"] != dead.user_attrs["mlflow_run_id"]
     assert "continues_trial" not in retry.user_attrs
     _nothing_running(folder)
@@ -273,8 +237,8 @@ def test_next_worker_ends_only_dead_study_runs_of_its_study(workdir: Path) -> No
     """`end_dead_study_parents` (run when `harness tune` starts): a RUNNING study run whose
     heartbeat is older than 3 of its intervals is ended KILLED with its running trials; a fresh
     one, one without the tag (nothing to judge by) and another study's are left alone."""
-    from harness.tracking import Tracker
     from harness.study_liveness import DEAD_WORKER_REASON, end_dead_study_parents
+    from harness.tracking import Tracker
 
     tracker = Tracker.open()
     exp_id = tracker.ensure_experiment("quickstart", "")
@@ -290,7 +254,7 @@ def test_next_worker_ends_only_dead_study_runs_of_its_study(workdir: Path) -> No
     trial = tracker.start_run(exp_id, "trial-0", {"harness.kind": "trial"}, dead)
     alive, untagged, other = parent("alive", STUDY, 5), parent("untagged", STUDY, None), parent("other", "x", 60)
     assert end_dead_study_parents(tracker, exp_id, STUDY) == [dead]
-    status = {r.info.run_name: r.info.status for r in _runs(workdir)}
+    status = {r.info.run_name: r.info.status for r in runs_in(workdir)}
     assert status == {"dead": "KILLED", "trial-0": "KILLED", "alive": "RUNNING", "untagged": "RUNNING",
                       "other": "RUNNING"}
     assert tracker.find_run(trial).data.tags["harness.failure_reason"] == DEAD_WORKER_REASON
@@ -339,7 +303,7 @@ def test_storage_password_never_shown_or_recorded_with_a_real_postgresql(tmp_pat
     out, err = ok.communicate(timeout=300)
     assert ok.returncode == 0 and not err.strip(), err
     assert PASSWORD not in out + err
-    runs = _runs(folder)
+    runs = runs_in(folder)
     assert runs
     for run in runs:
         recorded = " ".join([*run.data.params.values(), *run.data.tags.values()])
@@ -351,7 +315,7 @@ def test_storage_password_never_shown_or_recorded_with_a_real_postgresql(tmp_pat
     missing = _harness(folder, "study", "quickstart", "--storage", f"{with_password}/no_such_db_{db}")
     out, err = missing.communicate(timeout=120)
     assert missing.returncode == 2, (out, err)
-    line = _one_clean_line(err)
+    line = one_line(err)
     assert "Cannot open Optuna storage" in line and ":***@" in line and PASSWORD not in line
 
 

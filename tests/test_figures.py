@@ -65,7 +65,7 @@ def assert_fits(fig: Figure) -> list[Text]:
                 or box.x1 > canvas.x1 + TOLERANCE_PX or box.y1 > canvas.y1 + TOLERANCE_PX):
             outside.append(f"{text.get_text()!r} at {box.bounds}")
     size = fig.get_size_inches()
-    matplotlib.pyplot.close(fig)
+    reports.release(fig)
     assert not outside, f"text off a {canvas.width:.0f}x{canvas.height:.0f} px canvas ({size} in): {outside}"
     assert drawn, "nothing drawn"
     return drawn
@@ -225,3 +225,19 @@ def test_optuna_figure_fits(study, plot: str) -> None:  # noqa: ANN001
         texts = [t.get_text() for t in assert_fits(fig)]
     if plot == "plot_param_importances":
         assert "Hyperparameter" in texts  # the y label the review found clipped
+
+
+def test_figures_leave_the_callers_matplotlib_backend_alone(tmp_path) -> None:  # noqa: ANN001
+    """A notebook's inline backend (here: svg, chosen before harness draws) is still the backend
+    after harness made and saved its figures, and pyplot never got them (so a cell shows no copy)."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt\n"
+            "from pathlib import Path; from harness import reports\n"
+            "h = [{'train_loss': 1.0, 'val_loss': 1.1, 'train_acc': 0.5, 'val_acc': 0.4}] * 2\n"
+            f"reports.save_figure(reports.learning_curve_figure(h, 't'), Path({str(tmp_path / 'c.png')!r}))\n"
+            "print(matplotlib.get_backend(), len(plt.get_fignums()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["svg", "0"]
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -14,6 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 from conftest import harness
+from helpers import browser_kit
 from typer.testing import CliRunner
 
 from harness import html_report
@@ -92,7 +93,8 @@ def test_study_report_has_trials_and_optuna_plots(quickstart_store: Path,
     assert "<h3>Optimization history</h3>" in plots and "<h3>Parallel coordinates</h3>" in plots
     assert "Parameter importances" in plots  # drawn, or a sentence saying why not
     reproduce = page.split('<section id="reproduce">', 1)[1].split("</section>", 1)[0]
-    assert "harness tune quickstart --variant lenet_relu --study-name quickstart-lenet_relu-repro --trials 3" in reproduce
+    assert ("harness tune quickstart --variant lenet_relu --study-name quickstart-lenet_relu-repro --trials 3"
+            in reproduce)
     assert "--set epochs=2" in reproduce and "--retrain-best" in reproduce and "--seed 0" in reproduce
     assert "val_fraction=0.0" in reproduce  # the retrained best trains on train + validation
     _no_external_resources(page)
@@ -102,12 +104,7 @@ def test_study_report_has_trials_and_optuna_plots(quickstart_store: Path,
 
 def test_reports_open_from_disk_in_chromium_without_any_request(quickstart_store: Path,
                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
-                                   "(pip install -e '.[dev]'); no browser download is needed")
-    from test_ui_browser import _chromium, _screenshots
-
-    chromium = _chromium()
-    shots = _screenshots()
+    sync_api, chromium, shots = browser_kit()
     files = {kind: _report(kind, tmp_path_factory)[0] for kind in ("run", "study")}
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])  # root in CI
@@ -115,7 +112,7 @@ def test_reports_open_from_disk_in_chromium_without_any_request(quickstart_store
             for kind, path in files.items():
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 requested: list[str] = []
-                page.on("request", lambda request: requested.append(request.url))
+                page.on("request", lambda request, requested=requested: requested.append(request.url))
                 url = path.resolve().as_uri()
                 page.goto(url, wait_until="load")
                 assert page.title().startswith("quickstart: report of")
@@ -137,7 +134,8 @@ def test_reports_open_from_disk_in_chromium_without_any_request(quickstart_store
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["report", "no_such_experiment"], "No runs of experiment 'no_such_experiment'"),
-    (["report", "quickstart", "--run", "0123456789abcdef0123456789abcdef"], "No run '0123456789abcdef0123456789abcdef'"),
+    (["report", "quickstart", "--run", "0123456789abcdef0123456789abcdef"],
+     "No run '0123456789abcdef0123456789abcdef'"),
     (["report", "quickstart", "--run", "x", "--study"], "not both"),
     (["report", "../etc"], "not a plain name"),
 ])

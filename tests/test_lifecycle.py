@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from helpers import experiment_runs, history, steps, write_experiment
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -58,16 +59,14 @@ def scripted_validation(losses: list[float], accs: list[float]) -> Callable[...,
 
 
 def test_every_consumer_reads_best_from_the_best_epoch(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (workdir / "experiments" / "best.py").write_text(EXPERIMENT)
+    write_experiment(workdir, "best", EXPERIMENT)
     monkeypatch.setattr(harness.train, "evaluate", scripted_validation(VAL_LOSS, VAL_ACC))
     result = CliRunner().invoke(app, ["run", "best"])
     assert result.exit_code == 0, result.output
 
-    client = MlflowClient()
-    exp = client.get_experiment_by_name("best")
-    (run,) = client.search_runs([exp.experiment_id], filter_string="tags.`harness.kind` = 'variant'")
-    history = sorted(client.get_metric_history(run.info.run_id, "val_acc"), key=lambda m: m.step)
-    assert [m.value for m in history] == VAL_ACC  # the script reached MLflow as written
+    (run,) = experiment_runs("best", "variant")
+    logged = [value for _, value in history(None, run.info.run_id, "val_acc")]
+    assert logged == VAL_ACC  # the script reached MLflow as written
     # MLflow metrics: epoch 2 (lowest val_loss) with its own accuracy, not the maximum 0.70.
     assert run.data.metrics["best_epoch"] == 2
     assert run.data.metrics["best_val_acc"] == pytest.approx(0.55)
@@ -89,15 +88,15 @@ def test_every_consumer_reads_best_from_the_best_epoch(workdir: Path, monkeypatc
     assert tuned.exit_code == 0, tuned.output
     study = optuna.load_study(study_name="best-net", storage=f"sqlite:///{workdir}/optuna.db")
     assert study.best_value == pytest.approx(0.55)
-    (trial_run,) = client.search_runs([exp.experiment_id], filter_string="tags.`harness.kind` = 'trial'")
+    (trial_run,) = experiment_runs("best", "trial")
     assert trial_run.data.metrics["best_val_acc"] == pytest.approx(0.55)
     assert trial_run.data.metrics["best_epoch"] == 2
 
 
 def test_best_val_acc_follows_the_monitored_metric() -> None:
     """With early_stopping_metric=val_acc the best epoch is the most accurate one."""
-    state = FitState(epoch=3, history=[{"val_loss": l, "val_acc": a, "train_loss": 1.0, "train_acc": 0.5}
-                                       for l, a in zip(VAL_LOSS, VAL_ACC)], best_epoch=3)
+    state = FitState(epoch=3, history=[{"val_loss": loss, "val_acc": a, "train_loss": 1.0, "train_acc": 0.5}
+                                       for loss, a in zip(VAL_LOSS, VAL_ACC)], best_epoch=3)
     assert state.best_metrics() == {"best_epoch": 3, "best_val_loss": 0.45, "best_val_acc": 0.70}
     assert FitState().best_metrics() == {}
 
@@ -132,7 +131,7 @@ def test_early_stopping_stops_at_patience_and_tests_the_best_weights(workdir: Pa
     assert "early stopping" in (result.stop_reason or "")
     run = MlflowClient().get_run(run_id)
     assert "early stopping" in run.data.tags[STOP_TAG]
-    assert sorted(m.step for m in MlflowClient().get_metric_history(run_id, "val_loss")) == [1, 2, 3, 4]
+    assert steps(None, run_id, "val_loss") == [1, 2, 3, 4]
 
     # The best checkpoint holds epoch 2's weights, and test_acc was scored with them.
     best = checkpoint.load(checkpoint_root() / run_id / checkpoint.BEST)

@@ -10,22 +10,15 @@ from pathlib import Path
 
 import pytest
 from conftest import QUICKSTART_MODEL, QUICKSTART_TUNED_MODEL, harness
+from helpers import children_of, write_experiment
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from harness import promotion
 from harness.cli import app
 from harness.config import TrainConfig
-from harness.data import load_data
-from harness.data import lineage
-from harness.tracking import DATA_DIGEST_TAG, KIND_TAG, VARIANT_TAG, Tracker
-
-
-def _children(client: MlflowClient, experiment: str, parent_kind: str = "run") -> list:
-    exp_id = client.get_experiment_by_name(experiment).experiment_id
-    (parent,) = client.search_runs([exp_id], filter_string=f"tags.`{KIND_TAG}` = '{parent_kind}'",
-                                   order_by=["attributes.start_time DESC"], max_results=1)
-    return client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+from harness.data import lineage, load_data
+from harness.tracking import DATA_DIGEST_TAG, VARIANT_TAG, Tracker
 
 
 def _inputs(run) -> dict[str, tuple[str, str, dict]]:
@@ -41,7 +34,7 @@ def _inputs(run) -> dict[str, tuple[str, str, dict]]:
 
 
 def test_variants_log_their_splits_with_digests_and_compare_warns_on_different_data(workdir: Path) -> None:
-    (workdir / "experiments" / "lineage.py").write_text(textwrap.dedent("""
+    write_experiment(workdir, "lineage", textwrap.dedent("""
         from harness.config import TrainConfig
         from harness.experiment import Experiment
 
@@ -51,7 +44,7 @@ def test_variants_log_their_splits_with_digests_and_compare_warns_on_different_d
     """))
     result = CliRunner().invoke(app, ["run", "lineage", "--no-system-metrics"])
     assert result.exit_code == 0, result.output
-    runs = {r.data.tags[VARIANT_TAG]: r for r in _children(MlflowClient(), "lineage")}
+    runs = {r.data.tags[VARIANT_TAG]: r for r in children_of("lineage")}
     inputs = {v: _inputs(r) for v, r in runs.items()}
     assert set(inputs["base"]) == {"train", "validation", "test"}
     name, digest, profile = inputs["base"]["train"]
@@ -71,7 +64,8 @@ def test_variants_log_their_splits_with_digests_and_compare_warns_on_different_d
 
 
 
-def test_digests_are_cached_per_data_folder_and_follow_the_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_digests_are_cached_per_data_folder_and_follow_the_bytes(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     config = TrainConfig(model="lenet_relu", dataset="digits")
     data = load_data(config)
     first = lineage.split_records(config, data, tmp_path)
@@ -113,8 +107,7 @@ def test_an_image_folder_digest_hashes_its_files(tmp_path: Path) -> None:
 
 
 def test_child_runs_have_system_metrics_and_their_model_links_the_final_metrics(quickstart_store: Path) -> None:
-    client = MlflowClient()
-    (child,) = _children(client, "quickstart")
+    (child,) = children_of("quickstart")
     assert "system/cpu_utilization_percentage" in child.data.metrics
     assert "system/system_memory_usage_megabytes" in child.data.metrics
     models = Tracker.open().logged_models(child.info.experiment_id)
@@ -133,7 +126,7 @@ def test_child_runs_have_system_metrics_and_their_model_links_the_final_metrics(
 
 def test_register_points_the_champion_at_the_run_and_the_retrained_best(quickstart_store: Path) -> None:
     client = MlflowClient()
-    (child,) = _children(client, "quickstart")
+    (child,) = children_of("quickstart")
     champion = client.get_model_version_by_alias(QUICKSTART_MODEL, "champion")
     assert champion.run_id == child.info.run_id
     assert float(champion.tags["best_val_acc"]) == child.data.metrics["best_val_acc"]
@@ -146,7 +139,7 @@ def test_register_points_the_champion_at_the_run_and_the_retrained_best(quicksta
 
 def test_the_alias_moves_only_on_improvement(quickstart_store: Path) -> None:
     tracker = Tracker.open()
-    (child,) = _children(MlflowClient(), "quickstart")
+    (child,) = children_of("quickstart")
     uri = f"runs:/{child.info.run_id}/model"
     name = "alias-moves-test"
     first = promotion.register(tracker, uri, name, 0.50)

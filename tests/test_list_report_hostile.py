@@ -8,21 +8,13 @@ never on the shared quickstart store, whose latest run the other tests rely on.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 from conftest import harness
+from helpers import GOOD_EXPERIMENT, experiment_runs, python, write_experiment
+from helpers import harness as harness_process
 
-GOOD = '''
-from harness.config import TrainConfig
-from harness.experiment import Experiment
-
-experiment = Experiment(name="{name}", description="fine", variants={{"net": TrainConfig()}})
-'''
 OS_EXIT = "import os\n\nos._exit(0)\n"  # os._exit at line 3: no exception, no flush, the process just ends
 
 # One small variant on synthetic data (seconds on a CPU); the --set below makes it diverge (FAILED).
@@ -37,16 +29,9 @@ experiment = Experiment(name="{name}", description="tiny", variants={{
 DIVERGE = ["--set", "optimizer=sgd", "--set", "lr=1e6", "--set", "momentum=0.9", "--set", "epochs=2"]
 
 
-def _python(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], cwd=workdir, env={**os.environ, "COLUMNS": "200"},
-                          capture_output=True, text=True, timeout=120)
-
-
 def _parent_ids(experiment: str) -> list[tuple[str, str]]:
     """(run id, status) of the experiment's `harness run` parents, oldest first."""
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.`harness.kind` = 'run'",
-                              order_by=["attributes.start_time ASC"])
-    return list(zip(runs["run_id"], runs["status"]))
+    return [(r.info.run_id, r.info.status) for r in experiment_runs(experiment, "run")]
 
 
 def _flat(text: str) -> str:
@@ -60,9 +45,9 @@ def _flat(text: str) -> str:
 def test_list_goes_on_past_a_file_calling_os_exit(workdir: Path) -> None:
     """`harness list`: the file calling `os._exit(0)` is a broken row naming the file, line and reason,
     the experiments after it are still listed, its error is the one stderr line, and the exit code is 1."""
-    (workdir / "experiments" / "another.py").write_text(GOOD.format(name="another"))
-    (workdir / "experiments" / "exits.py").write_text(OS_EXIT)
-    result = _python(workdir, "-m", "harness", "list")
+    write_experiment(workdir, "another", GOOD_EXPERIMENT.format(name="another"))
+    write_experiment(workdir, "exits", OS_EXIT)
+    result = harness_process("list", cwd=workdir, env={"COLUMNS": "200"}, timeout=120)
     assert result.returncode == 1, (result.stdout, result.stderr)
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert list(rows) == ["another", "exits", "quickstart"]  # quickstart is listed after the file
@@ -75,21 +60,22 @@ def test_list_goes_on_past_a_file_calling_os_exit(workdir: Path) -> None:
 @pytest.mark.parametrize("command", ["show", "run"])
 def test_show_and_run_of_a_file_calling_os_exit_are_one_line(workdir: Path, command: str) -> None:
     """`harness show/run exits`: the same one line as for `sys.exit`, exit code 2."""
-    (workdir / "experiments" / "exits.py").write_text(OS_EXIT)
-    result = _python(workdir, "-m", "harness", command, "exits")
+    write_experiment(workdir, "exits", OS_EXIT)
+    result = harness_process(command, "exits", cwd=workdir, env={"COLUMNS": "200"}, timeout=120)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert result.stderr.strip().splitlines() == ["error: experiments/exits.py line 3: calls os._exit(0) at import"]
 
 
 def test_os_exit_is_restored_after_the_import(workdir: Path) -> None:
     """The replacement lasts only for the import, whether the file calls `os._exit` or not."""
-    (workdir / "experiments" / "exits.py").write_text(OS_EXIT)
-    code = ("import os, posix\nfrom harness.errors import HarnessError\nfrom harness.experiment import load_experiment\n"
+    write_experiment(workdir, "exits", OS_EXIT)
+    code = ("import os, posix\nfrom harness.errors import HarnessError\n"
+            "from harness.experiment import load_experiment\n"
             "for name in ('exits', 'quickstart'):\n"
             "    try:\n        load_experiment(name)\n    except HarnessError:\n        pass\n"
             "    assert os._exit is posix._exit, name\n"
             "print('restored')\n")
-    result = _python(workdir, "-c", code)
+    result = python("-c", code, cwd=workdir, env={"COLUMNS": "200"}, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "restored", (result.stdout, result.stderr)
 
 
@@ -99,7 +85,7 @@ def test_os_exit_is_restored_after_the_import(workdir: Path) -> None:
 def test_report_defaults_to_the_latest_finished_run(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A finished run, then a FAILED one: `harness report NAME` reports the finished one and says
     which and why on stderr; `--run` still reports the FAILED one."""
-    (workdir / "experiments" / "tiny.py").write_text(TINY.format(name="tiny"))
+    write_experiment(workdir, "tiny", TINY.format(name="tiny"))
     code, out, err = harness(capsys, "run", "tiny")
     assert code == 0, err
     code, out, err = harness(capsys, "run", "tiny", *DIVERGE)
@@ -121,7 +107,7 @@ def test_report_defaults_to_the_latest_finished_run(workdir: Path, capsys: pytes
 
 def test_report_without_any_finished_run_is_one_line(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Only a FAILED run: one line saying so, naming it and how to pick a run by id; nothing written."""
-    (workdir / "experiments" / "doomed.py").write_text(TINY.format(name="doomed"))
+    write_experiment(workdir, "doomed", TINY.format(name="doomed"))
     code, out, err = harness(capsys, "run", "doomed", *DIVERGE)
     assert code == 1, err
     [(failed, status)] = _parent_ids("doomed")

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import harness
 
 PROGRESS = re.compile(r"^lr-find lenet_relu: step (\d+)/(\d+), lr \S+, smoothed loss \S+$")

@@ -13,7 +13,8 @@ import mlflow
 import pytest
 import torch
 from conftest import harness
-from test_predict import _one_error_line, _quickstart_runs, write_images
+from helpers import cli_error_line, quickstart_run_ids
+from test_predict import write_images
 
 from harness.model_format import UntrustedModelError
 from harness.tracking import Tracker
@@ -78,7 +79,7 @@ def test_predict_refuses_a_pickled_model_and_runs_none_of_it(quickstart_store: P
     uri = _log_hostile(kind, marker)
     write_images(tmp_path / "images")
     code, out, err = harness(capsys, "predict", uri, str(tmp_path / "images"))
-    line = _one_error_line(code, err)
+    line = cli_error_line((code, out, err))
     assert named in line and "--trust-model" in line and uri in line, line
     assert "'int' object" not in err
     assert not marker.exists(), "the payload ran"
@@ -102,13 +103,13 @@ def test_a_model_shipping_code_is_refused(quickstart_store: Path, tmp_path: Path
                                  code_paths=[str(module)], input_example=example, metadata=METADATA,
                                  pip_requirements=["torch"])
     write_images(tmp_path / "images")
-    code, _, err = harness(capsys, "predict", f"runs:/{run.info.run_id}/model", str(tmp_path / "images"))
-    assert "its own Python code" in _one_error_line(code, err)
+    assert "its own Python code" in cli_error_line(harness(capsys, "predict", f"runs:/{run.info.run_id}/model",
+                                                               str(tmp_path / "images")))
 
 
 def test_the_harness_model_loads_and_trust_is_an_explicit_opt_in(quickstart_store: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    _, child = _quickstart_runs()
+    _, child = quickstart_run_ids()
     images = tmp_path / "images"
     write_images(images)
     code, out, err = harness(capsys, "predict", f"runs:/{child}/model", str(images), "--format", "csv")
@@ -121,8 +122,7 @@ def test_the_harness_model_loads_and_trust_is_an_explicit_opt_in(quickstart_stor
         mlflow.pytorch.log_model(net, name="model", serialization_format="pickle", metadata=METADATA,
                                  pip_requirements=["torch"])
     uri = f"runs:/{run.info.run_id}/model"
-    code, _, err = harness(capsys, "predict", uri, str(images))
-    assert "pickle format" in _one_error_line(code, err)
+    assert "pickle format" in cli_error_line(harness(capsys, "predict", uri, str(images)))
     code, out, err = harness(capsys, "predict", uri, str(images), "--format", "csv", "--trust-model")
     assert code == 0, err
     assert len(out.strip().splitlines()) == 7
@@ -133,7 +133,7 @@ def test_loading_a_model_keeps_the_users_tracking_uri(quickstart_store: Path, mo
     same process then used another store."""
     import os
 
-    _, child = _quickstart_runs()
+    _, child = quickstart_run_ids()
     before = os.environ["MLFLOW_TRACKING_URI"]
     Tracker.open().model_info(f"runs:/{child}/model")
     assert os.environ.get("MLFLOW_TRACKING_URI") == before

@@ -108,7 +108,7 @@ def test_lenet_classic_definition(name: str, activation: type[nn.Module]) -> Non
     convs = _modules(model, nn.Conv2d)
     assert [(c.out_channels, c.kernel_size) for c in convs] == [(6, (5, 5)), (16, (5, 5))]
     linears = _modules(model, nn.Linear)
-    assert [(l.in_features, l.out_features) for l in linears] == [(400, 120), (120, 84), (84, 10)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(400, 120), (120, 84), (84, 10)]
     # Two after the convs, two between the linear layers.
     assert len(_modules(model, activation)) == 4
     other = nn.ReLU if activation is nn.Sigmoid else nn.Sigmoid
@@ -131,7 +131,7 @@ def test_alexnet_classic_layout() -> None:
     ]
     assert convs[0].stride == (4, 4)
     linears = _modules(model, nn.Linear)
-    assert [l.out_features for l in linears] == [4096, 4096, 10]
+    assert [lin.out_features for lin in linears] == [4096, 4096, 10]
     dropouts = _modules(model, nn.Dropout)
     assert len(dropouts) == 2
     assert all(d.p == 0.5 for d in dropouts)

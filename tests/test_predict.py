@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 from conftest import QUICKSTART_MODEL, harness
+from helpers import cli_error_line, quickstart_run_ids
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -61,22 +62,6 @@ def cli(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def _one_error_line(code: int, err: str) -> str:
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
-def _quickstart_runs() -> tuple[str, str]:
-    """(parent run id, its variant's run id) of the finished `harness run quickstart`."""
-    parents = mlflow.search_runs(experiment_names=["quickstart"], filter_string="tags.`harness.kind` = 'run'")
-    parent = parents["run_id"].iloc[0]
-    child = mlflow.search_runs(experiment_names=["quickstart"], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
-    return parent, child["run_id"].iloc[0]
-
-
 def _check_rows(rows: list[dict], k: int) -> None:
     for row in rows:
         classes, probs = row["classes"], row["probs"]
@@ -103,7 +88,7 @@ def _parse_json(text: str) -> list[dict]:
 
 def test_predict_csv_json_and_table_from_a_run_uri(quickstart_store: Path, tmp_path: Path) -> None:
     images = write_images(tmp_path / "images")
-    _, child = _quickstart_runs()
+    _, child = quickstart_run_ids()
     uri = f"runs:/{child}/model"
 
     code, out, err = cli("predict", uri, str(tmp_path / "images"), "--format", "csv")
@@ -127,14 +112,15 @@ def test_predictions_match_mlflow_pyfunc_on_the_same_arrays(quickstart_store: Pa
     from harness.prediction import decode, to_float
 
     images = write_images(tmp_path / "images")
-    _, child = _quickstart_runs()
+    _, child = quickstart_run_ids()
     uri = f"runs:/{child}/model"
     code, out, err = cli("predict", uri, *map(str, images), "--format", "json", "--top-k", "10", "--batch-size", "4")
     assert code == 0, err
     ours = {r["path"]: r for r in _parse_json(out)}
 
     batch = to_float(np.stack([decode(p, 1, 28) for p in images]))
-    assert batch.shape == (len(images), 1, 28, 28) and batch.dtype == np.float32 and 0 <= batch.min() <= batch.max() <= 1
+    assert (batch.shape == (len(images), 1, 28, 28) and batch.dtype == np.float32
+            and 0 <= batch.min() <= batch.max() <= 1)
     logits = mlflow.pyfunc.load_model(uri).predict(batch)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
@@ -142,14 +128,16 @@ def test_predictions_match_mlflow_pyfunc_on_the_same_arrays(quickstart_store: Pa
         row = ours[str(path)]
         assert row["classes"][0] == CLASSES[int(p.argmax())], path
         expected = {CLASSES[i]: float(p[i]) for i in range(10)}
-        assert {c: pytest.approx(expected[c], abs=2e-6) for c in row["classes"]} == dict(zip(row["classes"], row["probs"]))
+        assert ({c: pytest.approx(expected[c], abs=2e-6) for c in row["classes"]}
+                == dict(zip(row["classes"], row["probs"])))
     # The model learned digits: most of these clean ones are read right.
     assert sum(ours[str(p)]["classes"][0] == str(d) for d, p in enumerate(images)) >= 4
 
 
-def test_experiment_name_uses_the_best_variant_of_the_latest_finished_run(quickstart_store: Path, tmp_path: Path) -> None:
+def test_experiment_name_uses_the_best_variant_of_the_latest_finished_run(quickstart_store: Path,
+                                                                          tmp_path: Path) -> None:
     images = write_images(tmp_path / "images")
-    parent, child = _quickstart_runs()
+    parent, child = quickstart_run_ids()
     code, out, err = cli("predict", "quickstart", str(images[0]), "--format", "csv")
     assert code == 0, err
     assert f"Using run {child} (variant lenet_relu, best_val_acc 0." in err and f"of quickstart's run {parent}" in err
@@ -158,7 +146,7 @@ def test_experiment_name_uses_the_best_variant_of_the_latest_finished_run(quicks
 
 def test_registered_model_by_version_and_alias(quickstart_store: Path, tmp_path: Path, capsys) -> None:
     images = write_images(tmp_path / "images")
-    _, child = _quickstart_runs()
+    _, child = quickstart_run_ids()
     name = f"predict-test-{uuid.uuid4().hex[:8]}"
     version = mlflow.register_model(f"runs:/{child}/model", name).version
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
@@ -166,9 +154,9 @@ def test_registered_model_by_version_and_alias(quickstart_store: Path, tmp_path:
         code, out, err = cli("predict", uri, str(images[0]), "--format", "json")
         assert code == 0, err
         _check_rows(_parse_json(out), 3)
-    line = _one_error_line(*harness(capsys, "predict", f"models:/{name}@staging", str(images[0]))[::2])
+    line = cli_error_line(harness(capsys, "predict", f"models:/{name}@staging", str(images[0])))
     assert f"No registered model '{name}' with alias 'staging'" in line
-    line = _one_error_line(*harness(capsys, "predict", f"models:/{name}/99", str(images[0]))[::2])
+    line = cli_error_line(harness(capsys, "predict", f"models:/{name}/99", str(images[0])))
     assert f"models:/{name}/99" in line
 
 
@@ -184,7 +172,7 @@ def test_unreadable_files_are_listed_and_the_others_predicted(quickstart_store: 
     (tmp_path / "images" / "fake.png").write_text("this is text, not a PNG")
     data = images[0].read_bytes()
     (tmp_path / "images" / "cut.png").write_bytes(data[: len(data) // 2])  # truncated inside its pixel data
-    _, child = _quickstart_runs()
+    _, child = quickstart_run_ids()
     code, out, err = harness(capsys, "predict", f"runs:/{child}/model", str(tmp_path / "images"),
                              str(tmp_path / "missing.png"), "--format", "csv")
     assert code == 0, err
@@ -195,7 +183,7 @@ def test_unreadable_files_are_listed_and_the_others_predicted(quickstart_store: 
 
 
 def test_nothing_readable_or_no_image_is_one_line_and_non_zero(quickstart_store: Path, tmp_path: Path, capsys) -> None:
-    _, child = _quickstart_runs()
+    _, child = quickstart_run_ids()
     uri = f"runs:/{child}/model"
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -209,9 +197,9 @@ def test_nothing_readable_or_no_image_is_one_line_and_non_zero(quickstart_store:
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("no images here")
-    line = _one_error_line(*harness(capsys, "predict", uri, str(empty))[::2])
+    line = cli_error_line(harness(capsys, "predict", uri, str(empty)))
     assert "No image files" in line and str(empty) in line
-    line = _one_error_line(*harness(capsys, "predict", uri, str(empty), str(tmp_path / "nope"))[::2])
+    line = cli_error_line(harness(capsys, "predict", uri, str(empty), str(tmp_path / "nope")))
     assert f"{tmp_path / 'nope'}: no such file or folder" in line and "No image files" in line
 
 
@@ -224,7 +212,7 @@ def test_nothing_readable_or_no_image_is_one_line_and_non_zero(quickstart_store:
 ])
 def test_unknown_models_are_one_line(quickstart_store: Path, tmp_path: Path, capsys, model: str, expected: str) -> None:
     image = write_images(tmp_path / "images")[0]
-    line = _one_error_line(*harness(capsys, "predict", model, str(image))[::2])
+    line = cli_error_line(harness(capsys, "predict", model, str(image)))
     assert expected in line, line
     assert len(line) < 400, line
 
@@ -233,8 +221,8 @@ def test_a_parent_run_or_a_model_without_metadata_is_one_line(quickstart_store: 
     import torch
 
     image = write_images(tmp_path / "images")[0]
-    parent, _ = _quickstart_runs()
-    line = _one_error_line(*harness(capsys, "predict", f"runs:/{parent}/model", str(image))[::2])
+    parent, _ = quickstart_run_ids()
+    line = cli_error_line(harness(capsys, "predict", f"runs:/{parent}/model", str(image)))
     assert f"Run {parent} is a parent run" in line
 
     # A model as an older harness logged it: no classes or input shape in its metadata.
@@ -242,7 +230,7 @@ def test_a_parent_run_or_a_model_without_metadata_is_one_line(quickstart_store: 
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.pytorch.log_model(torch.nn.Linear(4, 2), name="model", pip_requirements=["torch"],
                                  input_example=np.zeros((1, 4), np.float32))
-    line = _one_error_line(*harness(capsys, "predict", f"runs:/{run.info.run_id}/model", str(image))[::2])
+    line = cli_error_line(harness(capsys, "predict", f"runs:/{run.info.run_id}/model", str(image)))
     assert "no class names" in line and "older harness" in line
 
 
@@ -254,9 +242,9 @@ def test_bad_options_are_one_line(quickstart_store: Path, tmp_path: Path, capsys
                            (["--batch-size", "0"], "--batch-size must be at least 1"),
                            (["--format", "xml"], "format"),
                            (["--device", "tpu"], "--device must be auto, cpu or cuda")):
-        assert expected in _one_error_line(*harness(capsys, "predict", "quickstart", image, *args)[::2])
+        assert expected in cli_error_line(harness(capsys, "predict", "quickstart", image, *args))
     if not torch.cuda.is_available():
-        line = _one_error_line(*harness(capsys, "predict", "quickstart", image, "--device", "cuda")[::2])
+        line = cli_error_line(harness(capsys, "predict", "quickstart", image, "--device", "cuda"))
         assert "no CUDA GPU" in line
 
 
@@ -308,7 +296,7 @@ def test_thread_tuner_leaves_a_core_to_decoding_only_when_the_model_waits(monkey
     tuner.update(3, waited=0.05, model_seconds=1.0)  # a little: no change
     tuner.update(4, waited=0.0, model_seconds=1.0)  # the model bounds it: every core
     tuner.restore()
-    assert set_to == [3, 4, 4] and (tuner.decided, tuner.lean_batches) == (3, 2)
+    assert set_to == [3, 4, 4]  # lean at batch 2, kept at 3, full again at 4, then restored
     assert set_to[-1] == 4 and not ThreadTuner(torch.device("cuda")).active
     set_to.clear()
     ThreadTuner(torch.device("cpu"), start_lean=True).restore()

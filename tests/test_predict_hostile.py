@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
 import sys
 import zlib
 from pathlib import Path
 
 import pytest
 from conftest import harness
+from helpers import python, quickstart_run_ids
 from PIL import Image
-from test_predict import _digit_image, _parse_csv, _quickstart_runs
+from test_predict import _digit_image, _parse_csv
 
 LIMIT_LINE = "12000x12000 pixels (144 MP) is over the 89 MP decoding limit; resize it first"
 
@@ -90,8 +90,7 @@ def _predict_twice_in_a_child(cwd: Path, uri: str, first: Path, second: Path) ->
     before it; None where that cannot be measured)."""
     report = cwd / "child.json"
     args = [os.environ["MLFLOW_TRACKING_URI"], uri, str(first), str(second), str(report)]
-    done = subprocess.run([sys.executable, "-c", _CHILD, *args], check=False, cwd=cwd,
-                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=600)
+    done = python("-c", _CHILD, *args, cwd=cwd, env={"COLUMNS": "200"}, timeout=600)
     assert done.returncode == 0 and report.exists(), done.stderr
     result = json.loads(report.read_text())
     assert result["codes"][0] == 0, done.stderr
@@ -101,7 +100,7 @@ def _predict_twice_in_a_child(cwd: Path, uri: str, first: Path, second: Path) ->
 
 def test_a_huge_png_is_one_line_without_decoding_it_and_a_huge_jpeg_is_classified(
         quickstart_store: Path, tmp_path: Path) -> None:
-    _, child = _quickstart_runs()
+    _, child = quickstart_run_ids()
     small, big = tmp_path / "small", tmp_path / "big"
     small.mkdir()
     big.mkdir()
@@ -143,7 +142,7 @@ def test_decode_reduces_a_huge_jpeg_and_refuses_a_huge_png_from_its_header(tmp_p
 
 
 def test_a_symlink_loop_named_directly_is_said_to_be_one(quickstart_store: Path, tmp_path: Path, capsys) -> None:
-    _, child = _quickstart_runs()
+    _, child = quickstart_run_ids()
     uri = f"runs:/{child}/model"
     loop = tmp_path / "loop"
     loop.symlink_to(loop)  # ln -s loop loop
@@ -165,7 +164,7 @@ def test_a_symlink_loop_named_directly_is_said_to_be_one(quickstart_store: Path,
 
 def test_links_that_lead_nowhere_in_a_folder_are_listed_and_cycles_do_not_recurse(
         quickstart_store: Path, tmp_path: Path, capsys) -> None:
-    _, child = _quickstart_runs()
+    _, child = quickstart_run_ids()
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
     _digit_image(1).save(folder / "sub" / "digit.png")

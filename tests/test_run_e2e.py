@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import mlflow
 import mlflow.artifacts
-import mlflow.pytorch
 import mlflow.pyfunc
+import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    copy_experiment,
+    experiment_runs,
+    harness_popen,
+    history,
+    steps,
+    wait_for_checkpoint,
+    write_experiment,
+)
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -23,25 +28,17 @@ from harness.cli import app
 from harness.config import TrainConfig, field_names
 from harness.data import load_data
 
-REPO = Path(__file__).resolve().parent.parent
 
-
-def write_experiment(folder: Path, name: str, variants: str) -> None:
+def _write_variants(folder: Path, name: str, variants: str) -> None:
+    """Experiment NAME in `folder` whose variants dict holds `variants` (entries, as source)."""
     body = textwrap.indent(textwrap.dedent(variants).strip(), "    ")
-    (folder / "experiments" / f"{name}.py").write_text(
-        "from harness.config import TrainConfig\nfrom harness.experiment import Experiment\n"
-        f'experiment = Experiment(name="{name}", description="test", variants={{\n{body}\n}})\n'
-    )
-
-
-def runs_of(experiment: str) -> list:
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    write_experiment(folder, name, "from harness.config import TrainConfig\nfrom harness.experiment import Experiment\n"
+                     f'experiment = Experiment(name="{name}", description="test", variants={{\n{body}\n}})\n')
 
 
 def child(experiment: str, variant: str):
-    return next(r for r in runs_of(experiment) if r.info.run_name == variant and "mlflow.parentRunId" in r.data.tags)
+    return next(r for r in experiment_runs(experiment)
+                if r.info.run_name == variant and "mlflow.parentRunId" in r.data.tags)
 
 
 def artifact_paths(run_id: str, path: str = "") -> set[str]:
@@ -58,7 +55,7 @@ def test_quickstart_records_everything(workdir: Path) -> None:
     result = CliRunner().invoke(app, ["run", "quickstart", "--set", "epochs=3"])
     assert result.exit_code == 0, result.output
     client = MlflowClient()
-    parents = [r for r in runs_of("quickstart") if "mlflow.parentRunId" not in r.data.tags]
+    parents = [r for r in experiment_runs("quickstart") if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     run = child("quickstart", "lenet_relu")
     assert run.info.status == "FINISHED"
@@ -73,8 +70,7 @@ def test_quickstart_records_everything(workdir: Path) -> None:
     assert run.data.tags["device"] == str(resolve_device("auto"))  # the device used, not "auto"
     assert run.data.params["device"] == "auto"  # the config as written
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"):
-        history = client.get_metric_history(run.info.run_id, key)
-        assert sorted(m.step for m in history) == [1, 2, 3], key
+        assert steps(None, run.info.run_id, key) == [1, 2, 3], key
     for key in ("test_loss", "test_acc", "best_epoch", "param_count"):
         assert key in run.data.metrics
     assert run.data.metrics["test_acc"] > 0.8
@@ -105,7 +101,8 @@ def test_quickstart_records_everything(workdir: Path) -> None:
     assert [r for r in requirements if r.startswith("torch")] == [f"torch=={torch.__version__.split('+')[0]}"]
     assert not any(r.lower().startswith("harness") for r in requirements), requirements
     # The portable way to use it, with no harness and no torch tensors: pyfunc on a NumPy array.
-    predictions = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(test.images[:8].float().numpy() / 255)
+    predictions = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(
+        test.images[:8].float().numpy() / 255)
     assert np.asarray(predictions).shape == (8, len(config_classes(run)))
 
 
@@ -117,17 +114,15 @@ def test_same_seed_gives_identical_metrics(workdir: Path) -> None:
     for _ in range(2):
         result = CliRunner().invoke(app, ["run", "quickstart", "--set", "epochs=2"])
         assert result.exit_code == 0, result.output
-    children = [r for r in runs_of("quickstart") if "mlflow.parentRunId" in r.data.tags]
+    children = [r for r in experiment_runs("quickstart") if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2
-    client = MlflowClient()
-    histories = [[m.value for m in sorted(client.get_metric_history(r.info.run_id, "val_loss"), key=lambda m: m.step)]
-                 for r in children]
+    histories = [[value for _, value in history(None, r.info.run_id, "val_loss")] for r in children]
     assert histories[0] == histories[1]
     assert children[0].data.metrics["test_acc"] == children[1].data.metrics["test_acc"]
 
 
 def test_failing_variant_is_marked_failed_and_others_kept(workdir: Path) -> None:
-    write_experiment(workdir, "two", """
+    _write_variants(workdir, "two", """
         "good": TrainConfig(dataset="synthetic", model="lenet_relu", epochs=1, train_limit=1000),
         "diverges": TrainConfig(dataset="synthetic", model="lenet_relu", epochs=2, train_limit=1000,
                                 optimizer="sgd", lr=1e6, momentum=0.9),
@@ -137,30 +132,14 @@ def test_failing_variant_is_marked_failed_and_others_kept(workdir: Path) -> None
     good, bad = child("two", "good"), child("two", "diverges")
     assert good.info.status == "FINISHED" and "test_acc" in good.data.metrics
     assert bad.info.status == "FAILED"
-    assert "non-finite" in bad.data.tags["harness.failure_reason"] or "became" in bad.data.tags["harness.failure_reason"]
-    parent = next(r for r in runs_of("two") if "mlflow.parentRunId" not in r.data.tags)
+    assert ("non-finite" in bad.data.tags["harness.failure_reason"]
+            or "became" in bad.data.tags["harness.failure_reason"])
+    parent = next(r for r in experiment_runs("two") if "mlflow.parentRunId" not in r.data.tags)
     assert parent.info.status == "FAILED"
 
 
-def _harness(*args: str, cwd: Path, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-
-
-def _wait_for(path_glob: str, folder: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if list(folder.glob(path_glob)):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"harness exited early: {proc.communicate()}")
-        time.sleep(0.05)
-    raise AssertionError(f"{path_glob} never appeared")
-
-
 def _history(run_id: str) -> dict[str, list[float]]:
-    client = MlflowClient()
-    return {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
+    return {k: [value for _, value in history(None, run_id, k)]
             for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")}
 
 
@@ -171,9 +150,9 @@ RESUMABLE = """
 
 
 def test_killed_run_resumes_to_the_same_history(workdir: Path) -> None:
-    write_experiment(workdir, "resumable", RESUMABLE)
-    proc = _harness("run", "resumable", cwd=workdir)
-    _wait_for("checkpoints/*/last.pt", workdir, proc)
+    _write_variants(workdir, "resumable", RESUMABLE)
+    proc = harness_popen("run", "resumable", cwd=workdir)
+    wait_for_checkpoint(proc, workdir / "checkpoints")
     proc.kill()  # SIGKILL: no chance to clean up, the runs stay RUNNING
     proc.wait()
     interrupted = child("resumable", "net")
@@ -181,7 +160,7 @@ def test_killed_run_resumes_to_the_same_history(workdir: Path) -> None:
     ckpt = torch.load(next(workdir.glob("checkpoints/*/last.pt")), weights_only=True)
     assert 1 <= ckpt["fit"]["epoch"] < 3
 
-    resumed = _harness("run", "resumable", "--resume", cwd=workdir)
+    resumed = harness_popen("run", "resumable", "--resume", cwd=workdir)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "resuming after epoch" in out
@@ -190,7 +169,7 @@ def test_killed_run_resumes_to_the_same_history(workdir: Path) -> None:
 
     fresh = CliRunner().invoke(app, ["run", "resumable"])
     assert fresh.exit_code == 0, fresh.output
-    children = [r for r in runs_of("resumable") if "mlflow.parentRunId" in r.data.tags]
+    children = [r for r in experiment_runs("resumable") if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2
     reference = next(r for r in children if r.info.run_id != done.info.run_id)
     assert _history(done.info.run_id) == _history(reference.info.run_id)
@@ -198,19 +177,20 @@ def test_killed_run_resumes_to_the_same_history(workdir: Path) -> None:
 
 
 def test_interrupt_marks_run_killed(workdir: Path) -> None:
-    write_experiment(workdir, "interrupted", RESUMABLE.replace("epochs=3", "epochs=50"))
-    proc = _harness("run", "interrupted", cwd=workdir)
-    _wait_for("checkpoints/*/last.pt", workdir, proc)
+    _write_variants(workdir, "interrupted", RESUMABLE.replace("epochs=3", "epochs=50"))
+    proc = harness_popen("run", "interrupted", cwd=workdir)
+    wait_for_checkpoint(proc, workdir / "checkpoints")
     proc.terminate()  # SIGTERM, handled like Ctrl-C
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "Traceback" not in err and "--resume" in err
     assert child("interrupted", "net").info.status == "KILLED"
-    assert next(r for r in runs_of("interrupted") if "mlflow.parentRunId" not in r.data.tags).info.status == "KILLED"
+    parent = next(r for r in experiment_runs("interrupted") if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "KILLED"
 
 
 def test_resume_without_interrupted_run_is_a_clear_error(workdir: Path) -> None:
-    proc = _harness("run", "quickstart", "--resume", cwd=workdir)
+    proc = harness_popen("run", "quickstart", "--resume", cwd=workdir)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert err.strip().startswith("error: No interrupted run of 'quickstart'") and "Traceback" not in err
@@ -231,11 +211,12 @@ def test_resume_without_interrupted_run_is_a_clear_error(workdir: Path) -> None:
         (["run", "quickstart", "--set", "dataset=mnits"], "Did you mean 'mnist'"),
         (["run", "quickstart", "--set", "resnet.lr=0.1"], "Unknown variant of 'quickstart' 'resnet'"),
         (["show", "quickstart", "--set", "epochs"], "is not of the form key=value"),
-        (["run", "quickstart", "--tracking-uri", "postgresql://nobody@127.0.0.1:9/none"], "Cannot use MLflow tracking store"),
+        (["run", "quickstart", "--tracking-uri", "postgresql://nobody@127.0.0.1:9/none"],
+         "Cannot use MLflow tracking store"),
     ],
 )
 def test_bad_input_is_one_clear_line(workdir: Path, args: list[str], expected: str) -> None:
-    proc = _harness(*args, cwd=workdir)
+    proc = harness_popen(*args, cwd=workdir)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, (out, err)
     assert "Traceback" not in err
@@ -244,11 +225,12 @@ def test_bad_input_is_one_clear_line(workdir: Path, args: list[str], expected: s
 
 
 def test_missing_dataset_names_files_and_folder(workdir: Path) -> None:
-    proc = _harness("run", "quickstart", "--set", "dataset=fashion_mnist", "--data-dir", str(workdir / "nodata"), cwd=workdir)
+    proc = harness_popen("run", "quickstart", "--set", "dataset=fashion_mnist", "--data-dir", str(workdir / "nodata"),
+                         cwd=workdir)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1
     assert "Traceback" not in err
-    line = [l for l in err.splitlines() if l.startswith("error:")]
+    line = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(line) == 1
     assert "fashion_mnist" in line[0] and "train-images-idx3-ubyte.gz" in line[0] and "FashionMNIST/raw" in line[0]
     assert child("quickstart", "lenet_relu").info.status == "FAILED"
@@ -279,8 +261,7 @@ def _write_catdog(folder: Path, per_class: int = 12) -> Path:
 
 
 def test_transfer_experiment_on_an_image_folder(workdir: Path) -> None:
-    (workdir / "experiments" / "exp_transfer_catdog.py").write_text(
-        (REPO / "experiments" / "exp_transfer_catdog.py").read_text())
+    copy_experiment(workdir, "exp_transfer_catdog")
     images = _write_catdog(workdir / "catdog")
     result = CliRunner().invoke(app, [
         "run", "exp_transfer_catdog", "--set", f"data_path={images}", "--set", "pretrained=false",
@@ -299,11 +280,10 @@ def test_transfer_experiment_on_an_image_folder(workdir: Path) -> None:
 
 
 def test_pretrained_weights_offline_fail_clearly(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (workdir / "experiments" / "exp_transfer_catdog.py").write_text(
-        (REPO / "experiments" / "exp_transfer_catdog.py").read_text())
+    copy_experiment(workdir, "exp_transfer_catdog")
     images = _write_catdog(workdir / "catdog", per_class=4)
     monkeypatch.setenv("TORCH_HOME", str(workdir / "torch_home"))  # no cached weights
-    proc = _harness("run", "exp_transfer_catdog", "--set", f"data_path={images}", "--set", "finetune.epochs=1",
+    proc = harness_popen("run", "exp_transfer_catdog", "--set", f"data_path={images}", "--set", "finetune.epochs=1",
                     "--set", "image_size=32", "--set", "num_workers=0", cwd=workdir)
     out, err = proc.communicate(timeout=300)
     if proc.returncode == 0:
@@ -313,8 +293,7 @@ def test_pretrained_weights_offline_fail_clearly(workdir: Path, monkeypatch: pyt
 
 
 def test_shipped_lenet_vs_alexnet_runs_small(workdir: Path) -> None:
-    (workdir / "experiments" / "exp_lenet_vs_alexnet.py").write_text(
-        (REPO / "experiments" / "exp_lenet_vs_alexnet.py").read_text())
+    copy_experiment(workdir, "exp_lenet_vs_alexnet")
     result = CliRunner().invoke(app, [
         "run", "exp_lenet_vs_alexnet", "--set", "dataset=synthetic", "--set", "train_limit=300",
         "--set", "epochs=1", "--set", "alexnet.image_size=32",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import harness
-from mlflow import MlflowClient
+from helpers import cli_error_line, runs_in, write_experiment
 from torch import nn
 
 from harness.config import TrainConfig
@@ -48,18 +48,8 @@ def _sets(items: list[str]) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
 
 
-def _runs(workdir: Path) -> list:
-    """Every MLflow run in the workdir's store (none without a store: opening one builds it, ~10 s)."""
-    if not (workdir / "mlflow.db").exists():
-        return []
-    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    ids = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(ids) if ids else []
-
-
 def _assert_one_line(code: int, out: str, err: str, fields: list[str]) -> None:
-    assert code == 2, (out, err)
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    cli_error_line((code, out, err))
     assert err.startswith("error: ") and all(f in err for f in fields), err
     assert "pct_start" not in err and "division" not in err  # torch's words, not ours
 
@@ -74,7 +64,7 @@ def test_show_refuses_in_one_line(workdir: Path, capsys: pytest.CaptureFixture[s
 def test_run_refuses_before_any_run_exists(workdir: Path, capsys: pytest.CaptureFixture[str], items: list[str],
                                            fields: list[str]) -> None:
     _assert_one_line(*harness(capsys, "run", "quickstart", *_sets(items)), fields)
-    assert _runs(workdir) == []
+    assert runs_in(workdir) == []
 
 
 @pytest.mark.parametrize("items", ACCEPTED, ids=[" ".join(i) for i in ACCEPTED])
@@ -177,7 +167,7 @@ experiment = Experiment(name="sampled", description="warmup sampled against 2 ep
 def test_tune_prunes_sampled_values_the_checks_refuse(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A sampled warmup as long as the epochs is a pruned trial with our one-line reason, no trial
     run and no traceback; the trials that can train do."""
-    (workdir / "experiments" / "sampled.py").write_text(SAMPLED_WARMUP)
+    write_experiment(workdir, "sampled", SAMPLED_WARMUP)
     code, out, err = harness(capsys, "tune", "sampled", "--trials", "8", "--sampler", "random")
     assert code == 0, err
     assert "Traceback" not in err
@@ -191,5 +181,5 @@ def test_tune_prunes_sampled_values_the_checks_refuse(workdir: Path, capsys: pyt
     assert refused and all(state == optuna.trial.TrialState.PRUNED for w, state in states if w >= 2), states
     trained = [w for w, state in states if w < 2]
     assert trained and all(state == optuna.trial.TrialState.COMPLETE for w, state in states if w < 2), states
-    trial_runs = [r for r in _runs(workdir) if r.data.tags.get("harness.kind") == "trial"]
+    trial_runs = [r for r in runs_in(workdir) if r.data.tags.get("harness.kind") == "trial"]
     assert len(trial_runs) == len(trained)  # a refused sample creates no run

@@ -6,12 +6,11 @@ family (run, tune, a multi-seed trial, lr-find), on the real command in its own 
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
+from helpers import assert_none_running, folder_env, harness_popen, runs, wait_until, write_synthetic_experiment
 from mlflow import MlflowClient
-from test_faults_run import assert_nothing_running, folder, runs, start, write_experiment  # noqa: F401 - fixture
 
 from harness.tracking import FAILURE_TAG, KIND_TAG
 
@@ -26,29 +25,27 @@ FAMILIES = {
 def _wait_for_training(uri: str, ckpt: Path, kind: str, proc, timeout: float = 180) -> None:  # noqa: ANN001
     """Until the command is mid-training: a run of `kind` is RUNNING and (but for lr-find, which
     checkpoints nothing) a first checkpoint is on disk."""
-    deadline = time.time() + timeout
-    while True:
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "the command did not start training"
+
+    def training() -> bool:
         running = [r for r in runs(uri) if r.data.tags.get(KIND_TAG) == kind and r.info.status == "RUNNING"]
-        if running and (kind == "lr_find" or list(ckpt.glob("*/last.pt"))):
-            return
-        time.sleep(0.2)
+        return bool(running) and (kind == "lr_find" or bool(list(ckpt.glob("*/last.pt"))))
+
+    wait_until(training, proc, timeout=timeout, what="the command started training", interval=0.2)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_a_stop_signal_ends_every_run_killed_with_the_reason(tmp_path: Path, folder: dict[str, str],  # noqa: F811
-                                                             family: str) -> None:
+def test_a_stop_signal_ends_every_run_killed_with_the_reason(tmp_path: Path, family: str) -> None:
     args, kind, sig = FAMILIES[family]
-    write_experiment(tmp_path, "stopped", epochs=200, limit=500)
+    write_synthetic_experiment(tmp_path, "stopped", epochs=200, limit=500)
+    folder = folder_env(tmp_path)
     uri = folder["MLFLOW_TRACKING_URI"]
-    proc = start(*args, cwd=tmp_path, env=folder)
+    proc = harness_popen(*args, cwd=tmp_path, env=folder)
     _wait_for_training(uri, tmp_path / "ckpt", kind, proc)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err, err
-    assert_nothing_running(uri)
+    assert_none_running(runs(uri))
     (stopped,) = [r for r in runs(uri) if r.data.tags.get(KIND_TAG) == kind]
     assert stopped.info.status == "KILLED"
     assert signal.Signals(sig).name in stopped.data.tags.get(FAILURE_TAG, ""), stopped.data.tags

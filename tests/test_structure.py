@@ -98,7 +98,8 @@ def readme_layers() -> dict[str, int]:
 def layer_of(module: str, layers: dict[str, int]) -> int:
     """The row of `module`: its own file's, else its package folder's (`harness/data/...` -> `harness/data`)."""
     path = str(MODULES[module].relative_to(REPO))
-    candidates = [path] + [str(p.relative_to(REPO)) for p in MODULES[module].parents if p != REPO and PACKAGE in (p, *p.parents)]
+    candidates = [path] + [str(p.relative_to(REPO)) for p in MODULES[module].parents
+                           if p != REPO and PACKAGE in (p, *p.parents)]
     for candidate in candidates:
         if candidate in layers:
             return layers[candidate]

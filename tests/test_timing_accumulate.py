@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
-from test_faults_run import child, harness as harness_process, start, write_experiment
-
 from conftest import harness
-from test_distributed import wait_for_checkpoint
+from helpers import child, harness_popen, sqlite_uri, wait_for_checkpoint, write_synthetic_experiment
+from helpers import harness as harness_process
+from mlflow import MlflowClient
+
 from harness.config import TrainConfig
 
 PAUSE = 5.0  # seconds the interrupted run lies idle before it is resumed
@@ -26,7 +26,7 @@ PAUSE = 5.0  # seconds the interrupted run lies idle before it is resumed
 
 def _stop_after_first_checkpoint(name: str, cwd: Path) -> None:
     """Start `harness run NAME` and stop it with SIGTERM once its first checkpoint is written."""
-    proc = start("run", name, cwd=cwd, env={})
+    proc = harness_popen("run", name, cwd=cwd)
     wait_for_checkpoint(proc, cwd / "checkpoints")
     proc.terminate()
     proc.communicate(timeout=60)
@@ -39,13 +39,13 @@ def _compare_rows(capsys: pytest.CaptureFixture[str], name: str) -> list[dict]:
 
 
 def test_resumed_run_wall_time_leaves_out_the_pause(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    write_experiment(workdir, "paused", epochs=2, limit=300)
+    write_synthetic_experiment(workdir, "paused", epochs=2, limit=300)
     _stop_after_first_checkpoint("paused", workdir)
     stopped = time.time()
-    run_id = child(f"sqlite:///{workdir}/mlflow.db").info.run_id
+    run_id = child(sqlite_uri(workdir)).info.run_id
     assert MlflowClient().get_run(run_id).info.status == "KILLED"
     time.sleep(PAUSE)
-    resumed = harness_process("run", "paused", "--resume", cwd=workdir, env={})
+    resumed = harness_process("run", "paused", "--resume", cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     upper = time.time() - stopped  # the pause cannot be longer than all the time since the stop
 
@@ -62,7 +62,8 @@ def test_resumed_run_wall_time_leaves_out_the_pause(workdir: Path, capsys: pytes
     assert code == 0 and "| wall s |" in out and "| elapsed s |" in out
 
 
-def test_large_accumulate_steps_warns_once_with_the_real_step(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_large_accumulate_steps_warns_once_with_the_real_step(workdir: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = harness(capsys, "run", "quickstart", "--set", "epochs=2", "--set", "accumulate_steps=64")
     assert code == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]

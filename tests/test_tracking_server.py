@@ -4,50 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import experiment_runs, free_port, start_mlflow_server
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from harness.cli import app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     tmp_path = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "artifacts"),
-         "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.skip("mlflow server could not start here")
-            time.sleep(0.5)
-    else:
-        os.killpg(proc.pid, signal.SIGTERM)
-        pytest.skip("mlflow server did not answer within 90 s")
-    yield url
+    port = free_port()
+    proc = start_mlflow_server(tmp_path, port)
+    yield f"http://127.0.0.1:{port}"
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
 
@@ -114,8 +86,7 @@ def test_run_logs_to_a_tracking_server(server: str, tmp_path: Path, monkeypatch:
     result = CliRunner().invoke(app, ["run", "quickstart", "--tracking-uri", server, "--set", "epochs=1"])
     assert result.exit_code == 0, result.output
     client = MlflowClient(server)
-    exp = client.get_experiment_by_name("quickstart")
-    (run,) = client.search_runs([exp.experiment_id], filter_string="tags.`harness.kind` = 'variant'")
+    (run,) = experiment_runs("quickstart", "variant", uri=server)
     assert run.info.status == "FINISHED" and "test_acc" in run.data.metrics
     assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the embedded store

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
+from helpers import experiment_runs, harness_popen, steps, wait_for_running_trial, write_experiment
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from harness.cli import app
 
-REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--set", "epochs=3"]
-
-
-def trial_runs(client: MlflowClient, experiment: str) -> list:
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], filter_string="tags.`harness.kind` = 'trial'", max_results=1000)
 
 
 def test_small_study_is_recorded_in_optuna_and_mlflow(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,12 +37,12 @@ def test_small_study_is_recorded_in_optuna_and_mlflow(workdir: Path, monkeypatch
     assert study.metric_names == ["val_acc"]  # how optuna-dashboard and Optuna's plots label the objective
     # One line per trial, pruned ones included: number, state, the epoch it stopped at, its value.
     for trial in study.trials:
-        line = next(l for l in result.output.splitlines() if l.startswith(f"trial {trial.number} "))
+        line = next(ln for ln in result.output.splitlines() if ln.startswith(f"trial {trial.number} "))
         assert f"trial {trial.number} {trial.state.name} at epoch {trial.last_step}" in line, line
         assert "lr=" in line and (trial.state.name != "COMPLETE" or f"val_acc {trial.value:.4f}" in line), line
 
     client = MlflowClient()
-    runs = trial_runs(client, "quickstart")
+    runs = experiment_runs("quickstart", "trial")
     assert len(runs) == 6
     by_number = {int(r.data.tags["optuna.trial_number"]): r for r in runs}
     for trial in study.trials:
@@ -90,9 +83,7 @@ def test_seeds_nest_under_each_trial_and_the_value_is_their_mean(workdir: Path) 
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="quickstart-lenet_relu", storage=f"sqlite:///{workdir}/optuna.db")
     assert len(study.trials) == 3
-    client = MlflowClient()
-    exp = client.get_experiment_by_name("quickstart")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    runs = experiment_runs("quickstart")
     by_id = {r.info.run_id: r for r in runs}
     for trial in study.trials:
         assert trial.state == optuna.trial.TrialState.COMPLETE  # 3 trials of 2 seeds: too few for Wilcoxon to prune
@@ -119,14 +110,11 @@ def test_with_seeds_the_median_pruner_judges_the_first_seed_only(workdir: Path) 
     study = optuna.load_study(study_name="quickstart-lenet_relu", storage=f"sqlite:///{workdir}/optuna.db")
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned, [t.state for t in study.trials]
-    client = MlflowClient()
-    exp = client.get_experiment_by_name("quickstart")
     for trial in study.trials:
-        seeds = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = "
-                                   f"'{trial.user_attrs['mlflow_run_id']}'")
+        seeds = experiment_runs("quickstart", parent=trial.user_attrs["mlflow_run_id"])
         assert len(seeds) == (1 if trial in pruned else 2), trial.number
         assert max(trial.intermediate_values) <= 3  # epochs of the first seed are the steps
-    line = next(l for l in result.output.splitlines() if l.startswith(f"trial {pruned[0].number} "))
+    line = next(ln for ln in result.output.splitlines() if ln.startswith(f"trial {pruned[0].number} "))
     assert f"PRUNED at epoch {pruned[0].last_step} of its first seed" in line, line
 
 
@@ -145,25 +133,14 @@ def test_retrain_best_trains_on_train_plus_val_and_tests_once(workdir: Path) -> 
 
 
 def _tune(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "tune", *args], cwd=cwd, env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return harness_popen("tune", *args, cwd=cwd)
 
 
 def test_killed_study_resumes_to_exactly_n_finished_trials(workdir: Path) -> None:
     storage = f"sqlite:///{workdir}/optuna.db"
     args = ["quickstart", "--trials", "4", "--heartbeat", "1", "--pruner", "none", "--set", "epochs=15"]
     proc = _tune(*args, cwd=workdir)
-    deadline = time.time() + 180
-    while time.time() < deadline:  # kill once a trial is under way
-        try:
-            study = optuna.load_study(study_name="quickstart-lenet_relu", storage=storage)
-            if any(t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("mlflow_run_id") for t in study.trials):
-                time.sleep(1.5)
-                break
-        except KeyError:
-            pass
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.2)
+    wait_for_running_trial(proc, storage, timeout=180, settle=1.5)  # kill once a trial is under way
     proc.kill()
     proc.wait()
     study = optuna.load_study(study_name="quickstart-lenet_relu", storage=storage)
@@ -175,7 +152,8 @@ def test_killed_study_resumes_to_exactly_n_finished_trials(workdir: Path) -> Non
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     study = optuna.load_study(study_name="quickstart-lenet_relu", storage=storage)
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    finished = [t for t in study.trials
+                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(finished) == 4
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     dead = study.trials[killed[0].number]
@@ -211,7 +189,7 @@ def test_bad_tune_input_is_one_clear_line(workdir: Path, args: list[str], expect
 
 
 def test_search_space_name_must_be_a_config_field(workdir: Path) -> None:
-    (workdir / "experiments" / "badspace.py").write_text(
+    write_experiment(workdir, "badspace",
         "from harness.config import TrainConfig\n"
         "from harness.experiment import Experiment\n"
         "from harness.search_space import FloatRange\n"
@@ -239,12 +217,10 @@ def test_parallel_trials_in_one_process_log_into_their_own_runs(workdir: Path) -
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="quickstart-lenet_relu", storage=f"sqlite:///{workdir}/optuna.db")
     assert len(study.trials) >= 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    client = MlflowClient()
-    runs = trial_runs(client, "quickstart")
+    runs = experiment_runs("quickstart", "trial")
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs) == [t.number for t in study.trials]
     for run in runs:
         trial = study.trials[int(run.data.tags["optuna.trial_number"])]
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-        assert sorted(steps) == [1, 2], "each trial's curve only in its own run"
+        assert steps(None, run.info.run_id, "val_acc") == [1, 2], "each trial's curve only in its own run"
         assert run.data.metrics["best_val_acc"] == pytest.approx(trial.value)
         assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"])

@@ -6,16 +6,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import optuna
 import pytest
-from mlflow import MlflowClient
+from helpers import copy_experiment, experiment_runs, harness_popen
 
-REPO = Path(__file__).resolve().parent.parent
 SERVER = os.environ.get("HARNESS_TEST_POSTGRES_URL", "")
 
 
@@ -39,13 +36,11 @@ def test_two_workers_share_one_study(tmp_path: Path) -> None:
             cur.execute(f"CREATE DATABASE {db}")
     base = SERVER.rsplit("/", 1)[0]
     storage, tracking = f"{base}/optuna_{suffix}", f"{base}/mlflow_{suffix}"
-    (tmp_path / "experiments").mkdir()
-    (tmp_path / "experiments" / "quickstart.py").write_text((REPO / "experiments" / "quickstart.py").read_text())
-    env = {**os.environ, "HARNESS_EXPERIMENTS_DIR": str(tmp_path / "experiments"), "MLFLOW_TRACKING_URI": tracking}
-    cmd = [sys.executable, "-m", "harness.cli", "tune", "quickstart", "--trials", "6", "--storage", storage,
-           "--set", "epochs=2", "--set", "train_limit=600"]
-    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
+    copy_experiment(tmp_path)
+    env = {"HARNESS_EXPERIMENTS_DIR": str(tmp_path / "experiments"), "MLFLOW_TRACKING_URI": tracking}
+    args = ["tune", "quickstart", "--trials", "6", "--storage", storage, "--set", "epochs=2",
+            "--set", "train_limit=600"]
+    workers = [harness_popen(*args, cwd=tmp_path, env=env) for _ in range(2)]
     for w in workers:
         out, err = w.communicate(timeout=600)
         assert w.returncode == 0, err
@@ -53,14 +48,13 @@ def test_two_workers_share_one_study(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="quickstart-lenet_relu", storage=storage)
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    finished = [t for t in study.trials
+                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     # Each worker stops once 6 are finished; a trial already under way in the other may still finish.
     assert 6 <= len(finished) <= 7
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
 
-    client = MlflowClient(tracking)
-    exp = client.get_experiment_by_name("quickstart")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`harness.kind` = 'trial'", max_results=100)
+    runs = experiment_runs("quickstart", "trial", uri=tracking)
     run_numbers = sorted(int(r.data.tags["optuna.trial_number"]) for r in runs)
     assert run_numbers == sorted(numbers)
     assert {r.data.tags["mlflow.parentRunId"] for r in runs}.__len__() == 2  # one parent per worker

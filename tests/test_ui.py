@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import threading
 import urllib.parse
-import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from helpers import busy_port, http_get
 from mlflow import MlflowClient
 from uiserver import harness_command, harness_ui
 
@@ -58,10 +57,7 @@ def test_bad_port_values_are_one_sentence_errors() -> None:
 
 def test_port_in_use_exits_2_with_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default store in tmp_path
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_port() as port:
         result = subprocess.run([*harness_command(), "ui", "--port", str(port)], cwd=tmp_path, capture_output=True,
                                 text=True, timeout=120, env=env, check=False)
     assert result.returncode == 2, result
@@ -109,12 +105,6 @@ def _command_lines() -> list[str]:
     return lines
 
 
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        assert response.status == 200
-        return response.read()
-
-
 def test_ui_serves_the_store_and_artifacts_then_stops_on_ctrl_c(workdir: Path) -> None:
     # A run with an artifact, logged the way `harness run` logs (embedded store, ./mlruns).
     client = MlflowClient()
@@ -127,16 +117,16 @@ def test_ui_serves_the_store_and_artifacts_then_stops_on_ctrl_c(workdir: Path) -
 
     with harness_ui(workdir) as server:
         assert f"MLflow UI for sqlite:///{workdir}/mlflow.db at http://127.0.0.1:" in server.lines[0]
-        assert _get(server.url + "/health") == b"OK"
+        assert http_get(server.url + "/health") == b"OK"
         store = f"sqlite:///{workdir}/mlflow.db"
         assert store not in " ".join(_command_lines()), "the store URI is visible in `ps`"
-        found = json.loads(_get(server.url + "/ajax-api/2.0/mlflow/experiments/search?max_results=100"))
+        found = json.loads(http_get(server.url + "/ajax-api/2.0/mlflow/experiments/search?max_results=100"))
         assert "ui_check" in {e["name"] for e in found["experiments"]}
         # the UI's own artifact endpoints find the file where the client logged it
-        listing = json.loads(_get(server.url + f"/ajax-api/2.0/mlflow/artifacts/list?run_id={run_id}&path=notes"))
+        listing = json.loads(http_get(server.url + f"/ajax-api/2.0/mlflow/artifacts/list?run_id={run_id}&path=notes"))
         assert [f["path"] for f in listing["files"]] == ["notes/hello.txt"]
         query = urllib.parse.urlencode({"path": "notes/hello.txt", "run_uuid": run_id})
-        assert _get(server.url + f"/get-artifact?{query}") == b"hello from harness"
+        assert http_get(server.url + f"/get-artifact?{query}") == b"hello from harness"
 
         port = int(server.url.rsplit(":", 1)[1])
         assert server.interrupt() == 0

@@ -6,13 +6,11 @@ installs Debian's). Screenshots go to $HARNESS_TEST_ARTIFACTS/browser, else test
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import textwrap
 from pathlib import Path
 
-import pytest
+from helpers import browser_kit, write_experiment
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 from uiserver import harness_ui
@@ -20,31 +18,13 @@ from uiserver import harness_ui
 from harness.cli import app
 from harness.tracking import Tracker
 
-REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_MS = 60_000  # the MLflow UI is a large React app; a busy 2-core machine renders it slowly
 VARIANTS = ("base", "high_lr")
 
 
-def _chromium() -> str:
-    """Path of a Chromium binary: $HARNESS_CHROMIUM, else Debian's chromium on PATH (no browser download)."""
-    for candidate in (os.environ.get("HARNESS_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.skip("no Chromium found (/usr/bin/chromium); install Debian's with `bash .ci/chromium.sh` "
-                "or set HARNESS_CHROMIUM")
-
-
-def _screenshots() -> Path:
-    root = Path(os.environ.get("HARNESS_TEST_ARTIFACTS") or REPO / "test-artifacts")
-    folder = root / "browser"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def _finished_run(workdir: Path) -> tuple[str, str]:
     """A tiny two-variant `harness run` on generated data; returns (experiment id, run id of `base`)."""
-    (workdir / "experiments" / "ui_browser.py").write_text(textwrap.dedent("""
+    write_experiment(workdir, "ui_browser", textwrap.dedent("""
         from harness.config import TrainConfig
         from harness.experiment import Experiment
 
@@ -71,10 +51,7 @@ def _digests(run_id: str) -> dict[str, str]:
 
 
 def test_mlflow_ui_shows_runs_metrics_and_confusion_matrix(workdir: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
-                                   "(pip install -e '.[dev]'); no browser download is needed")
-    chromium = _chromium()
-    shots = _screenshots()
+    sync_api, chromium, shots = browser_kit()
     Tracker.open()  # the store's schema first, so the server and the run below do not both create it
     # The server boots (10-20 s) while the run trains: it reads the store the run is writing.
     with harness_ui(workdir, wait=False) as server, sync_api.sync_playwright() as playwright:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError
 
 __all__ = ["run_benchmark"]
 
@@ -44,11 +44,11 @@ def run_benchmark(epochs: int = 4, device: str = "auto", cifar: bool = True, out
     monitor setting), `predict` (when asked: one row; `predict_notes`) and `study` (when
     `study_budget` > 0)."""
     if epochs < 2:
-        raise HarnessError(f"--epochs must be at least 2 (one warm-up epoch, then measured ones); got {epochs}.")
+        raise ConfigError(f"--epochs must be at least 2 (one warm-up epoch, then measured ones); got {epochs}.")
     if study_budget < 0:
-        raise HarnessError(f"--study-budget must be 0 (skip the study comparison) or more; got {study_budget}.")
+        raise ConfigError(f"--study-budget must be 0 (skip the study comparison) or more; got {study_budget}.")
     if study_budget and not study_seeds:
-        raise HarnessError("--study-seeds must be at least 1 when --study-budget is above 0.")
+        raise ConfigError("--study-seeds must be at least 1 when --study-budget is above 0.")
     # Imported after the option checks: a mistyped option is answered without loading torch.
     import torch
 

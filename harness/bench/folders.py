@@ -247,7 +247,8 @@ def measure_folder(case: FolderCase, data: Data, epochs: int, log: Callable[[str
     }
     rates = interleave(contenders, epochs, log, f"folders {case.label}")
     row: dict[str, Any] = {"case": case.label, "model": config.model, "image_size": size,
-                           "batch_size": config.batch_size, "images": len(data.train), "threads": torch.get_num_threads(),
+                           "batch_size": config.batch_size, "images": len(data.train),
+                           "threads": torch.get_num_threads(),
                            "workers": config.num_workers}
     for name, values in rates.items():
         row[name], spread = median_and_spread(values)

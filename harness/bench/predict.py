@@ -20,7 +20,8 @@ the CPU, at the same batch size:
 Ratios: harness_model/pyfunc (the same work: the model call), harness/pyfunc (the harness also
 reads and decodes the files, pyfunc gets them decoded) and harness/script (the same work end to
 end). Also: `decode_threads` (what `decode_workers` chose for these files) and
-`harness_lean_share` (the share of the harness's batches run with one thread fewer).
+`harness_lean_share` (the share of the harness's batches run with one thread fewer, read from
+torch's setting after each batch).
 """
 
 from __future__ import annotations
@@ -139,19 +140,24 @@ def measure_predict(tracker: Any, uri: str, files: Sequence[Path], batch_size: i
     def script() -> None:
         for start in range(0, len(files), batch_size):
             part = files[start : start + batch_size]
-            pyfunc.predict(predict.to_float(np.stack([predict.decode(p, choice.channels, choice.image_size) for p in part])))
+            pyfunc.predict(predict.to_float(np.stack(
+                [predict.decode(p, choice.channels, choice.image_size) for p in part])))
 
-    tuners: list[predict.ThreadTuner] = []
+    full_threads = torch.get_num_threads()
+    lean: list[bool] = []  # per batch of every harness repeat: run with fewer threads than torch's setting
 
     def harness() -> None:
-        tuners.append(predict.ThreadTuner.for_job(cpu, n, batch_size))
-        predict.predict_files(module, choice, files, 3, batch_size, cpu, tuner=tuners[-1])
+        # Seen from outside, through the progress callback `harness predict` has anyway: it is
+        # called after each batch, before the thread tuner decides on the next one.
+        predict.predict_files(module, choice, files, 3, batch_size, cpu,
+                              on_batch=lambda _: lean.append(torch.get_num_threads() < full_threads))
 
     contenders = {
         "harness": _rates(harness, n),
         "pyfunc": _rates(lambda: [pyfunc.predict(batch) for batch in batches], n),
         "harness_model": _rates(forward, n),
-        "decode": _rates(lambda: list(predict.decoded_batches(files, choice.channels, choice.image_size, batch_size)), n),
+        "decode": _rates(
+            lambda: list(predict.decoded_batches(files, choice.channels, choice.image_size, batch_size)), n),
         "script": _rates(script, n),
     }
     rates = interleave(contenders, repeats, log, "predict")
@@ -161,8 +167,7 @@ def measure_predict(tracker: Any, uri: str, files: Sequence[Path], batch_size: i
                                predict.probe(files[: predict.PROBE_IMAGES], choice.channels, choice.image_size)[1])}
     for name, values in rates.items():
         row[name], row[f"{name}_spread"] = median_and_spread(values)
-    decided = sum(t.decided for t in tuners)
-    row["harness_lean_share"] = sum(t.lean_batches for t in tuners) / decided if decided else 0.0
+    row["harness_lean_share"] = sum(lean) / len(lean) if lean else 0.0
     row["harness_model/pyfunc"] = row["harness_model"] / row["pyfunc"]
     row["harness/pyfunc"] = row["harness"] / row["pyfunc"]
     row["harness/script"] = row["harness"] / row["script"]

@@ -11,8 +11,9 @@ augmentations and EMA, on 256 images (~50x LeNet's compute per image: more would
 minutes on 2 cores).
 
 Contenders alternate epoch by epoch (this machine's speed drifts); images/s is the median over
-the epochs after the first (warm-up; LeNet's short epochs: 3x the epochs asked), with the relative spread (max-min)/median. ratio_vs_plain
-is images/s over plain's; cost = 1 - ratio_vs_plain (the share of a plain epoch's speed lost).
+the epochs after the first (warm-up; LeNet's short epochs: 3x the epochs asked), with the relative
+spread (max-min)/median. ratio_vs_plain is images/s over plain's; cost = 1 - ratio_vs_plain (the
+share of a plain epoch's speed lost).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ LENET_RECIPES: tuple[Recipe, ...] = (
     ("ema", {"ema_decay": 0.999}),
 )
 # ResNet-18 is ~50x LeNet's compute per image: only the primitives whose cost could still show.
-RESNET_RECIPES: tuple[Recipe, ...] = tuple(r for r in LENET_RECIPES
-                                           if r[0] in ("plain", "trivialaugment", "randaugment", "random_erasing", "ema"))
+RESNET_RECIPES: tuple[Recipe, ...] = tuple(
+    r for r in LENET_RECIPES if r[0] in ("plain", "trivialaugment", "randaugment", "random_erasing", "ema"))
 
 
 def median_and_spread(values: Sequence[float]) -> tuple[float, float]:

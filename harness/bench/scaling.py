@@ -37,7 +37,7 @@ from typing import Any
 
 from harness.bench.throughput import Case
 from harness.config import TrainConfig
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 
 # Variables the launcher sets: a single-process contender must not inherit them (it would
 # then wait for peers that never come).
@@ -143,7 +143,7 @@ def measure_scaling(case: Case, data_dir: Path | None, plan: Plan, epochs: int,
     """One row per contender of `plan` for `case`: images/s (median after the warm-up epoch),
     its spread (max-min)/median, and the ratio and efficiency defined in the module docstring."""
     if epochs < 2:
-        raise HarnessError(f"scaling needs at least 2 epochs (one warm-up, then measured ones); got {epochs}.")
+        raise ConfigError(f"scaling needs at least 2 epochs (one warm-up, then measured ones); got {epochs}.")
     assert plan.baseline is not None and plan.reference is not None, plan.notes
     config = case.config.override(device=plan.device)
     measured: dict[Contender, list[float]] = {}
@@ -201,8 +201,8 @@ def worker(config: TrainConfig, data_dir: Path | None, epochs: int, threads: int
         state = FitState()
         rates = [fit_epoch(t, state)["images_per_second"] for _ in range(epochs)]
         if dist.is_main:
-            out.write_text(json.dumps({"rates": rates, "world_size": dist.world_size, "threads": torch.get_num_threads(),
-                                       "images": len(data.train)}))
+            out.write_text(json.dumps({"rates": rates, "world_size": dist.world_size,
+                                       "threads": torch.get_num_threads(), "images": len(data.train)}))
     finally:
         shutdown()
 

@@ -70,7 +70,7 @@ def harness_startup_seconds(folder: Path) -> float:
     experiment_id = tracker.find_experiment("quickstart")
     parent = tracker.latest_parent_run(experiment_id) if experiment_id is not None else None
     children = tracker.children(experiment_id, parent.info.run_id) if parent is not None else []
-    # The first job of a process logs it; quickstart has one variant, so that is its one child.
+    # The first run a process trains logs it (`harness.lifecycle`); quickstart has one variant: its one child.
     for run in children:
         if "startup_seconds" in run.data.metrics:
             return run.data.metrics["startup_seconds"]

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from harness.data import Data, register_dataset
 from harness.data.in_memory import TEST_SPLIT_SEED, seeded_split
-from harness.errors import HarnessError, first_line
+from harness.errors import DataError, HarnessError, first_line
 
 if TYPE_CHECKING:
     from harness.config import TrainConfig
@@ -67,8 +67,8 @@ def check_readable(files: Sequence[Path], root: Path) -> None:
     bad = unreadable(files)
     if bad:
         path, why = bad[0]
-        raise HarnessError(f"Image '{path}' cannot be read ({why}); {len(bad)} of {len(files)} images under '{root}' "
-                           "are unreadable: delete or replace them.")
+        raise DataError(f"Image '{path}' cannot be read ({why}); {len(bad)} of {len(files)} images under '{root}' "
+                        "are unreadable: delete or replace them.")
 
 
 @dataclass
@@ -81,7 +81,7 @@ class UnreadableImage:
     reason: str
 
     def error(self) -> HarnessError:
-        return HarnessError(f"Image '{self.path}' cannot be decoded ({self.reason}); delete or replace it.")
+        return DataError(f"Image '{self.path}' cannot be decoded ({self.reason}); delete or replace it.")
 
 
 def collate(samples: list[tuple[Tensor, int] | UnreadableImage]) -> tuple[Tensor, Tensor] | UnreadableImage:
@@ -122,7 +122,8 @@ class StreamedSplit:
     def __len__(self) -> int:
         return len(self.images)
 
-    def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, batch_size: int, shuffle: bool,
+                generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]:
         return self._read(torch.utils.data.DataLoader(
             self.images, batch_size=batch_size, shuffle=shuffle, generator=generator,
             num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=collate,
@@ -137,7 +138,8 @@ class StreamedSplit:
             for images, labels in self.batches(batch_size, True, generator):
                 yield images, labels, len(labels)
             return
-        sampler = torch.utils.data.DistributedSampler(self.images, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        sampler = torch.utils.data.DistributedSampler(self.images, num_replicas=world, rank=rank, shuffle=True,
+                                                      seed=seed)
         sampler.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
             self.images, batch_size=batch_size // world, sampler=sampler,
@@ -167,7 +169,7 @@ class StreamedSplit:
             lines = [line for line in str(exc).splitlines() if line.strip()]
             if "DataLoader worker" not in str(exc) or not lines:
                 raise
-            raise HarnessError(f"Reading images failed in a DataLoader worker ({lines[-1].strip()[:200]}).") from None
+            raise DataError(f"Reading images failed in a DataLoader worker ({lines[-1].strip()[:200]}).") from None
 
 
 @register_dataset("image_folder")
@@ -175,7 +177,7 @@ def load_image_folder(config: TrainConfig, data_path_unused: Path) -> Data:
     """Index the images under `config.data_path` and split them (validation seeded by `seed`)."""
     root = Path(config.data_path or "")
     if not root.is_dir():
-        raise HarnessError(f"data_path '{root}' is not a folder; point --set data_path=... at your images.")
+        raise DataError(f"data_path '{root}' is not a folder; point --set data_path=... at your images.")
     size = config.image_size or DEFAULT_SIZE
     if (root / "train").is_dir() and (root / "test").is_dir():
         train_files, train_names = scan(root / "train")
@@ -188,13 +190,13 @@ def load_image_folder(config: TrainConfig, data_path_unused: Path) -> Data:
     check_readable(train_files + test_files, root)
     classes = sorted(set(train_names))
     if len(classes) < 2:
-        raise HarnessError(
+        raise DataError(
             f"Found {len(train_files)} images in {len(classes)} class(es) under '{root}'; "
             "an image folder needs at least two classes (sub-folders, or file names like cat.1.jpg)."
         )
     unknown = sorted(set(test_names) - set(classes))
     if unknown:
-        raise HarnessError(f"Test images under '{root}' have classes missing from training: {', '.join(unknown)}.")
+        raise DataError(f"Test images under '{root}' have classes missing from training: {', '.join(unknown)}.")
     index = {c: i for i, c in enumerate(classes)}
     tr_idx, val_idx = seeded_split(len(train_files), config.val_fraction, config.seed)
     if config.train_limit is not None:

@@ -21,7 +21,8 @@ class Split(Protocol):
 
     def __len__(self) -> int: ...
 
-    def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]: ...
+    def batches(self, batch_size: int, shuffle: bool,
+                generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]: ...
 
     def train_batches(self, batch_size: int, generator: torch.Generator, rank: int, world: int, epoch: int,
                       seed: int) -> Iterator[tuple[Tensor, Tensor, int]]:
@@ -46,7 +47,8 @@ class InMemorySplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, batch_size: int, shuffle: bool,
+                generator: torch.Generator | None) -> Iterator[tuple[Tensor, Tensor]]:
         """Batches of `batch_size` (the last may be smaller); shuffled with `generator` if asked."""
         n = len(self.labels)
         if shuffle:

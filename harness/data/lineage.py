@@ -48,7 +48,8 @@ class SplitRecord:
                 "profile": {"num_samples": self.num_samples, "num_classes": self.num_classes}}
 
 
-def split_records(config: TrainConfig, data: Data, data_dir: Path | None, contexts: Iterable[str] = CONTEXTS) -> list[SplitRecord]:
+def split_records(config: TrainConfig, data: Data, data_dir: Path | None,
+                  contexts: Iterable[str] = CONTEXTS) -> list[SplitRecord]:
     """A record for each of `contexts` the data has (no validation split: none), digests
     from the cache in `data_dir` (or the image folder itself) where still valid."""
     cache = _Cache(_cache_folder(data, data_dir))

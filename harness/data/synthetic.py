@@ -24,7 +24,8 @@ _TRAIN, _TEST, _CLASSES = 10_000, 2_000, 10
 
 def generate(n: int, channels: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` uint8 images (n, channels, size, size) and their labels (n,)."""
-    templates = F.interpolate(torch.rand(_CLASSES, channels, 7, 7, generator=generator), size=(size, size), mode="bicubic")
+    templates = F.interpolate(torch.rand(_CLASSES, channels, 7, 7, generator=generator), size=(size, size),
+                              mode="bicubic")
     labels = torch.randint(0, _CLASSES, (n,), generator=generator)
     x = templates[labels] + 0.35 * torch.randn(n, channels, size, size, generator=generator)
     return (x.clamp(0, 1) * 255).round().to(torch.uint8), labels

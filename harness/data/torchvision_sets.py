@@ -17,7 +17,7 @@ from torch import Tensor
 
 from harness.data import Data, register_dataset
 from harness.data.in_memory import InMemorySplit, channel_stats, train_val
-from harness.errors import HarnessError, first_line
+from harness.errors import DataError, HarnessError, first_line
 
 if TYPE_CHECKING:
     from harness.config import TrainConfig
@@ -27,7 +27,7 @@ CIFAR_IMAGE_BYTES = 3 * 32 * 32  # one CIFAR image in a batch's 'data' array
 
 def damaged(path: Path, what: str) -> HarnessError:
     """The one-line error for a dataset file that is on disk but unusable."""
-    return HarnessError(f"{path} is damaged ({what}); delete it to download it again or replace it.")
+    return DataError(f"{path} is damaged ({what}); delete it to download it again or replace it.")
 
 
 def _files_expected(cls: type, root: Path) -> tuple[Path, list[str]]:
@@ -90,8 +90,8 @@ def check_idx_files(cls: type, root: Path, n_classes: int) -> None:
                 at = int(np.argmax(values >= n_classes))
                 raise damaged(labels, f"label {values[at]} at position {at:,}, outside 0-{n_classes - 1}")
         if n_images is not None and n_labels is not None and n_images != n_labels:
-            raise HarnessError(f"{images} holds {n_images:,} images but {labels} holds {n_labels:,} labels; "
-                               "they must match: delete both to download them again or replace them.")
+            raise DataError(f"{images} holds {n_images:,} images but {labels} holds {n_labels:,} labels; "
+                            "they must match: delete both to download them again or replace them.")
 
 
 # ------------------------------------------------------------------ CIFAR: pickled batches
@@ -160,15 +160,16 @@ def _open(cls: type, root: Path, train: bool, name: str, n_classes: int):  # noq
             if is_cifar:
                 check_cifar_files(cls, root)  # raises naming the damaged file
             folder = _on_disk(cls, root)[0].parent
-            raise HarnessError(f"Dataset '{name}' in {folder} could not be read ({type(exc).__name__}: "
-                               f"{first_line(exc, 160)}); delete its files to download them again or replace them.") from None
+            raise DataError(f"Dataset '{name}' in {folder} could not be read ({type(exc).__name__}: "
+                            f"{first_line(exc, 160)}); delete its files to download them again "
+                            "or replace them.") from None
         ds = _download(cls, root, train, name)
     targets = np.asarray(ds.targets)
     if len(ds.data) != len(targets) or (len(targets) and (targets.min() < 0 or targets.max() >= len(ds.classes))):
         if is_cifar:
             check_cifar_files(cls, root)
-        raise HarnessError(f"Dataset '{name}' under {root} has {len(ds.data):,} images but {len(ds.targets):,} labels "
-                           "or labels beyond its classes; delete its files to download them again.")
+        raise DataError(f"Dataset '{name}' under {root} has {len(ds.data):,} images but {len(ds.targets):,} labels "
+                        "or labels beyond its classes; delete its files to download them again.")
     return ds
 
 
@@ -178,7 +179,7 @@ def _download(cls: type, root: Path, train: bool, name: str):  # noqa: ANN202 (a
         return cls(root=str(root), train=train, download=True)
     except Exception as exc:  # noqa: BLE001 - any download failure gets the same explanation
         folder, files = _files_expected(cls, root)
-        raise HarnessError(
+        raise DataError(
             f"Dataset '{name}' is not in {folder} and could not be downloaded ({first_line(exc, 160)}); "
             f"put {', '.join(files)} into {folder} (or pass --data-dir / set HARNESS_DATA_DIR to where they are)."
         ) from None

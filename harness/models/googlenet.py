@@ -65,6 +65,7 @@ class GoogLeNet(nn.Module):
 
 
 @register_model("googlenet")
-def googlenet(in_channels: int, num_classes: int, image_size: int, dropout: float | None = None, **_: object) -> nn.Module:
+def googlenet(in_channels: int, num_classes: int, image_size: int, dropout: float | None = None,
+              **_: object) -> nn.Module:
     """GoogLeNet-style Inception network (no auxiliary classifiers)."""
     return GoogLeNet(in_channels, num_classes, image_size, 0.4 if dropout is None else dropout)

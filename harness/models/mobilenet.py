@@ -35,13 +35,15 @@ class MobileNetV1(nn.Module):
             layers.append(depthwise_separable(cin, cout, stride))
             cin = cout
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(1024, num_classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(1024, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
 
 @register_model("mobilenet")
-def mobilenet(in_channels: int, num_classes: int, image_size: int, dropout: float | None = None, **_: object) -> nn.Module:
+def mobilenet(in_channels: int, num_classes: int, image_size: int, dropout: float | None = None,
+              **_: object) -> nn.Module:
     """MobileNet v1, width multiplier 1."""
     return MobileNetV1(in_channels, num_classes, image_size, 0.0 if dropout is None else dropout)

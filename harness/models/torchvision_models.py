@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, DataError
 from harness.models import MODELS, ModelSpec
 
 # Models whose architecture cannot shrink below these sizes (their stems downsample aggressively,
@@ -77,10 +77,10 @@ def _build(tv_name: str, *, in_channels: int, num_classes: int, image_size: int,
         else:
             model = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
     except (TypeError, ValueError, AssertionError) as exc:
-        raise HarnessError(f"torchvision model '{tv_name}' does not accept these settings ({exc}).") from None
-    except Exception as exc:  # download failures surface as URLError, OSError, RuntimeError...
+        raise ConfigError(f"torchvision model '{tv_name}' does not accept these settings ({exc}).") from None
+    except Exception as exc:  # noqa: BLE001 - download failures surface as URLError, OSError, RuntimeError...
         weights = torchvision.models.get_model_weights(tv_name).DEFAULT
-        raise HarnessError(
+        raise DataError(
             f"Could not load pretrained weights for '{tv_name}' ({type(exc).__name__}: {exc}); "
             f"connect to the internet once, or put {weights.url.rsplit('/', 1)[-1]} into "
             f"{torch.hub.get_dir()}/checkpoints/, or set pretrained=false."

@@ -31,6 +31,7 @@ _EXPORTS = {
     "register_model": "harness.models",
     "register_dataset": "harness.data",
     "Callback": "harness.train",
+    "Reporter": "harness.reporter",
 }
 __all__ = ["__version__", *_EXPORTS]
 
@@ -63,6 +64,7 @@ if TYPE_CHECKING:  # the names as type checkers and IDEs see them
     )
     from harness.experiment import Experiment, load_experiment  # noqa: F401
     from harness.models import register_model  # noqa: F401
+    from harness.reporter import Reporter  # noqa: F401
     from harness.search_space import Choice, FloatRange, IntRange  # noqa: F401
     from harness.train import Callback  # noqa: F401
 

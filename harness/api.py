@@ -25,9 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness import reporter as reporting
 from harness.config import Overrides, TrainConfig
-from harness.errors import HarnessError
+from harness.errors import ConfigError, ExperimentFileError, HarnessError, TrackingError, UnknownNameError
 from harness.experiment import Experiment, load_experiment
+from harness.reporter import Reporter
 
 if TYPE_CHECKING:
     import optuna
@@ -47,7 +49,6 @@ __all__ = ["RunResult", "TuneResult", "VariantRecord", "compare", "compare_outco
            "predict", "predict_outcome", "report", "report_outcome", "resolve", "run", "runs", "tune"]
 
 Settings = Mapping[str, Any]
-Log = Callable[[str], None]
 
 
 # ----------------------------------------------------------------- experiments and overrides
@@ -81,8 +82,8 @@ def _set_strings(settings: Settings | Sequence[str] | None) -> list[str]:
     if isinstance(settings, Mapping):
         return [f"{key}={_as_text(value)}" for key, value in settings.items()]
     if isinstance(settings, str):
-        raise HarnessError(f"set must be a mapping such as {{'epochs': 1}} or a list of 'key=value' strings, "
-                           f"not the string '{settings}'.")
+        raise ConfigError(f"set must be a mapping such as {{'epochs': 1}} or a list of 'key=value' strings, "
+                          f"not the string '{settings}'.")
     return list(settings)
 
 
@@ -96,7 +97,7 @@ def resolve(experiment: str | Experiment, set: Settings | Sequence[str] | None =
     elif isinstance(experiment, str):
         exp = load_experiment(experiment)
     else:
-        raise HarnessError(f"experiment must be an experiment name or an Experiment, not {type(experiment).__name__}.")
+        raise ConfigError(f"experiment must be an experiment name or an Experiment, not {type(experiment).__name__}.")
     parsed = overrides(set)
     if device:
         parsed.common["device"] = device
@@ -151,7 +152,7 @@ class RunResult:
         """The comparison as `harness compare` prints it: one row per variant, best first (with
         repeats, mean and std columns per metric)."""
         if self.comparison is None:
-            raise HarnessError("This process is not rank 0 of the run: the comparison table is rank 0's.")
+            raise ConfigError("This process is not rank 0 of the run: the comparison table is rank 0's.")
         return self.comparison.table
 
     @property
@@ -166,8 +167,8 @@ class RunResult:
 
             known = sorted({v.variant for v in self.variants}) if seed is None else \
                 [f"{v.variant} seed={v.seed}" for v in self.variants]
-            raise HarnessError(unknown_name_message("variant of this run", variant if seed is None else
-                                                    f"{variant} seed={seed}", known))
+            raise UnknownNameError(unknown_name_message("variant of this run", variant if seed is None else
+                                                        f"{variant} seed={seed}", known))
         return max(mine, key=lambda v: (v.status == "FINISHED", v.best_val_acc or float("-inf")))
 
     def load_model(self, variant: str, seed: int | None = None) -> nn.Module:
@@ -177,7 +178,7 @@ class RunResult:
 
         chosen = self.record(variant, seed)
         if chosen.status != "FINISHED":
-            raise HarnessError(f"Variant '{chosen.label}' {chosen.status} ({chosen.reason}); it logged no model.")
+            raise UnknownNameError(f"Variant '{chosen.label}' {chosen.status} ({chosen.reason}); it logged no model.")
         model: nn.Module = Tracker.open(self.tracking_uri).load_model(f"runs:/{chosen.run_id}/model")
         return model
 
@@ -187,14 +188,16 @@ def run(experiment: str | Experiment, *, set: Settings | Sequence[str] | None = 
         device: str | None = None, tracking_uri: str | None = None, data_dir: str | Path | None = None,
         nproc_per_node: int | str | None = None, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None,
         rdzv_timeout: int = 120, backend: str = "auto", register: str | None = None, alias: str = "champion",
-        callbacks: Sequence[Callback] = (), system_metrics: bool = True) -> RunResult:
+        callbacks: Sequence[Callback] = (), system_metrics: bool = True,
+        reporter: str | Reporter = "auto") -> RunResult:
     """Train every variant of `experiment` (once per seed) into one MLflow parent run, as `harness run`.
 
     `seeds` (e.g. `[0, 1, 2]`) or `repeat` (K seeds from each config's seed up) train each variant
     several times; `resume=True` continues the latest interrupted run, `resume="auto"` that run if
     there is one, else a new one. `register` puts the best variant's model in MLflow's model
     registry under that name (the `alias` moves only on improvement). `callbacks` join the train
-    loop of every variant (`harness.Callback`).
+    loop of every variant (`harness.Callback`). Progress and status lines go to `reporter` ("auto",
+    "rich", "plain", "notebook", "silent" or a `harness.Reporter`; see `harness.reporter`).
 
     `nproc_per_node=N` (or "auto": one per GPU) trains data-parallel on N processes started here,
     each running `python -m harness run NAME` with these options: the experiment must be a file
@@ -203,57 +206,58 @@ def run(experiment: str | Experiment, *, set: Settings | Sequence[str] | None = 
     True). `nnodes`, `node_rank`, `rdzv_endpoint` and `rdzv_timeout` spread them over machines;
     machine 0 records the runs, and on the others the result has no records. Under torchrun,
     every process calls this alike (`backend`: auto = nccl on CUDA, gloo on CPU)."""
-    from harness import launch
-    from harness.seeds import SeedPlan
+    with reporting.using(reporter):
+        from harness import launch
+        from harness.seeds import SeedPlan
 
-    options = launch.LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout, backend)
-    with launch.quiet_launcher(options):  # before PyTorch loads
-        plan = SeedPlan.parse(repeat, _seeds_text(seeds))  # bad values fail before any data is touched
-        if resume not in (True, False, "auto"):
-            raise HarnessError(f"resume must be True, False or 'auto' (got {resume!r}).")
-        exp, configs = resolve(experiment, set, device)
-        registration = None
-        if register is not None:  # checked before any process starts (runner imports torch: only if asked)
-            from harness.runner import Registration
+        options = launch.LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout, backend)
+        with launch.quiet_launcher(options):  # before PyTorch loads
+            plan = SeedPlan.parse(repeat, _seeds_text(seeds))  # bad values fail before any data is touched
+            if resume not in (True, False, "auto"):
+                raise ConfigError(f"resume must be True, False or 'auto' (got {resume!r}).")
+            exp, configs = resolve(experiment, set, device)
+            registration = None
+            if register is not None:  # checked before any process starts (runner imports torch: only if asked)
+                from harness.runner import Registration
 
-            registration = Registration(register, alias)
-            registration.check(configs)
-        processes = launch.plan_launch(options, configs)
-    if processes is not None:
-        name = _launchable(exp, callbacks)
-        worker = launch.worker_command("run", name, {
-            "set": _set_strings(set), "seeds": _seeds_text(seeds), "repeat": repeat, "resume": resume, "device": device,
-            "tracking_uri": tracking_uri, "data_dir": data_dir, "register": register, "alias": alias,
-            "system_metrics": system_metrics, "backend": backend})
-        handed = launch.start(processes, worker, name, tracking_uri, options.resume_hint("run", name, processes))
-        return _launched_run(exp, configs, handed, tracking_uri, node_rank)
+                registration = Registration(register, alias)
+                registration.check(configs)
+            processes = launch.plan_launch(options, configs)
+        if processes is not None:
+            name = _launchable(exp, callbacks)
+            worker = launch.worker_command("run", name, {
+                "set": _set_strings(set), "seeds": _seeds_text(seeds), "repeat": repeat, "resume": resume,
+                "device": device, "tracking_uri": tracking_uri, "data_dir": data_dir, "register": register,
+                "alias": alias, "system_metrics": system_metrics, "backend": backend})
+            handed = launch.start(processes, worker, name, tracking_uri, options.resume_hint("run", name, processes))
+            return _launched_run(exp, configs, handed, tracking_uri, node_rank)
 
-    from harness import distributed
-    from harness.lifecycle import SYSTEM_METRICS_INTERVAL
-    from harness.runner import run_experiment
-    from harness.tracking import open_for
+        from harness import distributed
+        from harness.lifecycle import SYSTEM_METRICS_INTERVAL
+        from harness.runner import run_experiment
+        from harness.tracking import open_for
 
-    with launch.rank_0_prints():
-        try:
-            dist = distributed.init_from_env(next(iter(configs.values())).device, backend)
+        with launch.rank_0_prints():
             try:
-                tracker = open_for(tracking_uri, dist)
-                outcome = run_experiment(tracker, exp, configs, data_dir=Path(data_dir) if data_dir else None,
-                                         resume=resume, seeds=plan, dist=dist, register=registration,
-                                         callbacks=tuple(callbacks),
-                                         system_metrics=SYSTEM_METRICS_INTERVAL if system_metrics else None)
-            finally:
-                distributed.shutdown()
-        except HarnessError as exc:
-            launch.hand_back({"error": str(exc)})  # when this process was launched: the launcher raises it too
-            raise
-    status = "FINISHED" if not outcome.failed else "FAILED"
-    launch.hand_back({"parent_run_id": outcome.parent_run_id, "status": status,
-                      "promotion": _promotion_data(outcome.promotion)})
-    records = [VariantRecord(r.variant, r.label or r.variant, r.config, r.run_id, r.status, dict(r.metrics), r.reason)
-               for r in outcome.results]
-    return RunResult(exp.name, outcome.parent_run_id, status, records, tracker.uri, outcome.comparison,
-                     outcome.promotion)
+                dist = distributed.init_from_env(next(iter(configs.values())).device, backend)
+                try:
+                    tracker = open_for(tracking_uri, dist)
+                    outcome = run_experiment(tracker, exp, configs, data_dir=Path(data_dir) if data_dir else None,
+                                             resume=resume, seeds=plan, dist=dist, register=registration,
+                                             callbacks=tuple(callbacks),
+                                             system_metrics=SYSTEM_METRICS_INTERVAL if system_metrics else None)
+                finally:
+                    distributed.shutdown()
+            except HarnessError as exc:
+                launch.hand_back({"error": str(exc)})  # when this process was launched: the launcher raises it too
+                raise
+        status = "FINISHED" if not outcome.failed else "FAILED"
+        launch.hand_back({"parent_run_id": outcome.parent_run_id, "status": status,
+                          "promotion": _promotion_data(outcome.promotion)})
+        records = [VariantRecord(r.variant, r.label or r.variant, r.config, r.run_id, r.status, dict(r.metrics),
+                                 r.reason) for r in outcome.results]
+        return RunResult(exp.name, outcome.parent_run_id, status, records, tracker.uri, outcome.comparison,
+                         outcome.promotion)
 
 
 def _launchable(exp: Experiment, callbacks: Sequence[Callback]) -> str:
@@ -262,13 +266,14 @@ def _launchable(exp: Experiment, callbacks: Sequence[Callback]) -> str:
     from harness.experiment import experiments_dir
 
     if callbacks:
-        raise HarnessError("callbacks cannot reach the processes nproc_per_node starts (each is a new Python "
-                           "process); leave out nproc_per_node to train here with them, or callbacks to launch.")
+        raise ConfigError("callbacks cannot reach the processes nproc_per_node starts (each is a new Python "
+                          "process); leave out nproc_per_node to train here with them, or callbacks to launch.")
     expected = experiments_dir() / f"{exp.name}.py"
     if exp.source_file is None or Path(exp.source_file).resolve() != expected.resolve():
-        raise HarnessError(f"Experiment '{exp.name}' was not loaded from {expected}, so the processes "
-                           "nproc_per_node starts cannot load it; save it there as `experiment = Experiment(...)` "
-                           "and pass its name, or leave out nproc_per_node to train in this process.")
+        raise ExperimentFileError(f"Experiment '{exp.name}' was not loaded from {expected}, so the processes "
+                                  "nproc_per_node starts cannot load it; save it there as "
+                                  "`experiment = Experiment(...)` and pass its name, or leave out nproc_per_node to "
+                                  "train in this process.")
     return exp.name
 
 
@@ -286,8 +291,8 @@ def _launched_run(exp: Experiment, configs: dict[str, TrainConfig], handed: dict
     tracker = Tracker.open(tracking_uri)
     parent = tracker.find_run(parent_id)
     if parent is None:
-        raise HarnessError(f"The launched processes made run {parent_id}, but {tracker.uri} does not have it; "
-                           "check that they wrote to the same tracking URI.")
+        raise TrackingError(f"The launched processes made run {parent_id}, but {tracker.uri} does not have it; "
+                            "check that they wrote to the same tracking URI.")
     children = {(r.data.tags.get(VARIANT_TAG, r.info.run_name), run_seed(r)): r
                 for r in tracker.children(parent.info.experiment_id, parent_id)}
     records = []
@@ -377,73 +382,76 @@ def tune(experiment: str | Experiment, *, variant: str | None = None, trials: in
          retrain_best: bool = False, heartbeat: int = 10, repeat: int | None = None,
          seeds: Sequence[int] | str | None = None, register: str | None = None, alias: str = "champion",
          system_metrics: bool = True, nproc_per_node: int | str | None = None, nnodes: int = 1, node_rank: int = 0,
-         rdzv_endpoint: str | None = None, rdzv_timeout: int = 120, backend: str = "auto") -> TuneResult | None:
+         rdzv_endpoint: str | None = None, rdzv_timeout: int = 120, backend: str = "auto",
+         reporter: str | Reporter = "auto") -> TuneResult | None:
     """Search `variant`'s hyperparameters (the experiment's search space) with Optuna, as
     `harness tune`: every trial a nested MLflow run under the study's parent run. Calling it again
     with the same study continues it up to `trials` finished trials. Returns None on ranks other
-    than 0 under torchrun (rank 0 holds the study).
+    than 0 under torchrun (rank 0 holds the study). Progress goes to `reporter`, as in `run`.
 
     `nproc_per_node=N` trains each trial data-parallel on N processes started here (as `run`
     does: the experiment must be a file under the experiments folder), and returns the study
     read back from its storage once they end (`launched` is True); None on machines other than
     0 (`node_rank` > 0)."""
-    from harness import launch
+    with reporting.using(reporter):
+        from harness import launch
 
-    options = launch.LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout, backend)
-    with launch.quiet_launcher(options):  # before PyTorch loads
-        from harness.lifecycle import SYSTEM_METRICS_INTERVAL
-        from harness.seeds import SeedPlan
-        from harness.study_store import pick_variant
-        from harness.tuning import TuneOptions
+        options = launch.LaunchOptions(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_timeout, backend)
+        with launch.quiet_launcher(options):  # before PyTorch loads
+            from harness.lifecycle import SYSTEM_METRICS_INTERVAL
+            from harness.seeds import SeedPlan
+            from harness.study_store import pick_variant
+            from harness.tuning import TuneOptions
 
-        exp, configs = resolve(experiment, set, device)
-        chosen = pick_variant(exp, variant)
-        study_options = TuneOptions(trials=trials, timeout=timeout, study_name=study_name, storage=storage,
-                                    sampler=sampler, pruner=pruner, n_jobs=n_jobs, seed=seed, retrain_best=retrain_best,
-                                    heartbeat_seconds=heartbeat, seeds=SeedPlan.parse(repeat, _seeds_text(seeds)),
-                                    register=register, alias=alias,
-                                    system_metrics=SYSTEM_METRICS_INTERVAL if system_metrics else None)
-        if n_jobs > 1 and options.several:
-            raise HarnessError("--n-jobs above 1 cannot be combined with --nproc-per-node; each trial already "
-                               "uses every process.")
-        processes = launch.plan_launch(options, {chosen: configs[chosen]})
-    if processes is not None:
-        name = _launchable(exp, ())
-        worker = launch.worker_command("tune", name, {
-            "variant": chosen, "trials": trials, "timeout": timeout, "study_name": study_name, "storage": storage,
-            "sampler": sampler, "pruner": pruner, "n_jobs": n_jobs, "seed": seed, "set": _set_strings(set),
-            "device": device, "tracking_uri": tracking_uri, "data_dir": data_dir, "retrain_best": retrain_best,
-            "heartbeat": heartbeat, "repeat": repeat, "seeds": _seeds_text(seeds), "register": register,
-            "alias": alias, "system_metrics": system_metrics, "backend": backend})
-        handed = launch.start(processes, worker, name, tracking_uri, "the same command (the study goes on)")
-        if node_rank > 0:  # machine 0 holds the study
-            return None
-        return _launched_tune(exp, chosen, configs[chosen], study_options, handed, tracking_uri)
+            exp, configs = resolve(experiment, set, device)
+            chosen = pick_variant(exp, variant)
+            study_options = TuneOptions(trials=trials, timeout=timeout, study_name=study_name, storage=storage,
+                                        sampler=sampler, pruner=pruner, n_jobs=n_jobs, seed=seed,
+                                        retrain_best=retrain_best,
+                                        heartbeat_seconds=heartbeat, seeds=SeedPlan.parse(repeat, _seeds_text(seeds)),
+                                        register=register, alias=alias,
+                                        system_metrics=SYSTEM_METRICS_INTERVAL if system_metrics else None)
+            if n_jobs > 1 and options.several:
+                raise ConfigError("n_jobs above 1 cannot be combined with nproc_per_node; each trial already "
+                                  "uses every process.")
+            processes = launch.plan_launch(options, {chosen: configs[chosen]})
+        if processes is not None:
+            name = _launchable(exp, ())
+            worker = launch.worker_command("tune", name, {
+                "variant": chosen, "trials": trials, "timeout": timeout, "study_name": study_name, "storage": storage,
+                "sampler": sampler, "pruner": pruner, "n_jobs": n_jobs, "seed": seed, "set": _set_strings(set),
+                "device": device, "tracking_uri": tracking_uri, "data_dir": data_dir, "retrain_best": retrain_best,
+                "heartbeat": heartbeat, "repeat": repeat, "seeds": _seeds_text(seeds), "register": register,
+                "alias": alias, "system_metrics": system_metrics, "backend": backend})
+            handed = launch.start(processes, worker, name, tracking_uri, "the same command (the study goes on)")
+            if node_rank > 0:  # machine 0 holds the study
+                return None
+            return _launched_tune(exp, chosen, configs[chosen], study_options, handed, tracking_uri)
 
-    from harness import distributed
-    from harness.tracking import open_for
-    from harness.tuning import tune as run_study
+        from harness import distributed
+        from harness.tracking import open_for
+        from harness.tuning import tune as run_study
 
-    with launch.rank_0_prints():
-        try:
-            dist = distributed.init_from_env(configs[chosen].device, backend)
+        with launch.rank_0_prints():
             try:
-                outcome = run_study(open_for(tracking_uri, dist), exp, chosen, configs[chosen], study_options,
-                                    data_dir=Path(data_dir) if data_dir else None, dist=dist)
-            finally:
-                distributed.shutdown()
-        except HarnessError as exc:
-            launch.hand_back({"error": str(exc)})  # when this process was launched: the launcher raises it too
-            raise
-    r = outcome.retrained if outcome is not None else None
-    launch.hand_back({"parent_run_id": outcome.parent_run_id if outcome is not None else None,
-                      "retrained_run_id": r.run_id if r is not None else None,
-                      "promotion": _promotion_data(outcome.promotion if outcome is not None else None)})
-    if outcome is None:
-        return None
-    retrained = None if r is None else VariantRecord(r.variant, r.label or r.variant, r.config, r.run_id, r.status,
-                                                     dict(r.metrics), r.reason)
-    return TuneResult(outcome.study, outcome.parent_run_id, retrained, outcome.promotion)
+                dist = distributed.init_from_env(configs[chosen].device, backend)
+                try:
+                    outcome = run_study(open_for(tracking_uri, dist), exp, chosen, configs[chosen], study_options,
+                                        data_dir=Path(data_dir) if data_dir else None, dist=dist)
+                finally:
+                    distributed.shutdown()
+            except HarnessError as exc:
+                launch.hand_back({"error": str(exc)})  # when this process was launched: the launcher raises it too
+                raise
+        r = outcome.retrained if outcome is not None else None
+        launch.hand_back({"parent_run_id": outcome.parent_run_id if outcome is not None else None,
+                          "retrained_run_id": r.run_id if r is not None else None,
+                          "promotion": _promotion_data(outcome.promotion if outcome is not None else None)})
+        if outcome is None:
+            return None
+        retrained = None if r is None else VariantRecord(r.variant, r.label or r.variant, r.config, r.run_id, r.status,
+                                                         dict(r.metrics), r.reason)
+        return TuneResult(outcome.study, outcome.parent_run_id, retrained, outcome.promotion)
 
 
 def _launched_tune(exp: Experiment, variant: str, base: TrainConfig, options: TuneOptions, handed: dict[str, Any],
@@ -496,7 +504,7 @@ def compare_outcome(experiment: str, *, run_id: str | None = None, study: bool =
 
     writing = write or out is not None or confusion
     if writing and only is not None:
-        raise HarnessError("only= picks child runs to read, not to write; leave out write, out and confusion with it.")
+        raise ConfigError("only= picks child runs to read, not to write; leave out write, out and confusion with it.")
     if writing:
         # The folder is checked (and the name, for the default one) before MLflow is read.
         return compare_experiment(Tracker.open(tracking_uri), experiment, run_id=run_id, study=study, metric=metric,
@@ -516,11 +524,11 @@ def runs(experiment: str, *, limit: int = 10, tracking_uri: str | None = None) -
 
 def predict(model: str, images: str | Path | Sequence[str | Path], *, top_k: int = 3, batch_size: int = 256,
             device: str = "auto", tracking_uri: str | None = None, trust_model: bool = False,
-            log: Log | None = None) -> pd.DataFrame:
+            reporter: str | Reporter = "auto") -> pd.DataFrame:
     """Classify image files (or folders of them) with a logged model, as `harness predict`: one row
     per image with its top-k classes and probabilities. `model` is a model URI (`runs:/ID/model`,
     `models:/NAME@ALIAS`, `models:/NAME/VERSION`) or an experiment name (its best variant).
-    Unreadable files are left out (`log`, if given, is told each one and which run a name picked);
+    Unreadable files are left out (`reporter` is told each one, and which run a name picked);
     `trust_model` also loads a model in a format that can run code as it loads (only for a model
     whose author you trust)."""
     import pandas as pd
@@ -528,13 +536,13 @@ def predict(model: str, images: str | Path | Sequence[str | Path], *, top_k: int
     from harness import prediction as predicting
 
     outcome = predict_outcome(model, images, top_k=top_k, batch_size=batch_size, device=device,
-                              tracking_uri=tracking_uri, trust_model=trust_model, log=log)
+                              tracking_uri=tracking_uri, trust_model=trust_model, reporter=reporter)
     return pd.DataFrame(predicting.rows(outcome))
 
 
 def predict_outcome(model: str, images: str | Path | Sequence[str | Path], *, top_k: int = 3, batch_size: int = 256,
                     device: str = "auto", tracking_uri: str | None = None, trust_model: bool = False,
-                    log: Log | None = None,
+                    reporter: str | Reporter = "auto",
                     progress: Callable[[int], AbstractContextManager[Callable[[int], None] | None]] | None = None,
                     ) -> PredictOutcome:
     """`predict` with everything `harness predict` shows: the model used (its resolved URI and
@@ -545,31 +553,34 @@ def predict_outcome(model: str, images: str | Path | Sequence[str | Path], *, to
 
     predicting.check_options("table", top_k, batch_size, device)  # before the store is opened
     paths = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
-    return predicting.predict(Tracker.open(tracking_uri), model, paths, top_k=top_k, batch_size=batch_size,
-                              device=device, log=log or (lambda _: None), progress=progress, trust_model=trust_model)
+    with reporting.using(reporter) as chosen:
+        return predicting.predict(Tracker.open(tracking_uri), model, paths, top_k=top_k, batch_size=batch_size,
+                                  device=device, log=chosen.status, progress=progress, trust_model=trust_model)
 
 
 def lr_find(experiment: str | Experiment, *, variant: str | None = None, set: Settings | Sequence[str] | None = None,  # noqa: A002
             min_lr: float = 1e-5, max_lr: float = 10.0, steps: int = 100, device: str | None = None,
             tracking_uri: str | None = None, data_dir: str | Path | None = None,
-            log: Log | None = None) -> LrFindOutcome:
+            reporter: str | Reporter = "auto") -> LrFindOutcome:
     """The learning-rate range test of `variant` (default: the experiment's first), as `harness
     lr-find`: one MLflow run; the outcome has the suggestion, the curve and any warning about the
-    grid, which `log`, if given, is told before the test runs."""
+    grid, which the reporter warns about before the test runs (progress goes to `reporter`, see
+    `harness.reporter`)."""
     from harness.lr_finder import coarse_grid_warning
     from harness.lr_finder import lr_find as range_test
     from harness.study_store import pick_variant
     from harness.tracking import Tracker
 
-    # An int bound is that float: recorded as `harness lr-find` records it ("1.0", not "1").
-    min_lr, max_lr = (float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in (min_lr, max_lr))
-    exp, configs = resolve(experiment, set, device)
-    chosen = pick_variant(exp, variant)
-    warning = coarse_grid_warning(min_lr, max_lr, steps)  # known from the arguments
-    if warning and log is not None:
-        log(f"warning: {warning}")
-    return range_test(Tracker.open(tracking_uri), exp, chosen, configs[chosen], min_lr, max_lr, steps,
-                      Path(data_dir) if data_dir else None)
+    with reporting.using(reporter):
+        # An int bound is that float: recorded as `harness lr-find` records it ("1.0", not "1").
+        min_lr, max_lr = (float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in (min_lr, max_lr))
+        exp, configs = resolve(experiment, set, device)
+        chosen = pick_variant(exp, variant)
+        warning = coarse_grid_warning(min_lr, max_lr, steps)  # known from the arguments
+        if warning:
+            reporting.warning(warning)
+        return range_test(Tracker.open(tracking_uri), exp, chosen, configs[chosen], min_lr, max_lr, steps,
+                          Path(data_dir) if data_dir else None)
 
 
 def report(experiment: str, *, run_id: str | None = None, study: bool = False, out: str | Path | None = None,

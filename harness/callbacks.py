@@ -6,15 +6,12 @@ the epoch logger writes through.)
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import TYPE_CHECKING
 
+from harness import reporter
+from harness.reporter import Bars
 from harness.tracking import Tracker, TrackingError, now_ms
 from harness.train import Callback, FitState, Trainer, accumulation_warning, monitored
-
-if TYPE_CHECKING:
-    from rich.progress import Progress  # imported when a bar is shown: rich costs start-up time
 
 
 class EarlyStopping(Callback):
@@ -42,32 +39,18 @@ def format_record(record: dict[str, float]) -> str:
     return "  ".join(parts)
 
 
-def plain_output(force_plain: bool | None = None) -> bool:
-    """Whether progress is plain lines (stdout is not a terminal, or `force_plain`) rather than a live bar."""
-    return (not sys.stdout.isatty()) if force_plain is None else force_plain
-
-
-def live_bar() -> Progress:
-    """A started rich live display (description, bar, `stats` field, elapsed, ETA): the one
-    `harness run` and `harness lr-find` share. Stop it when done, also after an error."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), transient=False,
-    )
-    progress.start()
-    return progress
-
-
 class ConsoleProgress(Callback):
-    """A rich progress bar per epoch (loss, accuracy, ETA) on a terminal; plain lines otherwise."""
+    """An epoch's progress through the current reporter (`harness.reporter`): a live bar of
+    batches (loss, accuracy, ETA) where it is live, one line of metrics per epoch otherwise.
+    `live=False` asks for the lines even on a live reporter (trials in parallel threads cannot
+    share one display)."""
 
-    def __init__(self, label: str, force_plain: bool | None = None) -> None:
+    def __init__(self, label: str, live: bool = True) -> None:
         self.label = label
-        self.plain = plain_output(force_plain)
-        self._progress = None
-        self._task = None
+        self.reporter = reporter.current()
+        self.live = live and self.reporter.live
+        self._bars: Bars | None = None
+        self._bar: int | None = None
         self._epoch = 0
         self._epochs = 0
 
@@ -75,37 +58,34 @@ class ConsoleProgress(Callback):
         self._epochs = t.config.epochs
         warning = accumulation_warning(t.config, len(t.data.train))
         if warning and t.dist.is_main:  # one line per variant, not one per process
-            print(f"warning: {self.label}: {warning}", file=sys.stderr, flush=True)
-        if not self.plain:
-            self._progress = live_bar()
+            self.reporter.warning(f"{self.label}: {warning}")
+        if self.live:
+            self._bars = self.reporter.bars()
 
     def on_epoch_start(self, t: Trainer, state: FitState, epoch: int) -> None:
         self._epoch = epoch
-        self._start = time.perf_counter()
-        if self._progress is not None:
-            self._task = self._progress.add_task(f"{self.label} {epoch}/{self._epochs}", total=None, stats="")
+        if self._bars is not None:
+            self._bar = self._bars.add(f"{self.label} {epoch}/{self._epochs}")
 
     def on_batch_end(self, batch: int, num_batches: int, loss: float, acc: float) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=batch, total=num_batches,
-                                  stats=f"loss {loss:.4f} acc {acc:.4f}")
+        if self._bars is not None and self._bar is not None:
+            self._bars.update(self._bar, completed=batch, total=num_batches, stats=f"loss {loss:.4f} acc {acc:.4f}")
 
     def on_epoch_end(self, t: Trainer, state: FitState, record: dict[str, float]) -> None:
-        if self._progress is not None and self._task is not None:
+        if self._bars is not None and self._bar is not None:
             # Short, so the bar still fits an 80-column terminal.
             key = "val" if "val_loss" in record else "train"
-            self._progress.update(self._task,
-                                  stats=f"{key} loss {record[f'{key}_loss']:.4f} acc {record[f'{key}_acc']:.4f}")
+            self._bars.update(self._bar, stats=f"{key} loss {record[f'{key}_loss']:.4f} acc {record[f'{key}_acc']:.4f}")
         else:
-            print(f"{self.label} epoch {self._epoch}/{self._epochs}  {format_record(record)}", flush=True)
+            self.reporter.status(f"{self.label} epoch {self._epoch}/{self._epochs}  {format_record(record)}")
 
     def on_fit_end(self, t: Trainer, state: FitState, error: BaseException | None) -> None:
         # Also after an error: the live display is stopped so the terminal is left clean.
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        if self._bars is not None:
+            self._bars.close()
+            self._bars = None
         if state.stop_reason and error is None:
-            print(f"{self.label}: {state.stop_reason}", flush=True)
+            self.reporter.status(f"{self.label}: {state.stop_reason}")
 
 
 class MlflowEpochLogger(Callback):
@@ -138,13 +118,13 @@ class MlflowEpochLogger(Callback):
             if not exc.unreachable:
                 raise
             if self._down is None:
-                print(f"warning: {exc}; training goes on, {len(self._pending)} epoch(s) of metrics are kept and "
-                      f"sent when it answers again.", file=sys.stderr, flush=True)
+                reporter.warning(f"{exc}; training goes on, {len(self._pending)} epoch(s) of metrics are kept and "
+                                 f"sent when it answers again.")
             self._down = exc
             return
         if self._down is not None:
-            print(f"{len(self._pending)} buffered epoch(s) of metrics sent: the tracking store answers again.",
-                  file=sys.stderr, flush=True)
+            reporter.status(f"{len(self._pending)} buffered epoch(s) of metrics sent: the tracking store answers "
+                            "again.")
             self._down = None
         self._pending = []
 

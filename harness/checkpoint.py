@@ -51,7 +51,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
         tmp.unlink(missing_ok=True)
         if reason is None:
             raise
-        raise WriteError(f"Cannot write checkpoint {reason}; {FOLDER_HINT}, then continue with --resume.") from None
+        raise WriteError(f"Cannot write checkpoint {reason}; {FOLDER_HINT}, then continue with resume=True.") from None
     except BaseException:  # Ctrl-C mid-write: no partial file left behind
         tmp.unlink(missing_ok=True)
         raise
@@ -123,7 +123,7 @@ def load(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]
         raise
     except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, zip errors: all mean damaged
         raise ResumeError(f"Checkpoint {path} is damaged ({type(exc).__name__}: {first_line(exc, 120)}); "
-                          "restore it, or delete its run's folder and start over without --resume.") from None
+                          "restore it, or delete its run's folder and start over without resume.") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ResumeError(f"Checkpoint {path} is not a harness checkpoint (no model weights in it).")
     return ckpt

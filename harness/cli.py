@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from harness.errors import HarnessError
+from harness.errors import ExperimentFileError, HarnessError
+from harness.reporter import Reporter
 
 if TYPE_CHECKING:
     from harness.comparison import CompareOutcome
@@ -88,8 +89,8 @@ def list_cmd() -> None:
 
     names = experiment_names()
     if not names:
-        raise HarnessError(f"No experiments found in {experiments_dir()}; add a file there defining "
-                           "`experiment = Experiment(...)`.")
+        raise ExperimentFileError(f"No experiments found in {experiments_dir()}; add a file there defining "
+                                  "`experiment = Experiment(...)`.")
     broken = []
     for name in names:
         try:
@@ -313,8 +314,7 @@ def lr_find_cmd(
     exp = _load(name)
     try:
         outcome = api.lr_find(exp, variant=variant, set=set_, min_lr=min_lr, max_lr=max_lr, steps=steps,
-                                  device=device, tracking_uri=tracking_uri, data_dir=data_dir,
-                                  log=lambda m: typer.echo(m, err=True))
+                                  device=device, tracking_uri=tracking_uri, data_dir=data_dir)
     except KeyboardInterrupt:
         typer.echo("Interrupted: the lr-find run is marked KILLED.", err=True)
         raise typer.Exit(130) from None
@@ -453,7 +453,8 @@ def predict(
     try:
         outcome = api.predict_outcome(model, paths, top_k=top_k, batch_size=batch_size, device=device,
                                       tracking_uri=tracking_uri, trust_model=trust_model,
-                                      log=lambda m: typer.echo(m, err=True), progress=predicting.progress_bar)
+                                      reporter=Reporter(stream=sys.stderr),  # stdout is the predictions'
+                                      progress=predicting.progress_bar)
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
         raise typer.Exit(130) from None

@@ -126,7 +126,7 @@ def select_parent(tracker: Tracker, experiment: str, run_id: str | None = None, 
     """(experiment id, parent run): `run_id` if given, else the latest `harness run` parent (the
     latest `harness tune` study parent with `study`)."""
     if run_id and study:
-        raise ConfigError("Give either --run RUN_ID or --study (the latest study), not both.")
+        raise ConfigError("Give either run_id or study (the latest study), not both.")
     experiment_id = tracker.find_experiment(experiment)
     if experiment_id is None:
         raise UnknownNameError(no_runs_message(tracker, experiment))
@@ -137,7 +137,8 @@ def select_parent(tracker: Tracker, experiment: str, run_id: str | None = None, 
                                    f"`harness runs {experiment}` lists its runs.")
         parent_of = run.data.tags.get(tracking.PARENT_RUN)
         if parent_of:
-            raise ConfigError(f"Run {run_id} is one variant or trial; compare its parent instead: --run {parent_of}.")
+            raise ConfigError(f"Run {run_id} is one variant or trial; compare its parent instead: "
+                              f"run_id '{parent_of}'.")
         if run.data.tags.get(tracking.KIND_TAG) not in ("run", "study"):
             raise ConfigError(f"Run {run_id} was not made by `harness run` or `harness tune`; "
                               f"`harness runs {experiment}` lists the runs that can be compared.")
@@ -221,7 +222,7 @@ def load_comparison(tracker: Tracker, experiment: str, run_id: str | None = None
     children = [r for r in tracker.children(experiment_id, parent_id) if only is None or r.info.run_id in only]
     if not children:
         raise UnknownNameError(f"Run {parent_id} of '{experiment}' has no variant or trial runs yet; "
-                               "wait for it to start training, or pick another with --run (see `harness runs`).")
+                               "wait for it to start training, or pick another with run_id (see `harness runs`).")
     logged = {key for run in children for key in run.data.metrics}
     shown, varying = hyperparameter_columns([dict(r.data.params) for r in children])
     runs = runs_frame(children, shown, None if metric in (*RESULT_METRICS, *TIME_COLUMNS) else metric)
@@ -476,7 +477,7 @@ def write_reports(tracker: Tracker, c: Comparison, out: Path, confusion: bool = 
         table_csv.write_text(c.table.to_csv(index=False))
     except OSError as exc:  # no permission, disk full, ...: one line naming the folder
         raise WriteError(f"Cannot write the comparison to {out}: {exc.strerror or first_line(exc)}; "
-                         "give another folder with --out.") from None
+                         "give another folder as out.") from None
     outcome.files.append(table_csv)
     shown = f" (best {MAX_PANELS} of {len(c.table)} by {c.metric})" if len(c.table) > MAX_PANELS else ""
     spread = ", mean ± std over seeds" if c.repeated else ""
@@ -543,9 +544,9 @@ def compare_experiment(tracker: Tracker, experiment: str, run_id: str | None = N
 def check_out(out: Path) -> None:
     """Raise WriteError unless `out` is a folder or can be made one (it is created if missing)."""
     if out.exists() and not out.is_dir():
-        raise WriteError(f"--out {out} is a file, not a folder; give a folder for the comparison's files "
+        raise WriteError(f"out '{out}' is a file, not a folder; give a folder for the comparison's files "
                          "(it is created if missing).")
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
-            raise WriteError(f"--out {out}: {parent} is a file, not a folder; "
+            raise WriteError(f"out '{out}': {parent} is a file, not a folder; "
                              "give a folder for the comparison's files.")

@@ -188,7 +188,7 @@ def _check_values(c: TrainConfig) -> None:
         f"device must be auto, cpu, mps, cuda or cuda:N (got '{c.device}').",
     )
     if c.dataset == "image_folder":
-        _require(bool(c.data_path), "dataset image_folder needs data_path (e.g. --set data_path=data/catdog).")
+        _require(bool(c.data_path), "dataset image_folder needs data_path (e.g. data_path=data/catdog).")
     _require(not c.freeze_backbone or c.pretrained, "freeze_backbone=true needs pretrained=true.")
 
 

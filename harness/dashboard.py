@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from harness import reporter
 from harness.errors import ConfigError, HarnessError, TrackingError
 from harness.uris import redact
 
@@ -140,7 +141,7 @@ def open_dashboard(storage_url: str | None = None, host: str = DEFAULT_HOST, por
     """
     dashboard_module = require_dashboard()  # first: it is instant, the storage may take seconds
     if not 0 <= port <= 65535:
-        raise ConfigError(f"--port {port} is not a TCP port; use a number from 1 to 65535 (0 picks a free one).")
+        raise ConfigError(f"port {port} is not a TCP port; use a number from 1 to 65535 (0 picks a free one).")
     # Imported here: harness.study_store loads Optuna (about a second), not needed for the checks above.
     from harness.study_store import DEFAULT_STORAGE, load_study, open_storage
 
@@ -148,7 +149,7 @@ def open_dashboard(storage_url: str | None = None, host: str = DEFAULT_HOST, por
     missing = missing_storage_file(url)
     if missing:
         raise TrackingError(f"No Optuna storage at {missing} ({redact(url)}): run `harness tune` in this folder "
-                            "first, or pass the storage it used with --storage.")
+                            "first, or pass the storage URL it used as storage.")
     storage = open_storage(url)  # the one resolution `harness tune` uses; its errors hide the password
     study_id = _study_id(storage, url, study, load_study) if study else None
     server = bind(host, port, dashboard_module.wsgi(storage))
@@ -170,17 +171,17 @@ def bind(host: str, port: int, app: Callable[..., Any]) -> WSGIServer:
     try:
         return make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
     except socket.gaierror:
-        raise ConfigError(f"--host '{host}' is not a known host name or address; use e.g. --host 127.0.0.1.") from None
+        raise ConfigError(f"host '{host}' is not a known host name or address; use e.g. host '127.0.0.1'.") from None
     except OSError as exc:
         if exc.errno in _IN_USE_ERRNOS:
-            raise ConfigError(f"Port {port} on {host} is already in use (another dashboard?); pick another with "
-                              "--port (0 picks a free one).") from None
+            raise ConfigError(f"Port {port} on {host} is already in use (another dashboard?); pick another "
+                              "port (0 picks a free one).") from None
         raise ConfigError(f"Cannot listen on {host}:{port} ({exc.strerror or exc}); "
-                          "choose another --host or --port.") from None
+                          "choose another host or port.") from None
 
 
 def serve(storage_url: str | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, study: str | None = None,
-          echo: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+          echo: Callable[[str], None] = reporter.status) -> None:
     """Serve optuna-dashboard on the study storage until Ctrl-C; returns after a clean stop.
 
     Prints the address to open once the port is bound (the server answers from then on).

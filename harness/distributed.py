@@ -143,28 +143,6 @@ class Dist:
 SINGLE = Dist()
 
 
-class MainOnly:
-    """Stands in, on every rank, for an object only rank 0 holds (the MLflow tracker): the ranks
-    run the same code and make the same calls. Methods named in `shared` run on rank 0 and hand
-    their result (or error) to every rank; the others run on rank 0 alone and return None
-    elsewhere. Results must be plain data, so the other ranks never import what produced them."""
-
-    def __init__(self, dist_: Dist, target: Any, shared: tuple[str, ...]) -> None:
-        self._dist, self._target, self._shared = dist_, target, shared
-
-    @property
-    def local(self) -> Any:
-        """The object itself (rank 0), or None."""
-        return self._target
-
-    def __getattr__(self, name: str) -> Any:
-        if name in self._shared:
-            return lambda *args, **kwargs: self._dist.from_main(lambda: getattr(self._target, name)(*args, **kwargs))
-        if self._dist.is_main:
-            return getattr(self._target, name)
-        return lambda *args, **kwargs: None
-
-
 class PeerFailed(HarnessError):
     """An error another rank (rank 0) met; every rank raises it so that all end the same way."""
 
@@ -221,8 +199,8 @@ def choose_backend(requested: str, device: str) -> str:
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if requested == "nccl" or (requested == "auto" and cuda):
         if not torch.cuda.is_available():
-            raise ConfigError("The nccl backend needs CUDA GPUs and this machine has none; use --dist-backend gloo "
-                              "(or auto) to train on CPU processes.")
+            raise ConfigError("The nccl backend needs CUDA GPUs and this machine has none; use backend 'gloo' "
+                              "(or 'auto') to train on CPU processes.")
         return "nccl"
     return "gloo"
 

@@ -1,5 +1,12 @@
 """The exception types for mistakes a user can fix: `HarnessError` and a few subclasses saying
-which kind of mistake (a bad value, an unknown name, broken data, an unusable store...)."""
+which kind of mistake (a bad value, an unknown name, broken data, an unusable store...).
+
+The same messages reach Python callers and the CLI, so a message names a parameter by its Python API
+name (`repeat`, `nproc_per_node`, `top_k`, `min_lr`), which the CLI spells as the flag with dashes
+(`--repeat`, `--nproc-per-node`; `run_id` is `--run`, `backend` is `--dist-backend`), and writes a
+suggested value as the parameter and value ("use device 'cpu'", "use repeat=K"); only a whole
+command a user is told to run (`harness compare X --run ID`) spells CLI flags.
+"""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def tune_command(experiment: str, run: Run) -> str:
     params = run.data.params
     variant = params.get("variant", "")
     parts = ["harness tune", experiment, f"--variant {variant}", f"--trials {params.get('trials', '')}"]
-    study = run.data.tags.get("optuna.study_name")
+    study = run.data.tags.get(tracking.STUDY_NAME_TAG)
     if study and study != f"{experiment}-{variant}":
         parts.append(f"--study-name {study}")
     for option, default in (("sampler", "tpe"), ("pruner", "median")):
@@ -104,7 +104,7 @@ def recent_runs(tracker: Tracker, experiment: str, limit: int = 10) -> pd.DataFr
     """The newest `limit` parent runs of `experiment`, newest first, each followed by its
     children (a study's trials summarised in one line), as display-ready rows."""
     if limit < 1:
-        raise ConfigError(f"--limit must be at least 1 (got {limit}).")
+        raise ConfigError(f"limit must be at least 1 (got {limit}).")
     experiment_id = tracker.find_experiment(experiment)
     parents = tracker.parent_runs(experiment_id, limit) if experiment_id is not None else []
     if not parents:

@@ -110,14 +110,14 @@ def default_out(experiment: str, run_id: str | None = None, study: bool = False)
 def check_out(out: Path) -> None:
     """Raise WriteError unless `out` can be written as a file (missing folders are created)."""
     if out.is_dir():
-        raise WriteError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}.")
+        raise WriteError(f"out '{out}' is a folder; give a file name such as {out / 'report.html'}.")
     if out.exists() and not os.access(out, os.W_OK):
-        raise WriteError(f"--out {out} is not writable (permission denied); give another file with --out.")
+        raise WriteError(f"out '{out}' is not writable (permission denied); give another file as out.")
     existing = next((p for p in out.parents if p.exists()), Path("."))
     if not existing.is_dir():
-        raise WriteError(f"--out {out}: {existing} is a file, not a folder; give another file with --out.")
+        raise WriteError(f"out '{out}': {existing} is a file, not a folder; give another file as out.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise WriteError(f"--out {out}: folder {existing} is not writable; give another file with --out.")
+        raise WriteError(f"out '{out}': folder {existing} is not writable; give another file as out.")
 
 
 def write_report(tracker: Tracker, experiment: str, run_id: str | None = None, study: bool = False,
@@ -149,7 +149,7 @@ def write_report(tracker: Tracker, experiment: str, run_id: str | None = None, s
         out.write_bytes(data)
     except OSError as exc:  # no permission, disk full, read-only file system: one line
         raise WriteError(f"Cannot write the report to {out}: {os_error_reason(exc)}; "
-                         "give another file with --out.") from None
+                         "give another file as out.") from None
     tracker.log_bytes(parent.info.run_id, data, ARTIFACT)
     return ReportOutcome(out, parent.info.run_id, parent.data.tags.get(tracking.KIND_TAG, "run"), len(data),
                          notes=ctx.notes)
@@ -172,9 +172,9 @@ def latest_finished(tracker: Tracker, experiment: str, study: bool = False) -> t
     finished = tracker.latest_parent_run(experiment_id, kind=kind, finished_only=True)
     if finished is None:
         raise UnknownNameError(f"Experiment '{experiment}' has no finished `{command}` yet ({newest}); report an "
-                               f"unfinished one by id with --run RUN_ID (`harness runs {experiment}` lists them).")
+                               f"unfinished one by its run_id (`harness runs {experiment}` lists them).")
     return finished.info.run_id, [f"reporting run {finished.info.run_id}, the latest finished `{command}` ({newest}; "
-                                  f"--run {latest.info.run_id} reports it)."]
+                                  f"run_id '{latest.info.run_id}' reports it)."]
 
 
 def build_sections(ctx: Context) -> list[Section]:
@@ -568,7 +568,7 @@ def datasets_section(ctx: Context) -> Section:
 def _environment(run: Run) -> tuple[str, ...]:
     tags = run.data.tags
     values = {k: tags.get(k) for k in ENV_TAGS}
-    values["git_commit"] = values["git_commit"] or tags.get("mlflow.source.git.commit")
+    values["git_commit"] = values["git_commit"] or tags.get(tracking.GIT_COMMIT_TAG)
     return tuple(values[k] or NOT_RECORDED for k in ENV_TAGS)
 
 
@@ -794,12 +794,12 @@ def study_storage(parent: Run, storage: str | None) -> str:
     url = storage or recorded or DEFAULT_STORAGE
     if storage is None and recorded and "***" in recorded:
         raise TrackingError(f"The study's storage {recorded} has a password, which is never recorded; "
-                            "give it with --storage.")
+                            "give the full URL as storage.")
     path = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else \
         url[len("journal:"):] if url.startswith("journal:") else None
     if path and path != ":memory:" and not Path(path).is_file():
         raise TrackingError(f"No Optuna storage file {path} (from {redact(url)}) here; run `harness report` where "
-                            "the study was run or give its storage with --storage.")
+                            "the study was run or give its storage URL as storage.")
     return url
 
 
@@ -807,7 +807,7 @@ def _load_study(parent: Run, storage: str | None) -> optuna.Study:
     """The Optuna study of a `harness tune` parent run (its `optuna.study_name` tag)."""
     from harness.study_store import load_study
 
-    name = parent.data.tags.get("optuna.study_name")
+    name = parent.data.tags.get(tracking.STUDY_NAME_TAG)
     if not name:
         raise UnknownNameError(f"Run {parent.info.run_id} records no Optuna study name (tag optuna.study_name).")
     return load_study(study_storage(parent, storage), name)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import HarnessError, Terminated, first_line
+from harness.errors import ConfigError, HarnessError, Terminated, first_line
 
 if TYPE_CHECKING:
     from harness.config import TrainConfig
@@ -95,16 +95,16 @@ class LaunchPlan:
         nnodes, node_rank, rdzv_endpoint, rdzv_timeout = (options.nnodes, options.node_rank, options.rdzv_endpoint,
                                                           options.rdzv_timeout)
         if nnodes < 1:
-            raise HarnessError(f"--nnodes must be at least 1 (got {nnodes}).")
+            raise ConfigError(f"nnodes must be at least 1 (got {nnodes}).")
         if not 0 <= node_rank < nnodes:
-            raise HarnessError(f"--node-rank must be from 0 to {nnodes - 1} for --nnodes {nnodes} (got {node_rank}).")
+            raise ConfigError(f"node_rank must be from 0 to {nnodes - 1} for nnodes={nnodes} (got {node_rank}).")
         if rdzv_timeout < 1:
-            raise HarnessError(f"--rdzv-timeout must be at least 1 second (got {rdzv_timeout}).")
+            raise ConfigError(f"rdzv_timeout must be at least 1 second (got {rdzv_timeout}).")
         if nnodes > 1:
             host, _, port = (rdzv_endpoint or "").rpartition(":")
             if not host or not port.isdigit():
-                raise HarnessError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT, machine 0's address and a "
-                                   f"free port, the same on every machine (got {rdzv_endpoint!r}).")
+                raise ConfigError(f"nnodes={nnodes} needs rdzv_endpoint 'HOST:PORT', machine 0's address and a "
+                                  f"free port, the same on every machine (got {rdzv_endpoint!r}).")
         nproc = options.nproc_per_node
         return cls(parse_nproc("1" if nproc is None else str(nproc), device), nnodes, node_rank, rdzv_endpoint,
                    rdzv_timeout)
@@ -130,12 +130,12 @@ def parse_nproc(value: str, device: str) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise HarnessError(f"--nproc-per-node must be a number of processes or auto (got '{value}').") from None
+        raise ConfigError(f"nproc_per_node must be a number of processes or 'auto' (got '{value}').") from None
     if n < 1:
-        raise HarnessError(f"--nproc-per-node must be at least 1 (got {n}); use auto for one process per GPU.")
+        raise ConfigError(f"nproc_per_node must be at least 1 (got {n}); use 'auto' for one process per GPU.")
     if cuda and n > gpus:
-        raise HarnessError(f"--nproc-per-node {n} asks for more GPUs than this machine has ({gpus}); use at most "
-                           f"{gpus}, auto, or --device cpu for CPU processes.")
+        raise ConfigError(f"nproc_per_node={n} asks for more GPUs than this machine has ({gpus}); use at most "
+                          f"{gpus}, 'auto', or device 'cpu' for CPU processes.")
     return n
 
 
@@ -169,8 +169,8 @@ def plan_launch(options: LaunchOptions, configs: dict[str, TrainConfig]) -> Laun
     if not options.asked:
         return None
     if distributed.env_world() is not None:
-        raise HarnessError("This process was started by torchrun already; leave out --nproc-per-node and "
-                           "--nnodes (torchrun's own options set the processes).")
+        raise ConfigError("This process was started by torchrun already; leave out nproc_per_node and "
+                          "nnodes (torchrun's own options set the processes).")
     device = next(iter(configs.values())).device
     plan = LaunchPlan.parse(options, device)
     if plan.world_size == 1:
@@ -263,10 +263,12 @@ def launch(plan: LaunchPlan, worker_args: Sequence[str], experiment: str, tracki
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import parse_args, run
 
+    from harness import reporter
     from harness.tracking import LAUNCH_ENV
 
     launch_id = uuid.uuid4().hex
-    variables = {LAUNCH_ENV: launch_id, OUTCOME_ENV: str(outcome_file) if outcome_file else None}
+    variables = {LAUNCH_ENV: launch_id, OUTCOME_ENV: str(outcome_file) if outcome_file else None,
+                 reporter.ENV: reporter.worker_name(reporter.current())}
     # torchrun prints a banner unless the thread count is set; each process takes its share.
     if "OMP_NUM_THREADS" not in os.environ:
         variables["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node))
@@ -277,7 +279,7 @@ def launch(plan: LaunchPlan, worker_args: Sequence[str], experiment: str, tracki
             return 0
         except (torch.distributed.DistError, RendezvousError) as exc:  # the machines did not meet
             raise HarnessError(
-                f"The machines did not meet at --rdzv-endpoint {plan.rdzv_endpoint} within {plan.rdzv_timeout} s "
+                f"The machines did not meet at rdzv_endpoint {plan.rdzv_endpoint} within {plan.rdzv_timeout} s "
                 f"({type(exc).__name__}: {first_line(exc, 120)}); start the same command on every machine, with "
                 "machine 0's reachable address and a free port.") from None
         except ChildFailedError as exc:

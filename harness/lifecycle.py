@@ -4,7 +4,7 @@ with the reason. `harness run`, `harness tune` (each trial, and `--retrain-best`
 through here; what they share travels in one `RunContext`.
 
 With several processes every rank lives through the same calls: rank 0 alone talks to MLflow
-(the tracker is `distributed.MainOnly` there) and writes checkpoints, and the ranks agree on
+(the tracker is a `tracking.RankZeroTracker` there) and writes checkpoints, and the ranks agree on
 every outcome. An error the ranks cannot agree on (one rank's own failure, or a peer that died)
 ends the command after the run is marked FAILED: the other ranks cannot go on without it.
 """
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness import checkpoint
+from harness import checkpoint, reporter
 from harness.callbacks import ConsoleProgress, EarlyStopping, MlflowEpochLogger
 from harness.checkpoint import checkpoint_root  # noqa: F401 - re-exported: its earlier home, still imported from here
 from harness.config import TrainConfig
@@ -124,13 +124,13 @@ def world_params(dist: Dist, config: TrainConfig) -> dict[str, str]:
 def train_variant(
     ctx: RunContext, run_id: str, variant: str, config: TrainConfig, *, label: str | None = None,
     resume: bool = False, callbacks: Sequence[Callback] = (), test: bool = True,
-    plain_progress: bool = False,
+    live_progress: bool = True,
 ) -> VariantResult:
     """Train `config` into run `run_id` and end the run, however training ends.
 
     `resume` continues the run's checkpoint (the run is marked RUNNING again); `callbacks` join the
     checkpoint, MLflow, progress and early-stopping ones; `test` scores the best epoch's weights on
-    the test split and logs reports and the model (trials skip it); `plain_progress` prints epoch
+    the test split and logs reports and the model (trials skip it); `live_progress=False` reports epoch
     lines instead of a live bar (trials running in parallel threads cannot share one terminal
     display). The first run a process trains logs the process's `startup_seconds` before its first
     step.
@@ -159,7 +159,7 @@ def train_variant(
         if resume:
             state = _restore(ctx, run_id, t, ckpt_dir, variant, label) or state
         all_callbacks: list[Callback] = [checkpoint.Checkpointer(ckpt_dir, writer=main),
-                                         ConsoleProgress(label, force_plain=plain_progress or None)]
+                                         ConsoleProgress(label, live=live_progress)]
         if main:
             all_callbacks.insert(1, MlflowEpochLogger(tracker, run_id))
         if config.early_stopping_patience:
@@ -181,13 +181,13 @@ def train_variant(
         if state.stop_reason:
             tracker.set_tags(run_id, {STOP_TAG: state.stop_reason})
     except KeyboardInterrupt as exc:
-        close_run(tracker, run_id, "KILLED", f"interrupted ({_how(exc)}); resume with --resume")
+        close_run(tracker, run_id, "KILLED", f"interrupted ({_how(exc)}); resume it with resume=True")
         raise
     except TrackingError as exc:
         if not exc.unreachable:
             return _agreed(ctx, exc, _failed(ctx, run_id, variant, config, label, state, str(exc), False))
         raise TrackingError(f"{exc}; '{label}' trained {state.epoch} epochs, checkpointed in "
-                            f"{checkpoint.run_folder(run_id)}: once the store answers, --resume records the rest",
+                            f"{checkpoint.run_folder(run_id)}: once the store answers, resume=True records the rest",
                             unreachable=True) from None
     except (HarnessError, NonFiniteLossError) as exc:
         return _agreed(ctx, exc, _failed(ctx, run_id, variant, config, label, state, str(exc),
@@ -340,7 +340,7 @@ def check_resumable(tracker: Tracker, run: Any, variant: str) -> None:
     if tracker.metric_history(run.info.run_id, "train_loss"):
         raise ResumeError(f"Cannot resume variant '{variant}' (run {run.info.run_id}): its checkpoint {last} is "
                           "missing but MLflow has epochs of it; put the file back (or point HARNESS_CHECKPOINT_DIR "
-                          "at its folder), or start a new run without --resume.")
+                          "at its folder), or start a new run without resume.")
 
 
 def log_pause(tracker: Tracker, run_id: str, ckpt_dir: Path) -> None:
@@ -369,10 +369,10 @@ def _restore(ctx: RunContext, run_id: str, t: Trainer, ckpt_dir: Path, variant: 
         return None
     _check_resumable(ckpt, t.config, variant)
     state = checkpoint.restore(t, ckpt)
-    print(f"{label}: resuming after epoch {state.epoch} from {last}", flush=True)
+    reporter.status(f"{label}: resuming after epoch {state.epoch} from {last}")
     change = checkpoint.world_size_change(ckpt, t.dist.world_size)
     if change:
-        print(f"{label}: {change}", flush=True)
+        reporter.status(f"{label}: {change}")
         tracker.set_tags(run_id, {"harness.resumed_world_size": str(t.dist.world_size)})
     logged = {step for step, _ in tracker.metric_history(run_id, "train_loss")}
     missing = [(epoch, record, now_ms()) for epoch, record in enumerate(state.history, start=1) if epoch not in logged]
@@ -388,7 +388,7 @@ def _check_resumable(ckpt: dict[str, Any], config: TrainConfig, variant: str) ->
         k, (saved, now) = next(iter(changed.items()))
         raise ResumeError(
             f"Cannot resume variant '{variant}': its checkpoint was trained with {k}={saved!r} but now "
-            f"{k}={now!r}; resume with the same --set options as the interrupted run."
+            f"{k}={now!r}; resume with the same set overrides as the interrupted run."
         )
 
 

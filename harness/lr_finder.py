@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from harness import tracking
-from harness.callbacks import live_bar, plain_output
+from harness import reporter, tracking
 from harness.config import TrainConfig
 from harness.data import load_data
 from harness.errors import ConfigError
@@ -78,22 +77,24 @@ class RangeTest(Callback):
         elif self.smoothed[-1] > DIVERGED * min(self.smoothed):
             self.stop_reason = f"the smoothed loss diverged (over {DIVERGED:g}x its minimum) at lr {self.lrs[-1]:.3g}"
         elif i + 1 >= self.steps:
-            self.stop_reason = f"reached --max-lr after {self.steps} steps"
+            self.stop_reason = f"reached max_lr after {self.steps} steps"
         if self.stop_reason:
             raise RangeTestDone
         self._set_lr(t, self.min_lr * (self.max_lr / self.min_lr) ** ((i + 1) / max(self.steps - 1, 1)))
 
 
 class RangeTestProgress(Callback):
-    """The range test's progress by step (lr, smoothed loss): the live bar `harness run` uses on a
-    terminal; plain lines otherwise, every tenth of the steps and at least every PROGRESS_SECONDS."""
+    """The range test's progress by step (lr, smoothed loss) through the current reporter: a live
+    bar where it is live; lines otherwise, every tenth of the steps and at least every
+    PROGRESS_SECONDS."""
 
-    def __init__(self, label: str, test: RangeTest, force_plain: bool | None = None) -> None:
+    def __init__(self, label: str, test: RangeTest) -> None:
         self.label, self.test = label, test
-        self.plain = plain_output(force_plain)
+        self.reporter = reporter.current()
+        self.plain = not self.reporter.live
         self._every = max(1, test.steps // PROGRESS_LINES)
-        self._progress = None
-        self._task = None
+        self._bars: reporter.Bars | None = None
+        self._bar: int | None = None
         self._last_line = time.monotonic()
         self._shown = 0  # the step of the last plain line
 
@@ -102,17 +103,17 @@ class RangeTestProgress(Callback):
 
     def _show(self) -> None:
         step = len(self.test.lrs)
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=step, stats=self._stats())
+        if self._bars is not None and self._bar is not None:
+            self._bars.update(self._bar, completed=step, stats=self._stats())
         elif step and step != self._shown:
-            print(f"{self.label}: step {step}/{self.test.steps}, {self._stats()}", flush=True)
+            self.reporter.status(f"{self.label}: step {step}/{self.test.steps}, {self._stats()}")
             self._shown, self._last_line = step, time.monotonic()
 
     def on_fit_start(self, t: Trainer, state: FitState) -> None:
         self._last_line = time.monotonic()
         if not self.plain:
-            self._progress = live_bar()
-            self._task = self._progress.add_task(self.label, total=self.test.steps, stats="")
+            self._bars = self.reporter.bars()
+            self._bar = self._bars.add(self.label, total=self.test.steps)
 
     def on_step_end(self, t: Trainer, loss: Tensor) -> None:
         # Reads the RangeTest's numbers (it runs first): no second device sync.
@@ -124,9 +125,9 @@ class RangeTestProgress(Callback):
         # The RangeTest ends the fit from its own on_step_end: the last step is shown here.
         if error is None or isinstance(error, RangeTestDone):
             self._show()
-        if self._progress is not None:  # also after an error, so the terminal is left clean
-            self._progress.stop()
-            self._progress = None
+        if self._bars is not None:  # also after an error, so the terminal is left clean
+            self._bars.close()
+            self._bars = None
 
 
 def coarse_grid_warning(min_lr: float, max_lr: float, steps: int) -> str | None:
@@ -139,10 +140,10 @@ def coarse_grid_warning(min_lr: float, max_lr: float, steps: int) -> str | None:
     per_decade = steps / decades
     if per_decade >= MIN_STEPS_PER_DECADE:
         return None
-    return (f"--steps {steps} over {decades:.3g} decades of lr ({min_lr:g} to {max_lr:g}) is {per_decade:.2g} steps "
+    return (f"steps={steps} over {decades:.3g} decades of lr ({min_lr:g} to {max_lr:g}) is {per_decade:.2g} steps "
             f"per decade, fewer than {MIN_STEPS_PER_DECADE}: the smoothed loss averages ~10 steps, so the suggestion "
-            f"may be off by 10x or more; use --steps {math.ceil(MIN_STEPS_PER_DECADE * decades)} or more "
-            f"(or a narrower --min-lr/--max-lr).")
+            f"may be off by 10x or more; use steps={math.ceil(MIN_STEPS_PER_DECADE * decades)} or more "
+            f"(or a narrower min_lr/max_lr).")
 
 
 def suggest_lr(lrs: list[float], smoothed: list[float]) -> float | None:
@@ -175,9 +176,9 @@ def lr_find(tracker: Tracker, exp: Experiment, variant: str, config: TrainConfig
     """Run the range test for `config` (the variant's, with --set applied) as one MLflow run,
     showing its progress on stdout (a live bar on a terminal, plain lines otherwise)."""
     if not (0 < min_lr < max_lr and math.isfinite(max_lr)):
-        raise ConfigError(f"--min-lr and --max-lr must satisfy 0 < min-lr < max-lr (got {min_lr:g} and {max_lr:g}).")
+        raise ConfigError(f"min_lr and max_lr must satisfy 0 < min_lr < max_lr (got {min_lr:g} and {max_lr:g}).")
     if steps < 5:
-        raise ConfigError(f"--steps must be at least 5 (got {steps}).")
+        raise ConfigError(f"steps must be at least 5 (got {steps}).")
     data = load_data(config, data_dir)
     steps_per_epoch = math.ceil(math.ceil(len(data.train) / config.batch_size) / config.accumulate_steps)
     # A constant schedule (the test sets the lr itself), no EMA or early stopping, and enough

@@ -22,7 +22,7 @@ from harness.errors import ModelFormatError
 SAFE_FORMAT = "pt2"
 PT2_FILE = "model.pt2"
 PICKLE_FILE = "model.pth"  # mlflow.pytorch's serialization_format="pickle"
-TRUST_HINT = "--trust-model (trust_model=True in Python)"
+TRUST_HINT = "trust_model=True"
 
 
 class UntrustedModelError(ModelFormatError):

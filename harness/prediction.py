@@ -115,11 +115,11 @@ def check_options(fmt: str, top_k: int, batch_size: int, device: str) -> None:
     if fmt not in FORMATS:
         raise UnknownNameError(unknown_name_message("format", fmt, FORMATS))
     if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1; got {top_k}.")
+        raise ConfigError(f"top_k must be at least 1; got {top_k}.")
     if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1; got {batch_size}.")
+        raise ConfigError(f"batch_size must be at least 1; got {batch_size}.")
     if device not in ("auto", "cpu", "mps") and not (device == "cuda" or device.startswith("cuda:")):
-        raise ConfigError(f"--device must be auto, cpu or cuda (cuda:N for one GPU); got '{device}'.")
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda' ('cuda:N' for one GPU); got '{device}'.")
 
 
 def find_images(paths: Sequence[Path]) -> tuple[list[Path], list[Unreadable]]:
@@ -231,7 +231,7 @@ def best_model_uri(tracker: Tracker, experiment: str) -> tuple[str, str]:
     parent = tracker.latest_parent_run(experiment_id, kind="run", finished_only=True)
     if parent is None:
         raise UnknownNameError(f"Experiment '{experiment}' has no finished `harness run` yet; finish one (`harness run "
-                               f"{experiment}`, or `--resume` the interrupted one) or give a model URI "
+                               f"{experiment}`, or resume the interrupted one) or give a model URI "
                                f"(MODEL is {MODEL_FORMS}).")
     parent_id = parent.info.run_id
     comparison = load_comparison(tracker, experiment, run_id=parent_id, metric=DEFAULT_METRIC)
@@ -256,14 +256,14 @@ def _check_exists(tracker: Tracker, uri: str) -> None:
         run_id = uri[len("runs:/"):].strip("/").split("/", 1)[0]
         if not run_id or tracker.find_run(run_id) is None:
             raise UnknownNameError(f"No run '{run_id}' in tracking store {store}; check the run id (`harness runs "
-                                   "EXPERIMENT` lists them) or --tracking-uri, or give the experiment name to use its "
+                                   "EXPERIMENT` lists them) or tracking_uri, or give the experiment name to use its "
                                    "best variant.")
     elif uri.startswith("models:/") and "@" in uri:
         name, alias = uri[len("models:/"):].rsplit("@", 1)
         if tracker.alias_version(name, alias) is None:
             raise UnknownNameError(f"No registered model '{name}' with alias '{alias}' in tracking store {store}; "
                                    "register one (`harness run EXPERIMENT --register NAME`), check the name and alias "
-                                   "(MLflow UI, Models page) or --tracking-uri, or give models:/NAME/VERSION.")
+                                   "(MLflow UI, Models page) or tracking_uri, or give models:/NAME/VERSION.")
 
 
 def _model_info(tracker: Tracker, uri: str) -> dict[str, Any]:
@@ -290,7 +290,7 @@ def _missing_model_message(tracker: Tracker, uri: str, reason: str) -> str:
                 f"runs:/<run_id>/model, and failed or stopped variants have none.")
     if uri.startswith("models:/"):
         return (f"Cannot find {uri} in the model registry of tracking store {store} ({reason}); check the name and "
-                "version (MLflow UI, Models page) or --tracking-uri.")
+                "version (MLflow UI, Models page) or tracking_uri.")
     return f"Cannot read model '{uri}' ({reason}); MODEL is {MODEL_FORMS}."
 
 
@@ -320,7 +320,7 @@ def load_module(tracker: Tracker, uri: str, device: torch.device, trust: bool = 
         try:
             module = module.to(device)
         except Exception as exc:  # noqa: BLE001 - anything torch says about moving it is one line
-            raise ConfigError(f"Cannot move model {uri} to {device} ({first_line(exc)}); use --device cpu.") from None
+            raise ConfigError(f"Cannot move model {uri} to {device} ({first_line(exc)}); use device 'cpu'.") from None
     return module
 
 
@@ -334,7 +334,7 @@ def pick_device(name: str) -> torch.device:
 
     device = resolve_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA GPU is visible here; use --device cpu (or auto).")
+        raise ConfigError(f"device '{name}': no CUDA GPU is visible here; use device 'cpu' (or 'auto').")
     return device
 
 
@@ -601,7 +601,7 @@ def _top_k(module: torch.nn.Module, batch: Decoded, classes: Sequence[str], k: i
         if device.type == "cpu":
             raise
         # A torch.export program may hold tensors made for the CPU when it was traced.
-        raise ConfigError(f"The model cannot run on {device} ({first_line(exc)}); use --device cpu.") from None
+        raise ConfigError(f"The model cannot run on {device} ({first_line(exc)}); use device 'cpu'.") from None
     if logits.shape[1] != len(classes):
         raise ModelFormatError(f"The model returns {logits.shape[1]} scores per image but its metadata names "
                                f"{len(classes)} classes; it cannot be read by harness predict.")

@@ -64,10 +64,10 @@ def _shown(version: tuple[str, float | None] | None) -> str:
 def check_names(name: str | None, alias: str) -> None:
     """Refuse a registered-model name or alias MLflow would refuse, before anything trains."""
     if name is not None and not _NAME.match(name):
-        raise ConfigError(f"--register '{name}' is not a usable model name; use letters, digits, '_', '-' and '.' "
-                          "(e.g. --register quickstart-lenet).")
+        raise ConfigError(f"register '{name}' is not a usable model name; use letters, digits, '_', '-' and '.' "
+                          "(e.g. register 'quickstart-lenet').")
     if not _ALIAS.match(alias) or _VERSION_ALIAS.match(alias) or alias.lower() == "latest":
-        raise ConfigError(f"--alias '{alias}' is not a usable alias; use letters, digits, '_' and '-', starting with "
+        raise ConfigError(f"alias '{alias}' is not a usable alias; use letters, digits, '_' and '-', starting with "
                           "a letter, and not 'latest' or v<number> (MLflow reserves those).")
 
 

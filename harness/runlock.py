@@ -43,7 +43,7 @@ def run_lock(run_id: str, folder: Path) -> Iterator[None]:
             holder = handle.read().strip()
             raise ResumeError(f"Run {run_id} is being trained by another process"
                               f"{f' (pid {holder})' if holder else ''}; "
-                              "wait for it to end (a second --resume of the same run is refused).") from None
+                              "wait for it to end (a second resume of the same run is refused).") from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import tracking
+from harness import reporter, tracking
 from harness.checkpoint import checkpoint_root
 from harness.config import TrainConfig
 from harness.distributed import SINGLE, Dist
@@ -94,7 +94,7 @@ def run_experiment(
         resume = dist.from_main(
             lambda: tracker.local.latest_parent_run(experiment_id, unfinished_only=True) is not None)
         if not resume:
-            print(f"No interrupted run of {exp.name}: starting a new one.", flush=True)
+            reporter.status(f"No interrupted run of {exp.name}: starting a new one.")
     device = next(iter(configs.values())).device
     env_tags = tracking.environment_tags(device, exp.source_file)
     with ExitStack() as held:
@@ -136,7 +136,7 @@ class Registration:
         """Refuse before training: a name MLflow would refuse, or no validation split to compare on."""
         check_names(self.name, self.alias)
         if all(c.val_fraction == 0 for c in configs.values()):
-            raise ConfigError("--register compares models on their validation accuracy, but every variant has "
+            raise ConfigError("register compares models on their validation accuracy, but every variant has "
                               "val_fraction=0; leave val_fraction above 0 to register.")
 
     def promote(self, tracker: Tracker, comparison: Comparison) -> Promotion | None:
@@ -148,7 +148,7 @@ class Registration:
 
         best = best_run(comparison)
         if best is None or pd.isna(best.get(METRIC)):
-            print(f"Nothing registered: no variant finished with a {METRIC}.", flush=True)
+            reporter.status(f"Nothing registered: no variant finished with a {METRIC}.")
             return None
         test_acc = best.get("test_acc")
         return register_model(tracker, f"runs:/{best['run_id']}/model", self.name, float(best[METRIC]), self.alias,
@@ -180,7 +180,7 @@ def _prepare_resume(tracker: Tracker, exp: Experiment, configs: dict[str, TrainC
         if previous is not None and previous.info.status != "FINISHED":
             check_resumable(tracker, previous, job.label)
     tracker.reopen_run(parent_id)
-    print(f"Resuming run {parent_id} of {exp.name}", flush=True)
+    reporter.status(f"Resuming run {parent_id} of {exp.name}")
     prior = {key: PriorRun(r.info.run_id, r.info.status, dict(r.data.metrics)) for key, r in existing.items()}
     return parent_id, recorded, prior
 
@@ -192,7 +192,7 @@ def _train_jobs(ctx: RunContext, jobs: list[Job],
     for job in jobs:
         previous = existing.get((job.variant, job.config.seed))
         if previous is not None and previous.status == "FINISHED":
-            print(f"{job.label}: already finished in run {previous.run_id}", flush=True)
+            reporter.status(f"{job.label}: already finished in run {previous.run_id}")
             results.append(VariantResult(job.variant, job.config, previous.run_id, "FINISHED",
                                          dict(previous.metrics), label=job.label))
             continue
@@ -232,5 +232,5 @@ def _check_same_seeds(parent_id: str, existing: dict[tuple[str, int | None], Any
         if variant in variants and seed is not None and (variant, seed) not in planned:
             raise ResumeError(
                 f"Cannot resume run {parent_id}: it trained variant '{variant}' at seed {seed}, which the current "
-                "options do not; resume with the same --set options as the interrupted run."
+                "options do not; resume with the same set overrides as the interrupted run."
             )

@@ -20,18 +20,18 @@ class SeedPlan:
 
     def __post_init__(self) -> None:
         if self.repeat is not None and self.seeds is not None:
-            raise ConfigError("--repeat and --seeds exclude each other: use --repeat K (K seeds from each "
-                              "variant's own seed) or --seeds a,b,c, not both.")
+            raise ConfigError("repeat and seeds exclude each other: use repeat=K (K seeds from each "
+                              "variant's own seed) or seeds=[a, b, c], not both.")
         if self.repeat is not None and self.repeat < 1:
-            raise ConfigError(f"--repeat must be at least 1 (got {self.repeat}).")
+            raise ConfigError(f"repeat must be at least 1 (got {self.repeat}).")
         if self.seeds is not None:
             if not self.seeds:
-                raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0,1,2.")
+                raise ConfigError("seeds needs at least one seed, e.g. seeds=[0, 1, 2].")
             if len(set(self.seeds)) != len(self.seeds):
-                raise ConfigError(f"--seeds lists a seed twice ({','.join(map(str, self.seeds))}); "
+                raise ConfigError(f"seeds lists a seed twice ({', '.join(map(str, self.seeds))}); "
                                   "give distinct seeds.")
             if any(not 0 <= s < SEED_LIMIT for s in self.seeds):  # the same range as TrainConfig.seed
-                raise ConfigError(f"--seeds must be integers from 0 to {SEED_LIMIT - 1}.")
+                raise ConfigError(f"seeds must be integers from 0 to {SEED_LIMIT - 1}.")
 
     @classmethod
     def parse(cls, repeat: int | None, seeds: str | None) -> SeedPlan:
@@ -41,7 +41,7 @@ class SeedPlan:
             try:
                 parsed = tuple(int(part) for part in seeds.replace(" ", "").split(",") if part)
             except ValueError:
-                raise ConfigError(f"Cannot parse --seeds '{seeds}': "
+                raise ConfigError(f"Cannot parse seeds '{seeds}': "
                                   "expected comma-separated integers such as 0,1,2.") from None
         return cls(repeat, parsed)
 
@@ -63,7 +63,7 @@ class SeedPlan:
             if last >= SEED_LIMIT:
                 raise ConfigError(f"{self.describe()} from seed {config.seed} of variant '{variant}' "
                                   f"reaches seed {last}, "
-                                  f"past the largest seed {SEED_LIMIT - 1}; use a smaller seed or --seeds a,b,c.")
+                                  f"past the largest seed {SEED_LIMIT - 1}; use a smaller seed or seeds=[a, b, c].")
 
     def to_params(self) -> dict[str, str]:
         """Parent-run params that record the plan (so `--resume` can follow it)."""
@@ -78,8 +78,8 @@ class SeedPlan:
 
     def describe(self) -> str:
         if self.seeds is not None:
-            return f"--seeds {','.join(map(str, self.seeds))}"
-        return f"--repeat {self.repeat}" if self.repeat is not None else "no --repeat/--seeds"
+            return f"seeds=[{', '.join(map(str, self.seeds))}]"
+        return f"repeat={self.repeat}" if self.repeat is not None else "no repeat or seeds"
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def end_dead_study_parents(tracker: Tracker, experiment_id: str, study_name: str
     that study's parents. Returns the ended parents' run ids."""
     ended = []
     for run in tracker.parent_runs(experiment_id, limit):
-        if study_name is not None and run.data.tags.get("optuna.study_name") != study_name:
+        if study_name is not None and run.data.tags.get(tracking.STUDY_NAME_TAG) != study_name:
             continue
         if not is_dead_study_parent(run):
             continue

@@ -56,7 +56,7 @@ def open_storage(url: str | None, heartbeat_seconds: int = 10,
             return optuna.storages.JournalStorage(JournalFileBackend(path))
         except OSError as exc:  # a missing folder, no permission, a directory
             raise TrackingError(f"Cannot open the Optuna journal file '{path}' ({exc.strerror or first_line(exc)}); "
-                                "create its folder or choose another --storage journal:PATH.") from None
+                                "create its folder or choose another storage 'journal:PATH'.") from None
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}  # wait for a lock instead of failing at once

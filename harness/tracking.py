@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import io
 import logging
 import os
 import platform
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import harness
+from harness import reporter
 from harness.config import TrainConfig, flatten
 from harness.errors import HarnessError, TrackingError, first_line, os_error_reason, retry
 from harness.registry import closest_name
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's embedded default; artifacts go to ./mlruns
 PARENT_RUN = "mlflow.parentRunId"
+STUDY_NAME_TAG = "optuna.study_name"  # on a study's parent run and its trials (the name Optuna-MLflow tools use)
+TRIAL_NUMBER_TAG = "optuna.trial_number"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
 KIND_TAG = "harness.kind"  # "run" / "study" parents; "variant" / "trial" children
 VARIANT_TAG = "harness.variant"
 TRIAL_STATE_TAG = "harness.trial_state"  # Optuna's own state name (COMPLETE, PRUNED, FAIL) on trial runs
@@ -155,7 +159,7 @@ class Tracker:
 
     @property
     def local(self) -> Tracker:
-        """This tracker (as `distributed.MainOnly.local` is rank 0's): for work rank 0 does alone."""
+        """This tracker (as `RankZeroTracker.local` is rank 0's): for work rank 0 does alone."""
         return self
 
     @classmethod
@@ -182,7 +186,7 @@ class Tracker:
             reason = redact_text(first_line(exc), resolved)
             raise TrackingError(
                 f"Cannot use MLflow tracking store '{redact(resolved)}' ({reason}); "
-                "check --tracking-uri / MLFLOW_TRACKING_URI and that the server is reachable."
+                "check tracking_uri / MLFLOW_TRACKING_URI and that the server is reachable."
             ) from None
 
     def _error(self, exc: Exception, action: str, run_id: str | None = None) -> TrackingError:
@@ -190,9 +194,9 @@ class Tracker:
         not answer" for a server that is down, else MLflow's own first line (passwords hidden)."""
         store = redact(self.uri)
         if isinstance(exc, OSError) and exc.errno is not None:
-            hint = ("free some space, or log elsewhere with --tracking-uri" if exc.errno == errno.ENOSPC else
+            hint = ("free some space, or log elsewhere with tracking_uri" if exc.errno == errno.ENOSPC else
                     "run from a writable folder (the default store keeps artifacts in ./mlruns), or log "
-                    "elsewhere with --tracking-uri")
+                    "elsewhere with tracking_uri")
             where = os_error_reason(exc) if exc.filename else f"{self._artifact_folder(run_id)}: {os_error_reason(exc)}"
             return TrackingError(f"Cannot {action} in MLflow ({where}); {hint}.")
         text = redact_text(first_line(exc), self.uri)
@@ -571,8 +575,8 @@ class Tracker:
         try:
             monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, tracking_uri=self.uri)
         except Exception as exc:  # noqa: BLE001 - e.g. psutil missing: the run trains without them
-            print(f"warning: no system metrics for run {run_id} ({first_line(exc)}); "
-                  "install psutil, or pass --no-system-metrics", file=sys.stderr, flush=True)
+            reporter.warning(f"no system metrics for run {run_id} ({first_line(exc)}); "
+                             "install psutil, or turn system metrics off (system_metrics=False)")
             yield
             return
         monitor.start()
@@ -682,15 +686,53 @@ def git_commit(folder: Path) -> str | None:
 
 def open_for(uri: str | None, dist: Dist) -> Tracker:
     """This process's tracker: a `Tracker` with one process. With several, rank 0 opens it and
-    every rank holds it behind `distributed.MainOnly` (the others never import MLflow): the
-    calls whose results decide what happens next (`SHARED_CALLS`) hand rank 0's answer to all."""
-    from harness.distributed import MainOnly  # torch: only where processes train together
-
+    every rank holds a `RankZeroTracker` on it (the others never import MLflow): the calls whose
+    results decide what happens next (`SHARED_CALLS`) hand rank 0's answer to all."""
     if not dist.enabled:
         return Tracker.open(uri)
     opened: list[Tracker] = []
-    dist.from_main(lambda: opened.append(Tracker.open(uri)))  # an unusable store: every rank's error
-    return MainOnly(dist, opened[0] if opened else None, SHARED_CALLS)  # type: ignore[return-value]
+
+    def open_here() -> str:
+        opened.append(Tracker.open(uri))
+        return opened[0].uri
+
+    resolved = dist.from_main(open_here)  # an unusable store: every rank's error
+    return RankZeroTracker(dist, opened[0] if opened else None, resolved)
+
+
+class RankZeroTracker(Tracker):
+    """The tracker of every rank of a multi-process run, where only rank 0 holds the store: the
+    ranks run the same code and make the same calls. The calls in SHARED_CALLS run on rank 0
+    and hand their result (or error) to every rank; every other call runs on rank 0 alone and
+    returns None elsewhere. Results are plain data, so the other ranks never import MLflow."""
+
+    def __init__(self, dist: Dist, main: Tracker | None, uri: str) -> None:
+        self._dist, self._main = dist, main
+        self.uri = uri  # rank 0's resolved URI, on every rank
+
+    @property
+    def local(self) -> Tracker:
+        """Rank 0's own tracker, for work rank 0 does alone (guard with `dist.is_main`)."""
+        if self._main is None:
+            raise RuntimeError(f"rank {self._dist.rank} holds no tracker: only rank 0 writes to MLflow")
+        return self._main
+
+
+def _rank_zero_call(name: str, shared: bool) -> Callable[..., Any]:
+    def call(self: RankZeroTracker, *args: Any, **kwargs: Any) -> Any:
+        if shared:
+            return self._dist.from_main(lambda: getattr(self.local, name)(*args, **kwargs))
+        return getattr(self.local, name)(*args, **kwargs) if self._dist.is_main else None
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+# Every public method of Tracker, forwarded as the class docstring says (the signatures and types
+# are Tracker's own: a RankZeroTracker is used wherever a Tracker is).
+for _name, _member in list(vars(Tracker).items()):
+    if not _name.startswith("_") and inspect.isfunction(_member):
+        setattr(RankZeroTracker, _name, _rank_zero_call(_name, _name in SHARED_CALLS))
 
 
 def environment_tags(device: str, source_file: str | None) -> dict[str, str]:
@@ -721,6 +763,6 @@ def environment_tags(device: str, source_file: str | None) -> dict[str, str]:
         tags[LAUNCH_TAG] = launch
     commit = git_commit(Path(source_file).parent if source_file else Path.cwd())
     if commit:
-        tags["mlflow.source.git.commit"] = commit
+        tags[GIT_COMMIT_TAG] = commit
         tags["git_commit"] = commit
     return tags

@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from harness import tracking
+from harness import reporter, tracking
 from harness.checkpoint import LAST, changed_settings, run_folder
 from harness.checkpoint import load as load_checkpoint
 from harness.config import TrainConfig
@@ -67,7 +67,7 @@ def train_on_every_rank(ctx: RunContext, variant: str, config: TrainConfig, labe
     if on_run is not None:
         on_run(run_id)
     return train_variant(ctx, run_id, variant, config, label=label, callbacks=callbacks, test=test,
-                         plain_progress=not test, resume=resume_run is not None)
+                         live_progress=test, resume=resume_run is not None)
 
 
 def follow_trials(ctx: RunContext) -> None:
@@ -80,7 +80,7 @@ def follow_trials(ctx: RunContext) -> None:
             return
         _, variant, config, label, tags, test, resume_run = message
         run_id = resume_run or open_run(ctx, label, config, tags)
-        train_variant(ctx, run_id, variant, config, label=label, test=test, plain_progress=not test,
+        train_variant(ctx, run_id, variant, config, label=label, test=test, live_progress=test,
                       resume=resume_run is not None)
 
 
@@ -106,8 +106,8 @@ class Objective:
             # a region to avoid, so pruned (the sampler learns from it), said in one line, no run.
             raise optuna.TrialPruned(f"sampled values refused: {exc}") from None
         label = f"trial-{trial.number}"
-        tags = {tracking.KIND_TAG: "trial", "optuna.study_name": self.study_name,
-                "optuna.trial_number": str(trial.number)}
+        tags = {tracking.KIND_TAG: "trial", tracking.STUDY_NAME_TAG: self.study_name,
+                tracking.TRIAL_NUMBER_TAG: str(trial.number)}
         if self.seeds.repeated:
             return self._seeds(trial, config, label, tags)
         pruning = OptunaPruning(trial)
@@ -216,11 +216,12 @@ class Objective:
             if changed:
                 why_not = f"its checkpoint was trained with other settings ({', '.join(changed)})"
         if why_not:
-            print(f"{label}: retries trial {dead}, but {why_not}: it starts over.", flush=True)
+            reporter.status(f"{label}: retries trial {dead}, but {why_not}: it starts over.")
             return None
-        print(f"{label}: retries trial {dead}: continues its checkpoint and MLflow run {dead_run}.", flush=True)
+        reporter.status(f"{label}: retries trial {dead}: continues its checkpoint and MLflow run {dead_run}.")
         trial.set_user_attr(CONTINUES_ATTR, dead)
-        self.ctx.tracker.set_tags(dead_run, {"optuna.trial_number": str(trial.number), CONTINUES_ATTR_TAG: str(dead)})
+        self.ctx.tracker.set_tags(dead_run, {tracking.TRIAL_NUMBER_TAG: str(trial.number),
+                                             CONTINUES_ATTR_TAG: str(dead)})
         return dead_run
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 import torch
 
-from harness import reports, tracking
+from harness import reporter, reports, tracking
 from harness.config import TrainConfig
 from harness.distributed import SINGLE, Dist
 from harness.errors import ConfigError
@@ -108,23 +108,23 @@ class TuneOptions:
     def __post_init__(self) -> None:
         """Reject impossible values with one sentence each, before any store is opened."""
         if self.register is not None and not self.retrain_best:
-            raise ConfigError("--register needs --retrain-best: the model registered is the best trial's params "
+            raise ConfigError("register needs retrain_best=True: the model registered is the best trial's params "
                               "retrained on train + validation (trials keep no model).")
         check_names(self.register, self.alias)
         if self.trials < 1:
-            raise ConfigError(f"--trials must be at least 1 (got {self.trials}).")
+            raise ConfigError(f"trials must be at least 1 (got {self.trials}).")
         if self.n_jobs < 1:
-            raise ConfigError(f"--n-jobs must be at least 1 (got {self.n_jobs}).")
+            raise ConfigError(f"n_jobs must be at least 1 (got {self.n_jobs}).")
         if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
-            raise ConfigError(f"--timeout must be a positive number of seconds (got {self.timeout:g}); "
+            raise ConfigError(f"timeout must be a positive number of seconds (got {self.timeout:g}); "
                               "leave it out for no time limit.")
         if self.heartbeat_seconds < 1:
-            raise ConfigError(f"--heartbeat must be at least 1 second (got {self.heartbeat_seconds}).")
+            raise ConfigError(f"heartbeat must be at least 1 second (got {self.heartbeat_seconds}).")
         SAMPLERS.get(self.sampler)  # unknown names: one "did you mean" line
         PRUNERS.get(self.pruner)
         if self.pruner in BY_SEED_PRUNERS and len(self.seeds.seeds or range(self.seeds.repeat or 1)) < 2:
-            raise ConfigError(f"--pruner {self.pruner} compares a trial's seeds: add --repeat K (K >= 2) or "
-                              "--seeds a,b,...")
+            raise ConfigError(f"pruner '{self.pruner}' compares a trial's seeds: add repeat=K (K >= 2) or "
+                              "seeds=[a, b, ...].")
 
 
 class StaleTrialRetry:
@@ -174,7 +174,7 @@ def tune(tracker: Tracker, exp: Experiment, variant: str | None, base: TrainConf
 
     if base.val_fraction == 0:
         raise ConfigError("Tuning selects on validation accuracy; "
-                          "set val_fraction above 0 (e.g. --set val_fraction=0.1).")
+                          "set val_fraction above 0 (e.g. val_fraction=0.1).")
     if dist.enabled:
         opened: list[tuple[optuna.Study, RunContext]] = []
         ids = dist.from_main(lambda: _open_study(tracker.local, exp, variant, base, options, data_dir, opened))
@@ -212,11 +212,11 @@ def _open_study(tracker: Tracker, exp: Experiment, variant: str, base: TrainConf
     study.sampler = SAMPLERS.get(options.sampler)(options.seed + len(study.trials))
     experiment_id = tracker.ensure_experiment(exp.name, exp.description)
     for dead in end_dead_study_parents(tracker, experiment_id, study_name):
-        print(f"Study parent run {dead} of '{study_name}' had no heartbeat: marked KILLED ({DEAD_WORKER_REASON}).",
-              flush=True)
+        reporter.status(f"Study parent run {dead} of '{study_name}' had no heartbeat: marked KILLED "
+                        f"({DEAD_WORKER_REASON}).")
     env_tags = tracking.environment_tags(base.device, exp.source_file)
     parent_id = tracker.start_run(experiment_id, f"study-{study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                  {tracking.KIND_TAG: "study", "optuna.study_name": study_name,
+                                  {tracking.KIND_TAG: "study", tracking.STUDY_NAME_TAG: study_name,
                                    HEARTBEAT_TAG: str(now_ms()), HEARTBEAT_INTERVAL_TAG: str(options.heartbeat_seconds),
                                    **env_tags})
     opened.append((study, RunContext(tracker, experiment_id, parent_id, env_tags, exp.source_file, data_dir,
@@ -267,10 +267,10 @@ def _run_study(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: Tra
                 n_trials=remaining, timeout=options.timeout,
                 n_jobs=options.n_jobs, catch=(Exception,),
                 callbacks=[optuna.study.MaxTrialsCallback(options.trials, states=FINISHED_STATES),
-                           lambda s, trial: print(trial_line(s, trial), flush=True)],
+                           lambda s, trial: reporter.status(trial_line(s, trial))],
             )
     else:
-        print(f"Study '{study.study_name}' already has {finished_trials(study)} finished trials.", flush=True)
+        reporter.status(f"Study '{study.study_name}' already has {finished_trials(study)} finished trials.")
     log_study(tracker, ctx.parent_id, study)
     if not (options.retrain_best and has_complete_trial(study)):
         return None

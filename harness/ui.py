@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import reporter
 from harness.errors import ConfigError, HarnessError, TrackingError
 from harness.uris import redact
 
@@ -143,18 +144,18 @@ def plan(tracking_uri: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
 def pick_port(host: str, port: int) -> int:
     """`port` if it can be bound on `host` now (0: any free port); a HarnessError otherwise."""
     if not 0 <= port <= 65535:
-        raise ConfigError(f"--port {port} is not a TCP port; use a number from 1 to 65535 (0 picks a free one).")
+        raise ConfigError(f"port {port} is not a TCP port; use a number from 1 to 65535 (0 picks a free one).")
     try:
         return _bind_probe(host, port)
     except socket.gaierror:
-        raise ConfigError(f"--host '{host}' is not a known host name or address; use e.g. --host 127.0.0.1.") from None
+        raise ConfigError(f"host '{host}' is not a known host name or address; use e.g. host '127.0.0.1'.") from None
     except OSError as exc:
         if port and exc.errno in _IN_USE_ERRNOS:
             hint = _free_port_hint(host)
             raise ConfigError(f"Port {port} on {host} is already in use (another MLflow UI?); "
-                              f"pick another with --port{hint}.") from None
+                              f"pick another port{hint}.") from None
         raise ConfigError(f"Cannot listen on {host}:{port} ({exc.strerror or exc}); "
-                          "choose another --host or --port.") from None
+                          "choose another host or port.") from None
 
 
 def _bind_probe(host: str, port: int) -> int:
@@ -169,13 +170,13 @@ def _bind_probe(host: str, port: int) -> int:
 
 def _free_port_hint(host: str) -> str:
     try:
-        return f" (e.g. --port {_bind_probe(host, 0)}, free right now)"
+        return f" (e.g. port={_bind_probe(host, 0)}, free right now)"
     except OSError:
         return ""
 
 
 def serve(tracking_uri: str | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          echo: Callable[[str], None] = lambda line: print(line, flush=True), timeout: float = START_TIMEOUT_S) -> None:
+          echo: Callable[[str], None] = reporter.status, timeout: float = START_TIMEOUT_S) -> None:
     """Serve the MLflow UI for the tracking store until Ctrl-C (or SIGTERM); returns after a clean stop.
 
     Prints the address once the server answers. For an http(s) tracking URI nothing is
@@ -370,7 +371,7 @@ def _check_remote(uri: str) -> None:
         tracking.check_reachable(uri)  # GET <uri>/health
     except Exception:  # noqa: BLE001 - refused, timed out, HTTP error: all mean "not answering"
         raise TrackingError(f"The tracking server {redact(uri)} does not answer; check that it runs and "
-                            "--tracking-uri / MLFLOW_TRACKING_URI.") from None
+                            "tracking_uri / MLFLOW_TRACKING_URI.") from None
 
 
 def _answers(url: str, timeout: float = 2.0) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -20,16 +21,35 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def _quickstart_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One folder, made once per test session, holding a finished `harness run quickstart` (2 epochs)
-    and a finished 3-trial `harness tune quickstart --retrain-best` (2 epochs each), each with
+def _quickstart_session(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """One folder per test process holding a finished `harness run quickstart` (2 epochs) and a
+    finished 3-trial `harness tune quickstart --retrain-best` (2 epochs each), each with
     `--register` (QUICKSTART_MODEL, QUICKSTART_TUNED_MODEL): the results that predict, report,
-    registry and dashboard tests read. Building it costs about 50 s, once."""
+    registry and dashboard tests read. Building it costs about 50 s: under pytest-xdist the first
+    worker to need it builds it once, and every worker works on its own copy (its own MLflow and
+    Optuna databases; the artifacts they name stay in the built folder, read-only in effect)."""
+    if worker_id == "master":  # not under xdist
+        return _build_quickstart_store(tmp_path_factory.mktemp("quickstart_store"))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the same for every worker of this session
+    built = shared / "quickstart_store"
+    with FileLock(str(shared / "quickstart_store.lock")):
+        if not (built / ".complete").is_file():
+            shutil.rmtree(built, ignore_errors=True)  # a worker that died half-way
+            built.mkdir()
+            _build_quickstart_store(built)
+            (built / ".complete").touch()
+    mine = tmp_path_factory.mktemp("quickstart_store")
+    shutil.copytree(built, mine, dirs_exist_ok=True)
+    return mine
+
+
+def _build_quickstart_store(folder: Path) -> Path:
     from typer.testing import CliRunner
 
     from harness.cli import app
 
-    folder = tmp_path_factory.mktemp("quickstart_store")
     with pytest.MonkeyPatch.context() as mp:
         _point_at(mp, folder)
         for args in (["run", "quickstart", "--set", "epochs=2", "--register", QUICKSTART_MODEL],

@@ -23,12 +23,30 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from harness.reporter import Reporter
+
 if TYPE_CHECKING:
     import optuna
     from mlflow.entities import Run
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART_STUDY = "quickstart-lenet_relu"  # `harness tune quickstart`'s default study name
+
+
+
+class Collected(Reporter):
+    """A reporter that keeps what the library reports (`reporter=Collected()` in the API)."""
+
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+        self.warnings: list[str] = []
+
+    def status(self, message: str) -> None:
+        self.statuses.append(message)
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(f"warning: {message}")
+
 
 # ----------------------------------------------------------------- processes
 

@@ -93,25 +93,29 @@ experiment = Experiment(name="dp_api", description="data-parallel from Python", 
 """
 
 
-def test_run_on_two_processes_from_python(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_on_two_processes_from_python(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capfd: pytest.CaptureFixture[str]) -> None:
     """`nproc_per_node=2`: two gloo CPU processes train data-parallel, each `python -m harness run
     dp_api ...`; the call returns their records, read back from MLflow, and leaves this process's
-    environment as it was."""
+    environment as it was. The processes report as the caller asked (silent: no epoch lines)."""
     from mlflow import MlflowClient
 
     from harness.launch import OUTCOME_ENV
+    from harness.reporter import ENV as REPORTER_ENV
     from harness.tracking import LAUNCH_ENV
 
     (workdir / "experiments" / "dp_api.py").write_text(DATA_PARALLEL)
     monkeypatch.setenv("HARNESS_DIST_TIMEOUT", "60")
 
     def launcher_state() -> tuple[object, ...]:  # what the launch sets for its processes, or for itself
-        names = (LAUNCH_ENV, OUTCOME_ENV, "OMP_NUM_THREADS", "TORCH_CPP_LOG_LEVEL")
+        names = (LAUNCH_ENV, OUTCOME_ENV, REPORTER_ENV, "OMP_NUM_THREADS", "TORCH_CPP_LOG_LEVEL")
         return (*(os.environ.get(n) for n in names), signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
 
     before = launcher_state()
-    result = harness.run("dp_api", nproc_per_node=2, device="cpu", set={"net.lr": 0.03}, system_metrics=False)
+    result = harness.run("dp_api", nproc_per_node=2, device="cpu", set={"net.lr": 0.03}, system_metrics=False,
+                         reporter="silent")
     assert launcher_state() == before
+    assert "net epoch 1/" not in capfd.readouterr().out
     assert result.launched and result.status == "FINISHED" and not result.failed
     (record,) = result.variants
     assert (record.variant, record.label, record.config.lr, record.config.batch_size) == ("net", "net", 0.03, 16)
@@ -131,7 +135,7 @@ def test_run_on_two_processes_from_python(workdir: Path, monkeypatch: pytest.Mon
      "callbacks cannot reach the processes"),
     (lambda: harness.tune(Experiment(name="inline", description="", variants={"a": TrainConfig()}), nproc_per_node=2,
                           device="cpu"), "was not loaded from"),
-    (lambda: harness.run("quickstart", nproc_per_node=0), "--nproc-per-node must be at least 1"),
+    (lambda: harness.run("quickstart", nproc_per_node=0), "nproc_per_node must be at least 1"),
     (lambda: harness.run("quickstart", resume="yes"), "resume must be True, False or 'auto'"),
     (lambda: harness.compare("quickstart", write=True, only=["x"]), "only= picks child runs"),
 ])

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from conftest import QUICKSTART_MODEL
 from conftest import harness as cli
-from helpers import experiment_runs, quickstart_run_ids
+from helpers import Collected, experiment_runs, quickstart_run_ids
 from PIL import Image
 
 import harness
@@ -111,10 +111,11 @@ def test_lr_find(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--steps", "15", "--min-lr", "1e-3", "--max-lr", "1"]
     code, out, err = cli(capsys, "lr-find", "quickstart", *args, "--set", "train_limit=200")
     assert code == 0, err
-    logged: list[str] = []
+    logged = Collected()
     outcome = harness.lr_find("quickstart", steps=15, min_lr=1e-3, max_lr=1, set={"train_limit": 200},
-                              log=logged.append)
-    assert [line for line in err.splitlines() if line.startswith("warning:")] == logged
+                              reporter=logged)
+    assert [line for line in err.splitlines() if line.startswith("warning:")] == logged.warnings
+    assert logged.warnings and logged.statuses  # the grid warning, and the plain progress lines
     found = f"suggested lr {outcome.suggestion:.3g}" if outcome.suggestion is not None else "no suggestion"
     assert f"lenet_relu: {found}" in out and f"{len(outcome.test.lrs)} steps" in out
     cli_run, api_run = [r for r in experiment_runs("quickstart") if r.info.run_name == "lr-find-lenet_relu"]
@@ -169,10 +170,11 @@ def test_predict(quickstart_store: Path, tmp_path: Path, capsys: pytest.CaptureF
     model = f"models:/{QUICKSTART_MODEL}@champion"
     code, out, err = cli(capsys, "predict", model, str(tmp_path), "--top-k", "2", "--format", "csv")
     assert code == 0, err
-    logged: list[str] = []
-    by_api = harness.predict(model, tmp_path, top_k=2, log=logged.append)
+    logged = Collected()
+    by_api = harness.predict(model, tmp_path, top_k=2, reporter=logged)
     assert len(by_api) == 4 and out == by_api.to_csv(index=False)
-    assert any("broken.png" in line for line in logged) and all(line in err.splitlines() for line in logged)
+    assert any("broken.png" in line for line in logged.statuses)
+    assert all(line in err.splitlines() for line in logged.statuses)
 
 
 def test_report(quickstart_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

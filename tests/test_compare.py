@@ -216,7 +216,7 @@ def test_resume_with_repeats_matches_children_by_variant_and_seed(store: Store,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     before = set(_children(store.broken)["run_id"])
     code, _, err = harness(capsys, "run", "broken", "--resume", "--repeat", "3")
-    assert code == 2 and "started with --repeat 2" in err
+    assert code == 2 and "started with repeat=2" in err
     code, _, err = harness(capsys, "run", "broken", "--resume", "--set", "seed=7")  # would train seeds 7 and 8
     assert code == 2 and "trained variant 'diverges' at seed 0" in err
     assert MlflowClient().get_run(store.broken).info.status == "FAILED"  # a refused resume leaves the run as it was
@@ -239,9 +239,9 @@ def test_resume_with_repeats_matches_children_by_variant_and_seed(store: Store,
         (["compare", "never_ran"], "run `harness run never_ran` first"),
         (["compare", "cmpp"], "(did you mean 'cmp'?)"),
         (["runs", "never_ran"], "run `harness run never_ran` first"),
-        (["run", "cmp", "--repeat", "0"], "--repeat must be at least 1"),
-        (["run", "cmp", "--repeat", "2", "--seeds", "0,1"], "--repeat and --seeds exclude each other"),
-        (["run", "cmp", "--seeds", "0,x"], "Cannot parse --seeds '0,x'"),
+        (["run", "cmp", "--repeat", "0"], "error: repeat must be at least 1"),
+        (["run", "cmp", "--repeat", "2", "--seeds", "0,1"], "error: repeat and seeds exclude each other"),
+        (["run", "cmp", "--seeds", "0,x"], "Cannot parse seeds '0,x'"),
     ],
 )
 def test_bad_input_is_one_clear_line(store: Store, capsys: pytest.CaptureFixture[str], args: list[str],
@@ -255,7 +255,7 @@ def test_bad_input_is_one_clear_line(store: Store, capsys: pytest.CaptureFixture
 def test_compare_child_run_id_points_to_its_parent(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     child_id = _children(store.single)["run_id"].iloc[0]
     code, _, err = harness(capsys, "compare", "cmp", "--run", child_id)
-    assert code == 2 and f"--run {store.single}" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and f"run_id '{store.single}'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_compare_out_must_be_a_folder(store: Store, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -267,8 +267,8 @@ def test_compare_out_must_be_a_folder(store: Store, capsys: pytest.CaptureFixtur
 
     existing = tmp_path / "report.csv"
     existing.write_text("mine")
-    for out, expected in ((existing, f"--out {existing} is a file, not a folder"),
-                          (existing / "sub", f"--out {existing / 'sub'}: {existing} is a file, not a folder")):
+    for out, expected in ((existing, f"out '{existing}' is a file, not a folder"),
+                          (existing / "sub", f"out '{existing / 'sub'}': {existing} is a file, not a folder")):
         code, _, err = harness(capsys, "compare", "cmp", "--out", str(out))
         assert code == 2, err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -148,7 +148,7 @@ def test_seed_range_is_shared_with_seed_plans() -> None:
     from harness.seeds import SeedPlan
 
     SeedPlan(seeds=(0, SEED_LIMIT - 1))
-    with pytest.raises(HarnessError, match="--seeds must be integers from 0 to 4294967295"):
+    with pytest.raises(HarnessError, match="^seeds must be integers from 0 to 4294967295"):
         SeedPlan(seeds=(SEED_LIMIT,))
     with pytest.raises(HarnessError, match="reaches seed 4294967296"):
         SeedPlan(repeat=2).check({"net": TrainConfig(seed=SEED_LIMIT - 1)})

@@ -58,7 +58,7 @@ def test_busy_port_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     storage = _storage_with_a_study(tmp_path)
     with busy_port() as port:
         line = _error_line(capsys, "dashboard", "--storage", storage, "--port", str(port))
-    assert line.startswith(f"error: Port {port} on 127.0.0.1 is already in use") and "--port" in line
+    assert line.startswith(f"error: Port {port} on 127.0.0.1 is already in use") and "pick another port" in line
     with pytest.raises(HarnessError, match="not a TCP port"):
         dashboard.open_dashboard(storage, port=70000)
 

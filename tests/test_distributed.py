@@ -364,14 +364,14 @@ def test_sync_batchnorm_on_cpu_processes_is_one_line() -> None:
 
 
 @pytest.mark.parametrize(("args", "expected"), [
-    (["--nproc-per-node", "0"], "--nproc-per-node must be at least 1"),
-    (["--nproc-per-node", "two"], "--nproc-per-node must be a number of processes or auto"),
+    (["--nproc-per-node", "0"], "error: nproc_per_node must be at least 1"),
+    (["--nproc-per-node", "two"], "error: nproc_per_node must be a number of processes or 'auto'"),
     (["--nproc-per-node", "3"], "batch_size 32 does not split evenly over 3 processes"),
     (["--nproc-per-node", "2", "--dist-backend", "nccl"], "nccl backend needs CUDA GPUs"),
     (["--nproc-per-node", "2", "--device", "cuda"], "more GPUs than this machine has (0)"),
     (["--nproc-per-node", "2", "--dist-backend", "mpi"], "Unknown distributed backend 'mpi'"),
-    (["--nproc-per-node", "1", "--nnodes", "2"], "--nnodes 2 needs --rdzv-endpoint HOST:PORT"),
-    (["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1"], "--node-rank must be from 0 to 1"),
+    (["--nproc-per-node", "1", "--nnodes", "2"], "error: nnodes=2 needs rdzv_endpoint 'HOST:PORT'"),
+    (["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1"], "error: node_rank must be from 0 to 1"),
 ])
 def test_bad_launch_options_are_one_line(workdir: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                                          expected: str) -> None:
@@ -396,7 +396,7 @@ def test_an_unreachable_rendezvous_endpoint_is_one_line_after_a_bounded_wait(tmp
     assert time.monotonic() - start < 60
     assert result.returncode == 2
     line = one_error_line(result.stderr)
-    assert "did not meet at --rdzv-endpoint 127.0.0.1:" in line and "within 3 s" in line, line
+    assert "did not meet at rdzv_endpoint 127.0.0.1:" in line and "within 3 s" in line, line
     assert not (tmp_path / "mlflow.db").exists()  # nothing was started
 
 

@@ -95,9 +95,9 @@ CASES = [
     ]],
     # 5. compare --out naming a file
     Case("compare-out-is-a-file", {}, ["compare", "quickstart", "--out", "afile"], 2,
-         ["--out afile is a file, not a folder"]),
+         ["out 'afile' is a file, not a folder"]),
     Case("compare-out-under-a-file", {}, ["compare", "quickstart", "--out", "afile/sub"], 2,
-         ["--out afile/sub: afile is a file, not a folder"]),
+         ["out 'afile/sub': afile is a file, not a folder"]),
 ]
 
 
@@ -178,6 +178,6 @@ def test_repeat_past_the_largest_seed_is_one_line(workdir: Path) -> None:
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, (out, err)
     line = one_error_line(err)
-    assert "--repeat 2 from seed 4294967295 of variant 'lenet_relu' reaches seed 4294967296" in line
+    assert "repeat=2 from seed 4294967295 of variant 'lenet_relu' reaches seed 4294967296" in line
     assert all(status != "RUNNING" for _, status in _runs(workdir)), _runs(workdir)
     assert not [name for name, _ in _runs(workdir) if name.startswith("lenet_relu")]  # no child was started

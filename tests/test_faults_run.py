@@ -75,7 +75,7 @@ def test_disk_full_while_checkpointing_fails_in_one_line_and_resume_continues(tm
     result = harness("run", "full", cwd=tmp_path, env=env)
     assert result.returncode == 1, result.stderr
     line = one_error_line(result.stderr)
-    assert "no space left on the device" in line and str(small) in line and "--resume" in line, line
+    assert "no space left on the device" in line and str(small) in line and "continue with resume=True" in line, line
     uri = folder["MLFLOW_TRACKING_URI"]
     assert_none_running(runs(uri))
     run = child(uri)
@@ -132,7 +132,7 @@ def test_read_only_working_folder_names_the_folder_and_the_option(tmp_path: Path
     line = one_error_line(result.stderr)
     assert "read-only" in line, line
     if checkpoints_elsewhere:
-        assert "mlruns" in line and "--tracking-uri" in line, line
+        assert "mlruns" in line and "tracking_uri" in line, line
     else:
         assert "checkpoints" in line and "HARNESS_CHECKPOINT_DIR" in line, line
     assert_none_running(runs(folder["MLFLOW_TRACKING_URI"]))
@@ -233,7 +233,7 @@ def test_resume_with_its_checkpoint_deleted_refuses_and_changes_nothing(interrup
     result = harness("run", "stopped", "--resume", cwd=cwd, env=env)
     assert result.returncode == 2
     line = one_error_line(result.stderr)
-    assert "last.pt is missing" in line and "without --resume" in line, line
+    assert "last.pt is missing" in line and "without resume" in line, line
     assert steps(uri, run_id) == logged  # nothing retrained, no epoch logged twice
     assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"  # left as it was
     assert_none_running(runs(uri))

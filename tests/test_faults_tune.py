@@ -82,12 +82,13 @@ ONE_LINE_ERRORS = [
          ("Cannot open Optuna storage", SHOWN), (PASSWORD,)),
     Case("journal file in a missing folder", ("tune", "quickstart", "--storage", "journal:missing/dir/j.log"), 2,
          ("Cannot open the Optuna journal file 'missing/dir/j.log'", "No such file or directory")),
-    Case("heartbeat 0", ("tune", "quickstart", "--heartbeat", "0"), 2, ("--heartbeat must be at least 1",),
+    Case("heartbeat 0", ("tune", "quickstart", "--heartbeat", "0"), 2, ("error: heartbeat must be at least 1",),
          ("database is reachable",)),
-    Case("negative timeout", ("tune", "quickstart", "--timeout", "-1"), 2, ("--timeout must be a positive number",)),
-    Case("zero timeout", ("tune", "quickstart", "--timeout", "0"), 2, ("--timeout must be a positive number",)),
-    Case("n-jobs 0", ("tune", "quickstart", "--n-jobs", "0"), 2, ("--n-jobs must be at least 1 (got 0)",)),
-    Case("trials 0", ("tune", "quickstart", "--trials", "0"), 2, ("--trials must be at least 1 (got 0)",)),
+    Case("negative timeout", ("tune", "quickstart", "--timeout", "-1"), 2,
+         ("error: timeout must be a positive number",)),
+    Case("zero timeout", ("tune", "quickstart", "--timeout", "0"), 2, ("error: timeout must be a positive number",)),
+    Case("n-jobs 0", ("tune", "quickstart", "--n-jobs", "0"), 2, ("error: n_jobs must be at least 1 (got 0)",)),
+    Case("trials 0", ("tune", "quickstart", "--trials", "0"), 2, ("error: trials must be at least 1 (got 0)",)),
 ]
 
 

@@ -162,7 +162,7 @@ def test_the_alias_moves_only_on_improvement(quickstart_store: Path) -> None:
     (["run", "quickstart", "--register", "bad name"], "not a usable model name"),
     (["run", "quickstart", "--register", "ok", "--alias", "v3"], "not a usable alias"),
     (["run", "quickstart", "--register", "ok", "--set", "val_fraction=0"], "val_fraction=0"),
-    (["tune", "quickstart", "--register", "ok"], "needs --retrain-best"),
+    (["tune", "quickstart", "--register", "ok"], "error: register needs retrain_best=True"),
 ])
 def test_bad_register_options_are_one_line_before_training(workdir: Path, capsys: pytest.CaptureFixture[str],
                                                           args: list[str], says: str) -> None:

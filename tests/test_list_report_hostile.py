@@ -97,7 +97,7 @@ def test_report_defaults_to_the_latest_finished_run(workdir: Path, capsys: pytes
     assert code == 0, err
     assert f"also on run {finished} as report/report.html" in out
     assert (f"note: reporting run {finished}, the latest finished `harness run` (the newest, {failed}, is FAILED; "
-            f"--run {failed} reports it).") in err.splitlines()
+            f"run_id '{failed}' reports it).") in err.splitlines()
     assert f"report of run {finished}" in (workdir / "default.html").read_text(encoding="utf-8")
 
     code, out, err = harness(capsys, "report", "tiny", "--run", failed, "--out", str(workdir / "failed.html"))
@@ -116,7 +116,7 @@ def test_report_without_any_finished_run_is_one_line(workdir: Path, capsys: pyte
     assert code == 2, (out, err)
     assert err.strip().splitlines() == [
         f"error: Experiment 'doomed' has no finished `harness run` yet (the newest, {failed}, is FAILED); report an "
-        "unfinished one by id with --run RUN_ID (`harness runs doomed` lists them)."]
+        "unfinished one by its run_id (`harness runs doomed` lists them)."]
     assert not (workdir / "doomed.html").exists()
 
 

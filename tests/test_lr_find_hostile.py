@@ -39,7 +39,7 @@ def test_a_coarse_grid_is_warned_about_on_stderr_in_the_run_and_in_the_outcome(
     code, out, err = harness(capsys, "lr-find", "quickstart", "--min-lr", "1e-8", "--max-lr", "1e3", "--steps", "20")
     assert code == 0, err
     (warning,) = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert "1.8 steps per decade" in warning and "--steps 110" in warning, warning
+    assert "1.8 steps per decade" in warning and "steps=110" in warning, warning
     (outcome,) = outcomes
     assert outcome.warning and outcome.warning in warning  # a Python caller sees it too
     run = MlflowClient().get_run(outcome.run_id)

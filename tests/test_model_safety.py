@@ -80,7 +80,7 @@ def test_predict_refuses_a_pickled_model_and_runs_none_of_it(quickstart_store: P
     write_images(tmp_path / "images")
     code, out, err = harness(capsys, "predict", uri, str(tmp_path / "images"))
     line = cli_error_line((code, out, err))
-    assert named in line and "--trust-model" in line and uri in line, line
+    assert named in line and "trust_model=True" in line and uri in line, line
     assert "'int' object" not in err
     assert not marker.exists(), "the payload ran"
     # The same guard sits under the Python API and the benchmark's pyfunc loader.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -98,6 +99,15 @@ def test_outputs(executed) -> None:  # noqa: ANN001
     assert set(accuracy) == set(variants)
     assert all(a is not None and a > chance for a in accuracy.values()), accuracy
     assert max(accuracy.values()) > 5 * chance, accuracy  # the better variant is far above chance
+
+    # In a kernel the reporter is the notebook's: one display line per epoch, updated in place to
+    # its end (the bar full, the epoch's validation numbers), and no plain epoch lines.
+    train = _tagged(nb, "train")
+    bars = [o["data"]["text/plain"] for o in train["outputs"] if o["output_type"] == "display_data"]
+    assert len(bars) == 6, bars  # 2 variants x 3 epochs
+    assert all(re.search(r"/3  \[#{30}\] (\d+)/\1  val loss [\d.]+ acc [\d.]+", bar) for bar in bars), bars
+    assert not any(bar.startswith("'") for bar in bars)  # the text itself, not a str's repr
+    assert " epoch 1/3 " not in _stdout(train)
 
     plot = _tagged(nb, "plot")
     assert any("image/png" in o.get("data", {}) for o in plot["outputs"]), "the learning-curve cell drew no image"

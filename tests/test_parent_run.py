@@ -163,7 +163,8 @@ def test_resume_refuses_with_the_first_changed_setting() -> None:
     trained = TrainConfig(model="lenet_relu", dataset="digits", epochs=3, lr=0.05)
     ckpt = {"model": {}, "config": trained.to_dict()}
     lifecycle._check_resumable(ckpt, trained.override(device="cpu"), "net")  # the device may change
-    with pytest.raises(HarnessError, match=r"trained with epochs=3 but now epochs=5; resume with the same --set"):
+    with pytest.raises(HarnessError,
+                       match=r"trained with epochs=3 but now epochs=5; resume with the same set overrides"):
         lifecycle._check_resumable(ckpt, trained.override(lr=0.1, epochs=5), "net")
 
 

@@ -238,10 +238,10 @@ def test_bad_options_are_one_line(quickstart_store: Path, tmp_path: Path, capsys
     import torch
 
     image = str(write_images(tmp_path / "images")[0])
-    for args, expected in ((["--top-k", "0"], "--top-k must be at least 1"),
-                           (["--batch-size", "0"], "--batch-size must be at least 1"),
+    for args, expected in ((["--top-k", "0"], "error: top_k must be at least 1"),
+                           (["--batch-size", "0"], "error: batch_size must be at least 1"),
                            (["--format", "xml"], "format"),
-                           (["--device", "tpu"], "--device must be auto, cpu or cuda")):
+                           (["--device", "tpu"], "error: device must be 'auto', 'cpu' or 'cuda'")):
         assert expected in cli_error_line(harness(capsys, "predict", "quickstart", image, *args))
     if not torch.cuda.is_available():
         line = cli_error_line(harness(capsys, "predict", "quickstart", image, "--device", "cuda"))

@@ -143,7 +143,7 @@ def test_lr_find_on_the_quickstart_logs_one_run_with_the_plot_and_a_suggestion(w
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"lr_find.png", "lr_find.csv"}
     assert (workdir / "experiments" / "quickstart.py").read_text() == before  # the experiment is never changed
     bad = CliRunner().invoke(app, ["lr-find", "quickstart", "--min-lr", "1", "--max-lr", "0.1"])
-    assert "0 < min-lr < max-lr" in str(bad.exception)  # a HarnessError: `harness` prints it as one line, exit 2
+    assert "0 < min_lr < max_lr" in str(bad.exception)  # a HarnessError: `harness` prints it as one line, exit 2
 
 
 def test_range_test_suggests_the_steepest_descent_before_the_minimum() -> None:

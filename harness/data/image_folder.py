@@ -177,7 +177,7 @@ def load_image_folder(config: TrainConfig, data_path_unused: Path) -> Data:
     """Index the images under `config.data_path` and split them (validation seeded by `seed`)."""
     root = Path(config.data_path or "")
     if not root.is_dir():
-        raise DataError(f"data_path '{root}' is not a folder; point --set data_path=... at your images.")
+        raise DataError(f"data_path '{root}' is not a folder; point data_path at your images.")
     size = config.image_size or DEFAULT_SIZE
     if (root / "train").is_dir() and (root / "test").is_dir():
         train_files, train_names = scan(root / "train")

@@ -181,7 +181,7 @@ def _download(cls: type, root: Path, train: bool, name: str):  # noqa: ANN202 (a
         folder, files = _files_expected(cls, root)
         raise DataError(
             f"Dataset '{name}' is not in {folder} and could not be downloaded ({first_line(exc, 160)}); "
-            f"put {', '.join(files)} into {folder} (or pass --data-dir / set HARNESS_DATA_DIR to where they are)."
+            f"put {', '.join(files)} into {folder} (or point data_dir or HARNESS_DATA_DIR at where they are)."
         ) from None
 
 

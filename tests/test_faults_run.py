@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import harness as cli
 from helpers import (
     assert_none_running,
     child,
@@ -37,7 +36,7 @@ from helpers import (
 )
 from mlflow import MlflowClient
 
-from harness.tracking import FAILURE_TAG, HTTP_LIMITS
+from harness.tracking import FAILURE_TAG
 
 
 @pytest.fixture()
@@ -156,9 +155,8 @@ def test_unusable_sqlite_store_fails_within_seconds(tmp_path: Path, folder: dict
         assert "Cannot use MLflow tracking store" in line and expected in line, line
 
 
-def test_tracking_server_dying_mid_run_keeps_training_and_resume_completes_the_record(
-        tmp_path: Path, folder: dict[str, str], capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tracking_server_dying_mid_run_keeps_training_and_resume_completes_the_record(tmp_path: Path,
+                                                                                     folder: dict[str, str]) -> None:
     port = free_port()
     server = start_mlflow_server(tmp_path, port)
     uri = f"http://127.0.0.1:{port}"
@@ -184,15 +182,8 @@ def test_tracking_server_dying_mid_run_keeps_training_and_resume_completes_the_r
 
     server = start_mlflow_server(tmp_path, port)  # the store is back
     try:
-        # The resume needs no process of its own: in-process, in the same folder and environment
-        # (the HTTP limits the harness sets for a tracking server are undone afterwards).
-        monkeypatch.chdir(tmp_path)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        for name in HTTP_LIMITS:
-            monkeypatch.delenv(name, raising=False)
-        code, out, err = cli(capsys, "run", "vanish", "--resume")
-        assert code == 0, out + err
+        resumed = harness("run", "vanish", "--resume", cwd=tmp_path, env=env)
+        assert resumed.returncode == 0, resumed.stderr
         run_id = ckpt.parent.name
         run = MlflowClient(uri).get_run(run_id)
         assert run.info.status == "FINISHED" and "test_acc" in run.data.metrics

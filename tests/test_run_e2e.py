@@ -160,9 +160,10 @@ def test_killed_run_resumes_to_the_same_history(workdir: Path) -> None:
     ckpt = torch.load(next(workdir.glob("checkpoints/*/last.pt")), weights_only=True)
     assert 1 <= ckpt["fit"]["epoch"] < 3
 
-    resumed = CliRunner().invoke(app, ["run", "resumable", "--resume"])  # needs no process of its own
-    assert resumed.exit_code == 0, resumed.output
-    assert "resuming after epoch" in resumed.output
+    resumed = harness_popen("run", "resumable", "--resume", cwd=workdir)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming after epoch" in out
     done = child("resumable", "net")
     assert done.info.run_id == interrupted.info.run_id and done.info.status == "FINISHED"
 

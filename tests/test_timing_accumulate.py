@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import harness
 from helpers import child, harness_popen, sqlite_uri, wait_for_checkpoint, write_synthetic_experiment
+from helpers import harness as harness_process
 from mlflow import MlflowClient
 
 from harness.config import TrainConfig
@@ -44,8 +45,8 @@ def test_resumed_run_wall_time_leaves_out_the_pause(workdir: Path, capsys: pytes
     run_id = child(sqlite_uri(workdir)).info.run_id
     assert MlflowClient().get_run(run_id).info.status == "KILLED"
     time.sleep(PAUSE)
-    code, _, err = harness(capsys, "run", "paused", "--resume")  # in-process: needs no process of its own
-    assert code == 0, err
+    resumed = harness_process("run", "paused", "--resume", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
     upper = time.time() - stopped  # the pause cannot be longer than all the time since the stop
 
     run = MlflowClient().get_run(run_id)

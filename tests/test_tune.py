@@ -118,8 +118,9 @@ def test_with_seeds_the_median_pruner_judges_the_first_seed_only(workdir: Path) 
     assert f"PRUNED at epoch {pruned[0].last_step} of its first seed" in line, line
 
 
-def test_retrain_best_trains_on_train_plus_val_and_tests_once(quickstart_store: Path) -> None:
-    # The session's finished `harness tune quickstart --trials 3 --retrain-best` (conftest).
+def test_retrain_best_trains_on_train_plus_val_and_tests_once(workdir: Path) -> None:
+    result = CliRunner().invoke(app, ["tune", "quickstart", "--trials", "2", "--retrain-best", *SMALL])
+    assert result.exit_code == 0, result.output
     client = MlflowClient()
     exp = client.get_experiment_by_name("quickstart")
     (run,) = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'retrain-best'")

@@ -18,6 +18,16 @@ from contextlib import contextmanager
 from harness.errors import Terminated
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGUSR1") if hasattr(signal, name))
+_stopped: str | None = None  # the stop signal received inside the outermost block, if any
+_depth = 0
+
+
+def raise_if_stopped() -> None:
+    """Raise `Terminated` again for a stop signal already received: one that lands while a
+    finalizer runs (SQLAlchemy's, a `__del__`) is printed as "Exception ignored" and lost, and
+    the command would train on. The train loop calls this once per step."""
+    if _stopped is not None:
+        raise Terminated(_stopped)
 
 
 @contextmanager
@@ -30,11 +40,18 @@ def stop_signals_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: object) -> None:
-        raise Terminated(signal.Signals(signum).name)
+        global _stopped
+        _stopped = signal.Signals(signum).name
+        raise Terminated(_stopped)
 
+    global _depth, _stopped
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    _depth += 1
     try:
         yield
     finally:
+        _depth -= 1
+        if _depth == 0:
+            _stopped = None  # the next command in this process (a notebook's) starts clean
         for sig, old in previous.items():
             signal.signal(sig, old)

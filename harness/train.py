@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness import interrupts
 from harness.config import TrainConfig
 from harness.data import Data
 from harness.data.auto_augment import batch_auto_augment
@@ -243,6 +244,7 @@ def train_one_epoch(t: Trainer, callbacks: Sequence[Callback] = (), epoch: int =
     batches = t.data.train.train_batches(t.config.batch_size, t.data_rng, t.dist.rank, world, epoch, t.config.seed)
     i = 0  # batches so far
     for group in _groups(batches, t.config.accumulate_steps):
+        interrupts.raise_if_stopped()
         step_images = sum(size for _, _, size in group)
         step_loss = torch.zeros((), device=t.device)
         t.optimizer.zero_grad(set_to_none=True)

@@ -51,3 +51,21 @@ def test_a_stop_signal_ends_every_run_killed_with_the_reason(tmp_path: Path, fam
     assert signal.Signals(sig).name in stopped.data.tags.get(FAILURE_TAG, ""), stopped.data.tags
     client = MlflowClient(uri)
     assert all(client.get_run(r.info.run_id).info.status in ("KILLED", "FINISHED") for r in runs(uri))
+
+
+def test_a_stop_signal_lost_in_a_finalizer_still_stops_the_next_step() -> None:
+    """A signal that lands while a finalizer runs is printed as "Exception ignored" and lost; the
+    train loop asks `raise_if_stopped` each step, so the command stops all the same (once the
+    outermost block ends, the next command in the process starts clean)."""
+    import os
+
+    from harness import interrupts
+    from harness.errors import Terminated
+
+    with pytest.raises(Terminated, match="SIGTERM"), interrupts.stop_signals_as_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except Terminated:
+            pass  # what a finalizer does with it
+        interrupts.raise_if_stopped()
+    interrupts.raise_if_stopped()  # nothing pending any more

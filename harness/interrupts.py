@@ -11,8 +11,9 @@ instead, so every handler that marks runs KILLED and keeps checkpoints for Ctrl-
 from __future__ import annotations
 
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from harness.errors import Terminated
@@ -24,10 +25,28 @@ _depth = 0
 
 def raise_if_stopped() -> None:
     """Raise `Terminated` again for a stop signal already received: one that lands while a
-    finalizer runs (SQLAlchemy's, a `__del__`) is printed as "Exception ignored" and lost, and
-    the command would train on. The train loop calls this once per step."""
+    finalizer runs (SQLAlchemy's, a `__del__`) is swallowed by Python, and the command would
+    train on. The train loop calls this once per step."""
     if _stopped is not None:
         raise Terminated(_stopped)
+
+
+def _keep_lost_interrupts(
+    previous: Callable[[sys.UnraisableHookArgs], object],
+) -> Callable[[sys.UnraisableHookArgs], None]:
+    """An unraisable hook that records a Ctrl-C or stop signal swallowed by a finalizer (for
+    `raise_if_stopped`) instead of printing its traceback as "Exception ignored"; every other
+    unraisable exception goes to the hook that was there before."""
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        global _stopped
+        error = unraisable.exc_value
+        if isinstance(error, KeyboardInterrupt):
+            _stopped = _stopped or (error.signal if isinstance(error, Terminated) else "SIGINT")
+            return
+        previous(unraisable)
+
+    return hook
 
 
 @contextmanager
@@ -46,6 +65,8 @@ def stop_signals_as_interrupt() -> Iterator[None]:
 
     global _depth, _stopped
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _keep_lost_interrupts(previous_hook)
     _depth += 1
     try:
         yield
@@ -53,5 +74,6 @@ def stop_signals_as_interrupt() -> Iterator[None]:
         _depth -= 1
         if _depth == 0:
             _stopped = None  # the next command in this process (a notebook's) starts clean
+        sys.unraisablehook = previous_hook
         for sig, old in previous.items():
             signal.signal(sig, old)

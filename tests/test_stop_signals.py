@@ -6,6 +6,7 @@ family (run, tune, a multi-seed trial, lr-find), on the real command in its own 
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,36 @@ def test_a_stop_signal_lost_in_a_finalizer_still_stops_the_next_step() -> None:
             pass  # what a finalizer does with it
         interrupts.raise_if_stopped()
     interrupts.raise_if_stopped()  # nothing pending any more
+
+
+def test_a_stop_signal_inside_a_real_finalizer_prints_no_traceback_and_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python hands an exception raised in `__del__` to `sys.unraisablehook`, which prints
+    "Exception ignored ... Traceback" (what CI saw from SQLAlchemy's weakref callback). Inside
+    the block the signal is recorded instead, and the next `raise_if_stopped` raises it; other
+    unraisable errors still reach the previous hook."""
+    import gc
+    import os
+
+    from harness import interrupts
+    from harness.errors import Terminated
+
+    class SignalsInFinalizer:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    class FailsInFinalizer:
+        def __del__(self) -> None:
+            raise ValueError("an ordinary finalizer bug")
+
+    printed: list[BaseException | None] = []  # stands in for Python's printing hook
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: printed.append(unraisable.exc_value))
+    with pytest.raises(Terminated, match="SIGTERM"), interrupts.stop_signals_as_interrupt():
+        SignalsInFinalizer()
+        gc.collect()
+        FailsInFinalizer()
+        gc.collect()
+        interrupts.raise_if_stopped()
+    assert [type(e) for e in printed] == [ValueError], printed
+    interrupts.raise_if_stopped()

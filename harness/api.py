@@ -293,10 +293,10 @@ def _launched_run(exp: Experiment, configs: dict[str, TrainConfig], handed: dict
     if parent is None:
         raise TrackingError(f"The launched processes made run {parent_id}, but {tracker.uri} does not have it; "
                             "check that they wrote to the same tracking URI.")
-    children = {(r.data.tags.get(VARIANT_TAG, r.info.run_name), run_seed(r)): r
-                for r in tracker.children(parent.info.experiment_id, parent_id)}
+    children = {(r.tags.get(VARIANT_TAG, r.name), run_seed(r)): r
+                for r in tracker.children(parent.experiment_id, parent_id)}
     records = []
-    for job in plan_jobs(configs, SeedPlan.from_params(parent.data.params)):  # the plan the run recorded
+    for job in plan_jobs(configs, SeedPlan.from_params(parent.params)):  # the plan the run recorded
         child = children.get((job.variant, job.config.seed))
         if child is not None:
             records.append(_record(child, job.variant, job.config))
@@ -310,8 +310,8 @@ def _record(run: Any, variant: str, config: TrainConfig) -> VariantRecord:
     """A VariantRecord from an MLflow child run: its name, status, metrics and failure reason."""
     from harness.tracking import FAILURE_TAG
 
-    return VariantRecord(variant, run.info.run_name, config, run.info.run_id, run.info.status, dict(run.data.metrics),
-                         run.data.tags.get(FAILURE_TAG))
+    return VariantRecord(variant, run.name, config, run.run_id, run.status, dict(run.metrics),
+                         run.tags.get(FAILURE_TAG))
 
 
 def _promotion_data(promotion: Promotion | None) -> dict[str, Any] | None:
@@ -467,7 +467,7 @@ def _launched_tune(exp: Experiment, variant: str, base: TrainConfig, options: Tu
         tracker = Tracker.open(tracking_uri)
         run = tracker.find_run(handed["retrained_run_id"])
         if run is not None:
-            retrained = _record(run, variant, _logged_config(tracker, run.info.run_id) or base)
+            retrained = _record(run, variant, _logged_config(tracker, run.run_id) or base)
     return TuneResult(study, handed["parent_run_id"], retrained, _promotion(handed.get("promotion")), launched=True)
 
 

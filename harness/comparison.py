@@ -14,7 +14,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,10 +23,7 @@ from harness import reports, stats, tracking
 from harness.errors import ConfigError, UnknownNameError, WriteError, first_line
 from harness.experiment import check_name
 from harness.registry import unknown_name_message
-from harness.tracking import Tracker, no_runs_message
-
-if TYPE_CHECKING:
-    from mlflow.entities import Run
+from harness.tracking import RunRecord, Tracker, no_runs_message
 
 FORMATS = ("table", "csv", "markdown", "json")
 DEFAULT_METRIC = "best_val_acc"  # selection metric: the test set is for the final report, not for ranking
@@ -122,7 +119,8 @@ class CompareOutcome:
 # ----------------------------------------------------------------- choosing the parent run
 
 
-def select_parent(tracker: Tracker, experiment: str, run_id: str | None = None, study: bool = False) -> tuple[str, Run]:
+def select_parent(tracker: Tracker, experiment: str, run_id: str | None = None,
+                  study: bool = False) -> tuple[str, RunRecord]:
     """(experiment id, parent run): `run_id` if given, else the latest `harness run` parent (the
     latest `harness tune` study parent with `study`)."""
     if run_id and study:
@@ -132,14 +130,14 @@ def select_parent(tracker: Tracker, experiment: str, run_id: str | None = None, 
         raise UnknownNameError(no_runs_message(tracker, experiment))
     if run_id:
         run = tracker.find_run(run_id)
-        if run is None or run.info.experiment_id != experiment_id:
+        if run is None or run.experiment_id != experiment_id:
             raise UnknownNameError(f"No run '{run_id}' in experiment '{experiment}'; "
                                    f"`harness runs {experiment}` lists its runs.")
-        parent_of = run.data.tags.get(tracking.PARENT_RUN)
+        parent_of = run.tags.get(tracking.PARENT_RUN)
         if parent_of:
             raise ConfigError(f"Run {run_id} is one variant or trial; compare its parent instead: "
                               f"run_id '{parent_of}'.")
-        if run.data.tags.get(tracking.KIND_TAG) not in ("run", "study"):
+        if run.tags.get(tracking.KIND_TAG) not in ("run", "study"):
             raise ConfigError(f"Run {run_id} was not made by `harness run` or `harness tune`; "
                               f"`harness runs {experiment}` lists the runs that can be compared.")
         return experiment_id, run
@@ -174,12 +172,12 @@ def hyperparameter_columns(params: list[dict[str, str]]) -> tuple[list[str], lis
     return shown, [k for k in shown if k in varying]
 
 
-def runs_frame(children: list[Run], hyperparameters: list[str], extra_metric: str | None = None) -> pd.DataFrame:
+def runs_frame(children: list[RunRecord], hyperparameters: list[str], extra_metric: str | None = None) -> pd.DataFrame:
     """One row per child run: what it is, its settings and its results, straight from MLflow."""
     rows = []
     for run in children:
-        params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-        row: dict[str, Any] = {"variant": tags.get(tracking.VARIANT_TAG) or run.info.run_name,
+        params, metrics, tags = run.params, run.metrics, run.tags
+        row: dict[str, Any] = {"variant": tags.get(tracking.VARIANT_TAG) or run.name,
                                "seed": tracking.run_seed(run), "model": params.get("model"),
                                "dataset": params.get("dataset"),
                                # All its splits' digest (short): equal digests mean the same bytes.
@@ -192,10 +190,10 @@ def runs_frame(children: list[Run], hyperparameters: list[str], extra_metric: st
             row[column] = int(value) if column in INT_COLUMNS and value is not None else value
             if column == "train_seconds":  # the run's whole life (data, testing, logging) beside its training time
                 row.update(_run_seconds(run))
-        row["status"] = run.info.status
+        row["status"] = run.status
         if tracking.TRIAL_STATE_TAG in tags:
             row["trial_state"] = tags[tracking.TRIAL_STATE_TAG]
-        row["run_id"] = run.info.run_id
+        row["run_id"] = run.run_id
         rows.append(row)
     frame = pd.DataFrame(rows)
     for column in INT_COLUMNS:
@@ -203,14 +201,14 @@ def runs_frame(children: list[Run], hyperparameters: list[str], extra_metric: st
     return frame
 
 
-def _run_seconds(run: Run) -> dict[str, float | None]:
+def _run_seconds(run: RunRecord) -> dict[str, float | None]:
     """`wall_seconds` (end - start less the idle time between sessions of a resumed run) and
     `elapsed_seconds` (end - start). None while it runs: a resumed run's end is then its last session's."""
-    ended, started = run.info.end_time, run.info.start_time
-    if not (ended and started) or run.info.status == "RUNNING":
+    ended, started = run.end_time, run.start_time
+    if not (ended and started) or run.status == "RUNNING":
         return {"wall_seconds": None, "elapsed_seconds": None}
     elapsed = (ended - started) / 1000
-    return {"wall_seconds": elapsed - run.data.metrics.get(tracking.PAUSED_METRIC, 0.0), "elapsed_seconds": elapsed}
+    return {"wall_seconds": elapsed - run.metrics.get(tracking.PAUSED_METRIC, 0.0), "elapsed_seconds": elapsed}
 
 
 def load_comparison(tracker: Tracker, experiment: str, run_id: str | None = None, study: bool = False,
@@ -218,13 +216,13 @@ def load_comparison(tracker: Tracker, experiment: str, run_id: str | None = None
     """The comparison table of a parent run's children (those with ids in `only`, if given; see
     the module docstring). `harness run` prints and logs this same table for the run it made."""
     experiment_id, parent = select_parent(tracker, experiment, run_id, study)
-    parent_id = parent.info.run_id
-    children = [r for r in tracker.children(experiment_id, parent_id) if only is None or r.info.run_id in only]
+    parent_id = parent.run_id
+    children = [r for r in tracker.children(experiment_id, parent_id) if only is None or r.run_id in only]
     if not children:
         raise UnknownNameError(f"Run {parent_id} of '{experiment}' has no variant or trial runs yet; "
                                "wait for it to start training, or pick another with run_id (see `harness runs`).")
-    logged = {key for run in children for key in run.data.metrics}
-    shown, varying = hyperparameter_columns([dict(r.data.params) for r in children])
+    logged = {key for run in children for key in run.metrics}
+    shown, varying = hyperparameter_columns([dict(r.params) for r in children])
     runs = runs_frame(children, shown, None if metric in (*RESULT_METRICS, *TIME_COLUMNS) else metric)
     available = {c for c in (*RESULT_METRICS, *TIME_COLUMNS) if runs[c].notna().any()} | logged
     # The default metric is always accepted: a run whose variants all failed early has none yet,
@@ -238,8 +236,8 @@ def load_comparison(tracker: Tracker, experiment: str, run_id: str | None = None
             and runs["elapsed_seconds"].equals(runs.get("wall_seconds"))):
         runs = runs.drop(columns="elapsed_seconds")
     # A study's trials are compared as trials; its retrained best (or a run's variants) as variants.
-    kind = "study" if any(r.data.tags.get(tracking.KIND_TAG) == "trial" for r in children) else "run"
-    recorded_plan = {"repeat", "seeds"} & set(parent.data.params)
+    kind = "study" if any(r.tags.get(tracking.KIND_TAG) == "trial" for r in children) else "run"
+    recorded_plan = {"repeat", "seeds"} & set(parent.params)
     repeated = kind == "run" and (bool(recorded_plan) or bool(runs.groupby("variant").size().max() > 1))
     if repeated:
         columns = [c for c in (*STAT_COLUMNS, metric) if c in runs]
@@ -247,7 +245,7 @@ def load_comparison(tracker: Tracker, experiment: str, run_id: str | None = None
         table = stats.compare_to_best(runs, stats.sort_by(summary, f"{metric}_mean", metric), metric)
     else:
         table = stats.sort_by(runs, metric, metric)
-    return Comparison(experiment, parent_id, parent.info.status, kind, metric, runs, table, repeated, shown, varying)
+    return Comparison(experiment, parent_id, parent.status, kind, metric, runs, table, repeated, shown, varying)
 
 
 # ----------------------------------------------------------------- rendering

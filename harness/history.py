@@ -12,17 +12,14 @@ parent carries its worker's heartbeat: one whose worker stopped beating is ended
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from harness import tracking
 from harness.errors import ConfigError, UnknownNameError
 from harness.study_liveness import end_dead_study_parents
-from harness.tracking import Tracker, no_runs_message
-
-if TYPE_CHECKING:
-    from mlflow.entities import Run
+from harness.tracking import RunRecord, Tracker, no_runs_message
 
 UNFINISHED = ("FAILED", "KILLED", "RUNNING")
 TRIAL_KIND = "trial"
@@ -41,26 +38,26 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
-def _duration(run: Run, now_ms: int) -> str:
-    start, end = run.info.start_time, run.info.end_time
+def _duration(run: RunRecord, now_ms: int) -> str:
+    start, end = run.start_time, run.end_time
     if not start:
         return ""
-    if run.info.status == "RUNNING" or not end:
+    if run.status == "RUNNING" or not end:
         return format_duration((now_ms - start) / 1000) + " so far"
     return format_duration((end - start) / 1000)
 
 
-def _reason(run: Run) -> str:
-    text = " ".join(run.data.tags.get(tracking.FAILURE_TAG, "").split())
+def _reason(run: RunRecord) -> str:
+    text = " ".join(run.tags.get(tracking.FAILURE_TAG, "").split())
     return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 1] + "…"
 
 
-def tune_command(experiment: str, run: Run) -> str:
+def tune_command(experiment: str, run: RunRecord) -> str:
     """The `harness tune` command that continues a study parent run (from its logged params)."""
-    params = run.data.params
+    params = run.params
     variant = params.get("variant", "")
     parts = ["harness tune", experiment, f"--variant {variant}", f"--trials {params.get('trials', '')}"]
-    study = run.data.tags.get(tracking.STUDY_NAME_TAG)
+    study = run.tags.get(tracking.STUDY_NAME_TAG)
     if study and study != f"{experiment}-{variant}":
         parts.append(f"--study-name {study}")
     for option, default in (("sampler", "tpe"), ("pruner", "median")):
@@ -69,32 +66,32 @@ def tune_command(experiment: str, run: Run) -> str:
     return " ".join(parts)
 
 
-def continue_command(experiment: str, run: Run, resumable_id: str | None) -> str:
+def continue_command(experiment: str, run: RunRecord, resumable_id: str | None) -> str:
     """How to continue an unfinished parent run ("" for finished ones and runs --resume cannot reach)."""
-    if run.info.status not in UNFINISHED:
+    if run.status not in UNFINISHED:
         return ""
-    kind = run.data.tags.get(tracking.KIND_TAG)
+    kind = run.tags.get(tracking.KIND_TAG)
     if kind == "study":
         return tune_command(experiment, run) + " (same --storage)"
-    if kind != "run" or run.info.run_id != resumable_id:
+    if kind != "run" or run.run_id != resumable_id:
         return ""  # --resume continues only the newest unfinished run
     command = f"harness run {experiment} --resume"
-    return command + " (if its process has stopped)" if run.info.status == "RUNNING" else command
+    return command + " (if its process has stopped)" if run.status == "RUNNING" else command
 
 
-def _row(run: Run, name: str, now_ms: int, command: str = "") -> dict[str, Any]:
-    start = run.info.start_time
+def _row(run: RunRecord, name: str, now_ms: int, command: str = "") -> dict[str, Any]:
+    start = run.start_time
     return {
-        "run id": run.info.run_id, "name": name, "kind": run.data.tags.get(tracking.KIND_TAG, ""),
-        "status": run.info.status,
+        "run id": run.run_id, "name": name, "kind": run.tags.get(tracking.KIND_TAG, ""),
+        "status": run.status,
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start / 1000)) if start else "",
         "duration": _duration(run, now_ms), "failure reason": _reason(run), "to continue": command,
     }
 
 
-def _trials_row(trials: list[Run]) -> dict[str, Any]:
+def _trials_row(trials: list[RunRecord]) -> dict[str, Any]:
     """One line for a study's trials: how many ended how (a study can have hundreds)."""
-    counts = pd.Series([t.info.status for t in trials]).value_counts()
+    counts = pd.Series([t.status for t in trials]).value_counts()
     summary = ", ".join(f"{n} {status}" for status, n in counts.items())
     return {"run id": "", "name": f"  └ {len(trials)} trials", "kind": TRIAL_KIND, "status": summary,
             "started": "", "duration": "", "failure reason": "", "to continue": ""}
@@ -110,21 +107,21 @@ def recent_runs(tracker: Tracker, experiment: str, limit: int = 10) -> pd.DataFr
     if not parents:
         raise UnknownNameError(no_runs_message(tracker, experiment))
     if any(
-        p.info.status == "RUNNING" and p.data.tags.get(tracking.KIND_TAG) == "study" for p in parents
+        p.status == "RUNNING" and p.tags.get(tracking.KIND_TAG) == "study" for p in parents
     ) and end_dead_study_parents(tracker, experiment_id, limit=limit):
         parents = tracker.parent_runs(experiment_id, limit)
     resumable = tracker.latest_parent_run(experiment_id, unfinished_only=True)
-    resumable_id = resumable.info.run_id if resumable is not None else None
+    resumable_id = resumable.run_id if resumable is not None else None
     now_ms = int(time.time() * 1000)
     rows = []
     for parent in parents:
-        rows.append(_row(parent, parent.info.run_name, now_ms, continue_command(experiment, parent, resumable_id)))
-        children = tracker.children(experiment_id, parent.info.run_id)
-        trials = [r for r in children if r.data.tags.get(tracking.KIND_TAG) == TRIAL_KIND]
+        rows.append(_row(parent, parent.name, now_ms, continue_command(experiment, parent, resumable_id)))
+        children = tracker.children(experiment_id, parent.run_id)
+        trials = [r for r in children if r.tags.get(tracking.KIND_TAG) == TRIAL_KIND]
         if trials:
             rows.append(_trials_row(trials))
-        rows += [_row(r, f"  └ {r.info.run_name}", now_ms) for r in children
-                 if r.data.tags.get(tracking.KIND_TAG) != TRIAL_KIND]
+        rows += [_row(r, f"  └ {r.name}", now_ms) for r in children
+                 if r.tags.get(tracking.KIND_TAG) != TRIAL_KIND]
     return pd.DataFrame(rows)
 
 

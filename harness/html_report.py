@@ -33,20 +33,18 @@ from harness import reports, tracking
 from harness.config import field_names
 from harness.errors import HarnessError, TrackingError, UnknownNameError, WriteError, first_line, os_error_reason
 from harness.experiment import Experiment, check_name, load_experiment
-from harness.tracking import Tracker
+from harness.tracking import RunRecord, Tracker
 from harness.uris import redact
 
 if TYPE_CHECKING:
     import optuna
     from matplotlib.figure import Figure
-    from mlflow.entities import Run
 
 ARTIFACT = "report/report.html"  # where the page goes on the parent run
 NOT_RECORDED = "not recorded"
 # Environment tags every run carries (`tracking.environment_tags`): tag -> column header.
 ENV_TAGS = {"harness.version": "harness", "torch.version": "torch", "torchvision.version": "torchvision",
             "python.version": "python", "device": "device", "host": "host", "git_commit": "git commit"}
-CONTEXT_TAG = "mlflow.data.context"  # MLflow's tag on a dataset input: train / validation / test
 MIN_TRIALS_FOR_IMPORTANCE = 2  # Optuna's importance evaluators need at least two complete trials
 # study run params
 STUDY_OPTIONS = ("variant", "trials", "sampler", "sampler_seed", "pruner", "n_jobs", "repeat", "seeds", "storage")
@@ -79,8 +77,8 @@ class Context:
 
     tracker: Tracker
     comparison: compare.Comparison
-    parent: Run
-    children: dict[str, Run]  # run id -> run, in the comparison's row order
+    parent: RunRecord
+    children: dict[str, RunRecord]  # run id -> run, in the comparison's row order
     tmp: Path
     study: optuna.Study | None = None  # a `harness tune` parent's study, read from its Optuna storage
     notes: list[str] = field(default_factory=list)
@@ -136,9 +134,9 @@ def write_report(tracker: Tracker, experiment: str, run_id: str | None = None, s
         if picked is not None:  # an id selects it whatever its kind, so `study` is not passed on
             run_id, study = picked, False
     experiment_id, parent = compare.select_parent(tracker, experiment, run_id, study)
-    comparison = compare.load_comparison(tracker, experiment, run_id=parent.info.run_id)
+    comparison = compare.load_comparison(tracker, experiment, run_id=parent.run_id)
     loaded_study = _load_study(parent, storage) if _is_study(parent) else None  # a bad storage fails before drawing
-    runs = {r.info.run_id: r for r in tracker.children(experiment_id, parent.info.run_id)}
+    runs = {r.run_id: r for r in tracker.children(experiment_id, parent.run_id)}
     children = {i: runs[i] for i in comparison.runs["run_id"] if i in runs}
     with tempfile.TemporaryDirectory() as tmp:
         ctx = Context(tracker, comparison, parent, children, Path(tmp), loaded_study, notes)
@@ -150,8 +148,8 @@ def write_report(tracker: Tracker, experiment: str, run_id: str | None = None, s
     except OSError as exc:  # no permission, disk full, read-only file system: one line
         raise WriteError(f"Cannot write the report to {out}: {os_error_reason(exc)}; "
                          "give another file as out.") from None
-    tracker.log_bytes(parent.info.run_id, data, ARTIFACT)
-    return ReportOutcome(out, parent.info.run_id, parent.data.tags.get(tracking.KIND_TAG, "run"), len(data),
+    tracker.log_bytes(parent.run_id, data, ARTIFACT)
+    return ReportOutcome(out, parent.run_id, parent.tags.get(tracking.KIND_TAG, "run"), len(data),
                          notes=ctx.notes)
 
 
@@ -165,16 +163,16 @@ def latest_finished(tracker: Tracker, experiment: str, study: bool = False) -> t
     latest = tracker.latest_parent_run(experiment_id, kind=kind) if experiment_id is not None else None
     if latest is None:
         return None, []
-    if latest.info.status == "FINISHED":
-        return latest.info.run_id, []
+    if latest.status == "FINISHED":
+        return latest.run_id, []
     command = f"harness {'tune' if study else 'run'}"
-    newest = f"the newest, {latest.info.run_id}, is {latest.info.status}"
+    newest = f"the newest, {latest.run_id}, is {latest.status}"
     finished = tracker.latest_parent_run(experiment_id, kind=kind, finished_only=True)
     if finished is None:
         raise UnknownNameError(f"Experiment '{experiment}' has no finished `{command}` yet ({newest}); report an "
                                f"unfinished one by its run_id (`harness runs {experiment}` lists them).")
-    return finished.info.run_id, [f"reporting run {finished.info.run_id}, the latest finished `{command}` ({newest}; "
-                                  f"run_id '{latest.info.run_id}' reports it)."]
+    return finished.run_id, [f"reporting run {finished.run_id}, the latest finished `{command}` ({newest}; "
+                                  f"run_id '{latest.run_id}' reports it)."]
 
 
 def build_sections(ctx: Context) -> list[Section]:
@@ -288,8 +286,8 @@ def render_page(ctx: Context, sections: list[Section]) -> str:
 # ----------------------------------------------------------------- runs and variants
 
 
-def _is_study(parent: Run) -> bool:
-    return parent.data.tags.get(tracking.KIND_TAG) == "study"
+def _is_study(parent: RunRecord) -> bool:
+    return parent.tags.get(tracking.KIND_TAG) == "study"
 
 
 def _shown_variants(c: compare.Comparison) -> list[str]:
@@ -327,11 +325,11 @@ def overview_section(ctx: Context) -> Section:
     kind = "`harness tune` study" if _is_study(parent) else "`harness run`"
     facts = pd.DataFrame([
         ("experiment", c.experiment), ("description", description or NOT_RECORDED),
-        ("parent run", f"{parent.info.run_id} ({parent.info.run_name}), {kind}"), ("status", parent.info.status),
-        ("started", _when(parent.info.start_time)), ("ended", _when(parent.info.end_time)),
+        ("parent run", f"{parent.run_id} ({parent.name}), {kind}"), ("status", parent.status),
+        ("started", _when(parent.start_time)), ("ended", _when(parent.end_time)),
         ("child runs", str(len(c.runs))),
     ], columns=["", ""])
-    failure = parent.data.tags.get(tracking.FAILURE_TAG)
+    failure = parent.tags.get(tracking.FAILURE_TAG)
     if failure:
         facts.loc[len(facts)] = ("failure reason", failure)
     return Section("overview", "Overview", table_html(facts))
@@ -354,7 +352,7 @@ def variant_configs(ctx: Context) -> pd.DataFrame:
         runs = [ctx.children[i] for i in _run_ids(c, variant) if i in ctx.children]
         column = []
         for name in field_names():
-            values = list(dict.fromkeys(r.data.params[name] for r in runs if name in r.data.params))
+            values = list(dict.fromkeys(r.params[name] for r in runs if name in r.params))
             column.append(", ".join(values) if values else NOT_RECORDED)
         columns[variant] = column
     return pd.DataFrame(columns, index=pd.Index(field_names(), name="field"))
@@ -508,18 +506,13 @@ def per_class_section(ctx: Context) -> Section:
     return Section("per-class", title, body + table_html(_scores_text(table), caption))
 
 
-def _dataset_cells(run: Run | None) -> list[dict[str, str]]:
-    """One row per dataset input of `run` (MLflow's `run.inputs.dataset_inputs`), or one saying none."""
-    inputs = list(getattr(getattr(run, "inputs", None), "dataset_inputs", None) or [])
-    if not inputs:
+def _dataset_cells(run: RunRecord | None) -> list[dict[str, str]]:
+    """One row per dataset input of `run` (MLflow's "Datasets used"), or one saying none."""
+    if run is None or not run.datasets:
         return [{"context": "—", "name": NOT_RECORDED, "digest": "", "source": "", "profile": ""}]
-    rows = []
-    for record in inputs:
-        ds = record.dataset
-        context = next((t.value for t in record.tags or [] if t.key == CONTEXT_TAG), "—")
-        rows.append({"context": context, "name": ds.name, "digest": ds.digest,
-                     "source": _json_text(ds.source, single_key="uri"), "profile": _json_text(ds.profile)})
-    return rows
+    return [{"context": ds.context or "—", "name": ds.name, "digest": ds.digest,
+             "source": _json_text(ds.source, single_key="uri"), "profile": _json_text(ds.profile)}
+            for ds in run.datasets]
 
 
 def _json_text(text: str | None, single_key: str | None = None) -> str:
@@ -537,7 +530,7 @@ def _json_text(text: str | None, single_key: str | None = None) -> str:
     return ", ".join(f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in value.items())
 
 
-def datasets_frame(c: compare.Comparison, children: dict[str, Run]) -> pd.DataFrame:
+def datasets_frame(c: compare.Comparison, children: dict[str, RunRecord]) -> pd.DataFrame:
     """Variant, seed, run and each dataset input (context, name, digest, source, profile) of every child run."""
     rows = []
     for record in c.runs.itertuples(index=False):
@@ -565,14 +558,14 @@ def datasets_section(ctx: Context) -> Section:
     return Section("datasets", "Datasets", body + table_html(frame, caption))
 
 
-def _environment(run: Run) -> tuple[str, ...]:
-    tags = run.data.tags
+def _environment(run: RunRecord) -> tuple[str, ...]:
+    tags = run.tags
     values = {k: tags.get(k) for k in ENV_TAGS}
     values["git_commit"] = values["git_commit"] or tags.get(tracking.GIT_COMMIT_TAG)
     return tuple(values[k] or NOT_RECORDED for k in ENV_TAGS)
 
 
-def environment_frame(c: compare.Comparison, children: dict[str, Run]) -> pd.DataFrame:
+def environment_frame(c: compare.Comparison, children: dict[str, RunRecord]) -> pd.DataFrame:
     """One row per distinct environment (versions, device, host, git commit) with the runs that had it."""
     groups: dict[tuple[str, ...], list[str]] = {}
     for record in c.runs.itertuples(index=False):
@@ -659,7 +652,7 @@ def command(*parts: str) -> str:
 
 def _commit_line(ctx: Context) -> tuple[list[str], str]:
     """(`git checkout` line if a commit is recorded, a sentence on it)."""
-    commits = {ctx.parent.data.tags.get("git_commit")} | {r.data.tags.get("git_commit") for r in ctx.children.values()}
+    commits = {ctx.parent.tags.get("git_commit")} | {r.tags.get("git_commit") for r in ctx.children.values()}
     commits.discard(None)
     if not commits:
         return [], ("No git commit is recorded (the experiment file was not in a git repository): run the commands "
@@ -678,7 +671,7 @@ def run_commands(ctx: Context, reference: Reference) -> list[str]:
     """`harness run NAME [--seeds|--repeat] --set ...`: one command that retrains every child run of
     a `harness run` parent (the seed plan the parent recorded; every other difference to the file
     as `--set`)."""
-    params = ctx.parent.data.params
+    params = ctx.parent.params
     seeds_arg: list[str] = []
     skip: tuple[str, ...] = ()
     if "seeds" in params:
@@ -688,11 +681,11 @@ def run_commands(ctx: Context, reference: Reference) -> list[str]:
     per_variant: dict[str, dict[str, str]] = {}
     c = ctx.comparison
     for variant in dict.fromkeys(c.runs["variant"]):
-        runs = [ctx.children[i] for i in _run_ids(c, variant) if i in ctx.children and ctx.children[i].data.params]
+        runs = [ctx.children[i] for i in _run_ids(c, variant) if i in ctx.children and ctx.children[i].params]
         if not runs:
             continue
         first = min(runs, key=lambda r: tracking.run_seed(r) or 0)  # with --repeat: the variant's config seed
-        per_variant[variant] = overrides(dict(first.data.params), reference.fields(variant), skip)
+        per_variant[variant] = overrides(dict(first.params), reference.fields(variant), skip)
     file_variants = _file_variants(reference, per_variant)
     return [command("harness", "run", c.experiment, *seeds_arg, *set_arguments(per_variant, file_variants))]
 
@@ -700,7 +693,7 @@ def run_commands(ctx: Context, reference: Reference) -> list[str]:
 def study_commands(ctx: Context, reference: Reference) -> tuple[str, pd.DataFrame]:
     """(the `harness tune` command that reruns the study into a new study name, one `harness run`
     command per trial / retrain-best child with that child's fields as `--set`)."""
-    c, params = ctx.comparison, ctx.parent.data.params
+    c, params = ctx.comparison, ctx.parent.params
     variant = params.get("variant") or "VARIANT"
     file_variants = _file_variants(reference, [variant])
     tuned = set(reference.experiment.search_space) if reference.experiment is not None else set()
@@ -709,19 +702,19 @@ def study_commands(ctx: Context, reference: Reference) -> tuple[str, pd.DataFram
     rows, base = [], None
     for record in c.runs.itertuples(index=False):
         run = ctx.children.get(record.run_id)
-        if run is None or not run.data.params:
+        if run is None or not run.params:
             continue
-        fields = overrides(dict(run.data.params), reference.fields(variant))
+        fields = overrides(dict(run.params), reference.fields(variant))
         state = getattr(record, "trial_state", None)
         rows.append({"run": record.variant, "state": record.status if pd.isna(state) else state,
                      "command": command("harness", "run", c.experiment,
                                         *set_arguments({variant: fields}, file_variants))})
-        if base is None and run.data.tags.get(tracking.KIND_TAG) == "trial":
+        if base is None and run.tags.get(tracking.KIND_TAG) == "trial":
             base = {k: v for k, v in fields.items() if k not in tuned}  # what `tune --set` gave every trial
     if base is None:  # a continued study whose trials ran under an earlier parent run
         trial = _first_trial_run(ctx)
         if trial is not None:
-            base = {k: v for k, v in overrides(dict(trial.data.params), reference.fields(variant)).items()
+            base = {k: v for k, v in overrides(dict(trial.params), reference.fields(variant)).items()
                     if k not in tuned}
         else:
             ctx.notes.append("No trial run was found, so the `harness tune` command lacks the study's own --set.")
@@ -734,12 +727,12 @@ def study_commands(ctx: Context, reference: Reference) -> tuple[str, pd.DataFram
     if params.get("n_jobs", "1") != "1":
         tune += ["--n-jobs", params["n_jobs"]]
     tune += set_arguments({variant: base or {}}, file_variants)
-    if any(r.data.tags.get(tracking.VARIANT_TAG) == "retrain-best" for r in ctx.children.values()):
+    if any(r.tags.get(tracking.VARIANT_TAG) == "retrain-best" for r in ctx.children.values()):
         tune.append("--retrain-best")
     return command(*tune), pd.DataFrame(rows, columns=["run", "state", "command"])
 
 
-def _first_trial_run(ctx: Context) -> Run | None:
+def _first_trial_run(ctx: Context) -> RunRecord | None:
     """The MLflow run of the study's first trial that has logged params (found through its user attribute)."""
     if ctx.study is None:
         return None
@@ -748,7 +741,7 @@ def _first_trial_run(ctx: Context) -> Run | None:
     for trial in ctx.study.get_trials(deepcopy=False):
         run_id = trial.user_attrs.get(TRIAL_RUN_ATTR)
         run = ctx.tracker.find_run(run_id) if run_id else None
-        if run is not None and run.data.params:
+        if run is not None and run.params:
             return run
     return None
 
@@ -767,7 +760,7 @@ def reproduce_section(ctx: Context) -> Section:
     if _is_study(ctx.parent):
         tune, per_run = study_commands(ctx, reference)
         body += "<pre>" + esc("\n".join([*checkout, tune])) + "</pre>"
-        seed_note = ("" if "sampler_seed" in ctx.parent.data.params else
+        seed_note = ("" if "sampler_seed" in ctx.parent.params else
                      " Optuna's sampler seed (--seed) is not recorded on this (older) run: the default 0 is assumed.")
         body += paragraph("The whole study, into a new study name so the recorded one is not continued." + seed_note +
                           " With --n-jobs above 1 or a resumed study the sampled params need not repeat.")
@@ -784,13 +777,13 @@ def reproduce_section(ctx: Context) -> Section:
 # ----------------------------------------------------------------- the Optuna study
 
 
-def study_storage(parent: Run, storage: str | None) -> str:
+def study_storage(parent: RunRecord, storage: str | None) -> str:
     """The storage to read the study from: --storage, else the one the study run recorded (unless its
     password was hidden), else the default; a sqlite or journal file that is not there is an error
     (opening it would create an empty storage)."""
     from harness.study_store import DEFAULT_STORAGE
 
-    recorded = parent.data.params.get("storage")
+    recorded = parent.params.get("storage")
     url = storage or recorded or DEFAULT_STORAGE
     if storage is None and recorded and "***" in recorded:
         raise TrackingError(f"The study's storage {recorded} has a password, which is never recorded; "
@@ -803,13 +796,13 @@ def study_storage(parent: Run, storage: str | None) -> str:
     return url
 
 
-def _load_study(parent: Run, storage: str | None) -> optuna.Study:
+def _load_study(parent: RunRecord, storage: str | None) -> optuna.Study:
     """The Optuna study of a `harness tune` parent run (its `optuna.study_name` tag)."""
     from harness.study_store import load_study
 
-    name = parent.data.tags.get(tracking.STUDY_NAME_TAG)
+    name = parent.tags.get(tracking.STUDY_NAME_TAG)
     if not name:
-        raise UnknownNameError(f"Run {parent.info.run_id} records no Optuna study name (tag optuna.study_name).")
+        raise UnknownNameError(f"Run {parent.run_id} records no Optuna study name (tag optuna.study_name).")
     return load_study(study_storage(parent, storage), name)
 
 
@@ -823,7 +816,7 @@ def study_sections(ctx: Context, study: optuna.Study) -> list[Section]:
         table = table.rename(columns={"mlflow_run_id": "run"})
     caption = (f"Every trial of study '{study.study_name}' (as `harness study` lists them): "
                "state, value (best val_acc), params, seconds.")
-    recorded = ctx.parent.data.params  # how `harness tune` was asked to run (the storage without its password)
+    recorded = ctx.parent.params  # how `harness tune` was asked to run (the storage without its password)
     options = pd.DataFrame([(k, recorded[k]) for k in STUDY_OPTIONS if k in recorded], columns=["", ""])
     body = paragraph(best_summary(study)) + table_html(options) + table_html(table, caption)
     return [Section("study", "Study", body), Section("study-plots", "Study plots", study_plots(ctx, study))]

@@ -377,7 +377,7 @@ def _end_launched_runs(tracking_uri: str | None, experiment: str, launch_id: str
         if experiment_id is None:
             return None
         for run in tracker.launched_runs(experiment_id, launch_id):
-            tracker.end_run(run.info.run_id, "FAILED", reason)
+            tracker.end_run(run.run_id, "FAILED", reason)
         return None
     except HarnessError as exc:
         return f"MLflow could not record it ({exc})"

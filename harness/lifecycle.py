@@ -333,12 +333,12 @@ def check_resumable(tracker: Tracker, run: Any, variant: str) -> None:
     """Refuse to resume the interrupted child `run` if its checkpoint is gone or damaged while
     MLflow already has some of its epochs: training again from scratch would log those epochs
     twice. (A run killed before its first checkpoint has none logged and simply starts over.)"""
-    last = checkpoint.run_folder(run.info.run_id) / checkpoint.LAST
+    last = checkpoint.run_folder(run.run_id) / checkpoint.LAST
     if last.is_file():
         checkpoint.load(last)  # a damaged file is one line naming it
         return
-    if tracker.metric_history(run.info.run_id, "train_loss"):
-        raise ResumeError(f"Cannot resume variant '{variant}' (run {run.info.run_id}): its checkpoint {last} is "
+    if tracker.metric_history(run.run_id, "train_loss"):
+        raise ResumeError(f"Cannot resume variant '{variant}' (run {run.run_id}): its checkpoint {last} is "
                           "missing but MLflow has epochs of it; put the file back (or point HARNESS_CHECKPOINT_DIR "
                           "at its folder), or start a new run without resume.")
 
@@ -351,10 +351,10 @@ def log_pause(tracker: Tracker, run_id: str, ckpt_dir: Path) -> None:
     if run is None:
         return
     last = ckpt_dir / checkpoint.LAST
-    alive = max(run.info.end_time or 0, int(last.stat().st_mtime * 1000) if last.is_file() else 0)
+    alive = max(run.end_time or 0, int(last.stat().st_mtime * 1000) if last.is_file() else 0)
     if not alive:  # never ended, nothing checkpointed: no idle time is known
         return
-    paused = run.data.metrics.get(PAUSED_METRIC, 0.0) + max(0.0, (now_ms() - alive) / 1000)
+    paused = run.metrics.get(PAUSED_METRIC, 0.0) + max(0.0, (now_ms() - alive) / 1000)
     tracker.log_metrics(run_id, {PAUSED_METRIC: paused})
 
 

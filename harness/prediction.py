@@ -233,7 +233,7 @@ def best_model_uri(tracker: Tracker, experiment: str) -> tuple[str, str]:
         raise UnknownNameError(f"Experiment '{experiment}' has no finished `harness run` yet; finish one (`harness run "
                                f"{experiment}`, or resume the interrupted one) or give a model URI "
                                f"(MODEL is {MODEL_FORMS}).")
-    parent_id = parent.info.run_id
+    parent_id = parent.run_id
     comparison = load_comparison(tracker, experiment, run_id=parent_id, metric=DEFAULT_METRIC)
     best = best_run(comparison)
     if best is None:
@@ -282,10 +282,10 @@ def _missing_model_message(tracker: Tracker, uri: str, reason: str) -> str:
     if uri.startswith("runs:/"):
         run_id, _, path = uri[len("runs:/"):].strip("/").partition("/")
         run = tracker.find_run(run_id)
-        if run is not None and run.data.tags.get(tracking.KIND_TAG) in ("run", "study"):
+        if run is not None and run.tags.get(tracking.KIND_TAG) in ("run", "study"):
             return (f"Run {run_id} is a parent run: its variants hold the models; give one of their run ids "
                     "(`harness compare EXPERIMENT` lists them) or the experiment name to use its best variant.")
-        status = f" (status {run.info.status})" if run is not None else ""
+        status = f" (status {run.status})" if run is not None else ""
         return (f"Run {run_id}{status} has no logged model at '{path or 'model'}'; a variant's model is "
                 f"runs:/<run_id>/model, and failed or stopped variants have none.")
     if uri.startswith("models:/"):

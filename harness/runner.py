@@ -164,24 +164,24 @@ def _prepare_resume(tracker: Tracker, exp: Experiment, configs: dict[str, TrainC
     parent = tracker.latest_parent_run(experiment_id, unfinished_only=True)
     if parent is None:
         raise ResumeError(f"No interrupted run of '{exp.name}' to resume; start one with `harness run {exp.name}`.")
-    parent_id = parent.info.run_id
-    recorded = SeedPlan.from_params(parent.data.params)
+    parent_id = parent.run_id
+    recorded = SeedPlan.from_params(parent.params)
     if plan.repeated and plan != recorded:
         raise ResumeError(f"Cannot resume run {parent_id}: it was started with {recorded.describe()}, not "
                           f"{plan.describe()}; resume with the same option or leave it out.")
     # Keyed by (variant, seed): with repeats a variant has one child per seed.
-    existing = {(r.data.tags.get(tracking.VARIANT_TAG, r.info.run_name), tracking.run_seed(r)): r
+    existing = {(r.tags.get(tracking.VARIANT_TAG, r.name), tracking.run_seed(r)): r
                 for r in tracker.children(experiment_id, parent_id)}
     jobs = plan_jobs(configs, recorded)
     _check_same_seeds(parent_id, existing, jobs)
     held.enter_context(run_lock(parent_id, checkpoint_root()))  # before anything is reopened
     for job in jobs:
         previous = existing.get((job.variant, job.config.seed))
-        if previous is not None and previous.info.status != "FINISHED":
+        if previous is not None and previous.status != "FINISHED":
             check_resumable(tracker, previous, job.label)
     tracker.reopen_run(parent_id)
     reporter.status(f"Resuming run {parent_id} of {exp.name}")
-    prior = {key: PriorRun(r.info.run_id, r.info.status, dict(r.data.metrics)) for key, r in existing.items()}
+    prior = {key: PriorRun(r.run_id, r.status, dict(r.metrics)) for key, r in existing.items()}
     return parent_id, recorded, prior
 
 

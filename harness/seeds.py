@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from harness.config import SEED_LIMIT, TrainConfig
@@ -72,7 +73,7 @@ class SeedPlan:
         return {"repeat": str(self.repeat)} if self.repeat is not None else {}
 
     @classmethod
-    def from_params(cls, params: dict[str, str]) -> SeedPlan:
+    def from_params(cls, params: Mapping[str, str]) -> SeedPlan:
         """The plan a parent run recorded with `to_params`."""
         return cls.parse(int(params["repeat"]) if "repeat" in params else None, params.get("seeds"))
 

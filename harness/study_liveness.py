@@ -14,13 +14,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from harness import tracking
-from harness.tracking import Tracker, now_ms
-
-if TYPE_CHECKING:
-    from mlflow.entities import Run
+from harness.tracking import RunRecord, Tracker, now_ms
 
 HEARTBEAT_TAG = "harness.heartbeat"  # on a study parent: when its worker last beat (ms since the epoch)
 HEARTBEAT_INTERVAL_TAG = "harness.heartbeat_seconds"  # that worker's --heartbeat
@@ -58,12 +54,12 @@ def parent_heartbeat(tracker: Tracker, run_id: str, seconds: int) -> Iterator[No
         thread.join(timeout=5)
 
 
-def is_dead_study_parent(run: Run, at_ms: int | None = None) -> bool:
+def is_dead_study_parent(run: RunRecord, at_ms: int | None = None) -> bool:
     """True for a study parent still marked RUNNING whose worker's heartbeat tag is older than
     3 of its intervals (`at_ms`: now). A parent without the tag (written by a harness without
     it) is never called dead: nothing tells a dead worker from a live one there."""
-    tags = run.data.tags
-    if run.info.status != "RUNNING" or tags.get(tracking.KIND_TAG) != "study":
+    tags = run.tags
+    if run.status != "RUNNING" or tags.get(tracking.KIND_TAG) != "study":
         return False
     try:
         last, interval = int(tags[HEARTBEAT_TAG]), float(tags[HEARTBEAT_INTERVAL_TAG])
@@ -80,13 +76,13 @@ def end_dead_study_parents(tracker: Tracker, experiment_id: str, study_name: str
     that study's parents. Returns the ended parents' run ids."""
     ended = []
     for run in tracker.parent_runs(experiment_id, limit):
-        if study_name is not None and run.data.tags.get(tracking.STUDY_NAME_TAG) != study_name:
+        if study_name is not None and run.tags.get(tracking.STUDY_NAME_TAG) != study_name:
             continue
         if not is_dead_study_parent(run):
             continue
-        for child in tracker.children(experiment_id, run.info.run_id):
-            if child.info.status == "RUNNING":
-                tracker.end_run(child.info.run_id, "KILLED", DEAD_WORKER_REASON)
-        tracker.end_run(run.info.run_id, "KILLED", DEAD_WORKER_REASON)
-        ended.append(run.info.run_id)
+        for child in tracker.children(experiment_id, run.run_id):
+            if child.status == "RUNNING":
+                tracker.end_run(child.run_id, "KILLED", DEAD_WORKER_REASON)
+        tracker.end_run(run.run_id, "KILLED", DEAD_WORKER_REASON)
+        ended.append(run.run_id)
     return ended

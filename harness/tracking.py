@@ -19,8 +19,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,6 +43,7 @@ PARENT_RUN = "mlflow.parentRunId"
 STUDY_NAME_TAG = "optuna.study_name"  # on a study's parent run and its trials (the name Optuna-MLflow tools use)
 TRIAL_NUMBER_TAG = "optuna.trial_number"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # on a dataset input: train / validation / test
 KIND_TAG = "harness.kind"  # "run" / "study" parents; "variant" / "trial" children
 VARIANT_TAG = "harness.variant"
 TRIAL_STATE_TAG = "harness.trial_state"  # Optuna's own state name (COMPLETE, PRUNED, FAIL) on trial runs
@@ -122,9 +124,53 @@ def _short(value: str) -> str:
     return value if len(value) <= _PARAM_LIMIT else value[: _PARAM_LIMIT - 3] + "..."
 
 
-def run_seed(run: Run) -> int | None:
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One dataset input of a run (MLflow's "Datasets used"): `source` and `profile` as logged (JSON text)."""
+
+    context: str  # train / validation / test, "" when untagged
+    name: str
+    digest: str
+    source: str
+    profile: str
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One tracked run as the rest of the harness sees it: plain values, no MLflow object.
+    Times are ms since the epoch, as MLflow stores them (`end_time` is None while it runs);
+    `metrics` holds each metric's latest value."""
+
+    run_id: str
+    name: str
+    experiment_id: str
+    status: str  # RUNNING, FINISHED, FAILED or KILLED
+    start_time: int
+    end_time: int | None
+    artifact_uri: str
+    params: Mapping[str, str]
+    metrics: Mapping[str, float]
+    tags: Mapping[str, str]
+    datasets: tuple[DatasetRecord, ...] = ()
+
+    @classmethod
+    def of(cls, run: Run) -> RunRecord:
+        """The record of an MLflow `Run` (the one place that reads MLflow's run entity)."""
+        info, data = run.info, run.data
+        datasets = tuple(
+            DatasetRecord(context=next((t.value for t in d.tags or [] if t.key == DATASET_CONTEXT_TAG), ""),
+                          name=d.dataset.name, digest=d.dataset.digest, source=d.dataset.source or "",
+                          profile=d.dataset.profile or "")
+            for d in (run.inputs.dataset_inputs if run.inputs else None) or [])
+        return cls(run_id=info.run_id, name=info.run_name or "", experiment_id=info.experiment_id,
+                   status=info.status, start_time=info.start_time or 0, end_time=info.end_time,
+                   artifact_uri=info.artifact_uri or "", params=dict(data.params),
+                   metrics=dict(data.metrics), tags=dict(data.tags), datasets=datasets)
+
+
+def run_seed(run: RunRecord) -> int | None:
     """The config seed a child run trained with (its seed tag, else its logged `seed` param)."""
-    text = run.data.tags.get(SEED_TAG, run.data.params.get("seed"))
+    text = run.tags.get(SEED_TAG, run.params.get("seed"))
     try:
         return int(text) if text is not None else None
     except ValueError:
@@ -274,18 +320,18 @@ class Tracker:
         self._client.set_terminated(run_id, status=status)
 
     @_guarded("read a run")
-    def find_run(self, run_id: str) -> Run | None:
+    def find_run(self, run_id: str) -> RunRecord | None:
         """Run `run_id`, or None if the store has no such run."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return self._client.get_run(run_id)
+            return RunRecord.of(self._client.get_run(run_id))
         except MlflowException:
             return None
 
     @_guarded("read runs")
     def latest_parent_run(self, experiment_id: str, unfinished_only: bool = False, kind: str = "run",
-                          finished_only: bool = False) -> Run | None:
+                          finished_only: bool = False) -> RunRecord | None:
         """The newest parent run of the experiment (`kind` "run" for `harness run`, "study" for
         `harness tune`), optionally only unfinished (or only finished) ones."""
         filt = f"tags.`{KIND_TAG}` = '{kind}'"
@@ -295,29 +341,30 @@ class Tracker:
             filt += " and attributes.status = 'FINISHED'"
         runs = self._client.search_runs([experiment_id], filter_string=filt,
                                         order_by=["attributes.start_time DESC"], max_results=1)
-        return runs[0] if runs else None
+        return RunRecord.of(runs[0]) if runs else None
 
     @_guarded("read runs")
-    def launched_runs(self, experiment_id: str, launch_id: str) -> list[Run]:
+    def launched_runs(self, experiment_id: str, launch_id: str) -> list[RunRecord]:
         """The runs (parents and children) started by one `harness run --nproc-per-node` launch
         that did not finish."""
-        return self._client.search_runs(
+        return [RunRecord.of(r) for r in self._client.search_runs(
             [experiment_id], filter_string=f"tags.`{LAUNCH_TAG}` = '{launch_id}' and attributes.status != 'FINISHED'",
-            max_results=5000)
+            max_results=5000)]
 
     @_guarded("read runs")
-    def parent_runs(self, experiment_id: str, limit: int) -> list[Run]:
+    def parent_runs(self, experiment_id: str, limit: int) -> list[RunRecord]:
         """The newest `limit` parent runs (`harness run` and `harness tune`) of the experiment, newest first."""
-        runs = [r for kind in ("run", "study") for r in self._client.search_runs(
+        runs = [RunRecord.of(r) for kind in ("run", "study") for r in self._client.search_runs(
             [experiment_id], filter_string=f"tags.`{KIND_TAG}` = '{kind}'",
             order_by=["attributes.start_time DESC"], max_results=limit)]
-        return sorted(runs, key=lambda r: r.info.start_time, reverse=True)[:limit]
+        return sorted(runs, key=lambda r: r.start_time, reverse=True)[:limit]
 
     @_guarded("read runs")
-    def children(self, experiment_id: str, parent_id: str) -> list[Run]:
+    def children(self, experiment_id: str, parent_id: str) -> list[RunRecord]:
         """Every child run of `parent_id` (all seeds of all variants, or all trials), oldest first."""
-        return self._client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_RUN}` = '{parent_id}'",
-                                        order_by=["attributes.start_time ASC"], max_results=5000)
+        return [RunRecord.of(r) for r in self._client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT_RUN}` = '{parent_id}'",
+            order_by=["attributes.start_time ASC"], max_results=5000)]
 
     @_guarded("read metrics")
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -539,11 +586,6 @@ class Tracker:
         for key, value in tags.items():
             self._client.set_model_version_tag(name, version, key, str(value))
 
-    @_guarded("search logged models")
-    def logged_models(self, experiment_id: str) -> list[Any]:
-        """MLflow 3's logged-model records of an experiment, with their linked metrics."""
-        return list(self._client.search_logged_models(experiment_ids=[experiment_id]))
-
     # ------------------------------------------------------------- lineage and machine
 
     @_guarded("log the datasets")
@@ -558,7 +600,7 @@ class Tracker:
         inputs = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d.get("source_type", "local"),
                                        source=json.dumps({"uri": d["source"]}),
                                        profile=json.dumps(d.get("profile", {}))),
-                               tags=[InputTag("mlflow.data.context", d["context"])]) for d in datasets]
+                               tags=[InputTag(DATASET_CONTEXT_TAG, d["context"])]) for d in datasets]
         # Two runs recording the same new dataset at once (parallel trials, workers): MLflow looks
         # it up, then inserts it, and the second insert fails on the unique key; the retry finds it.
         retry(lambda: self._client.log_inputs(run_id, datasets=inputs), delay=0.05, when=_insert_raced)

@@ -258,7 +258,7 @@ def test_next_worker_ends_only_dead_study_runs_of_its_study(workdir: Path) -> No
     status = {r.info.run_name: r.info.status for r in runs_in(workdir)}
     assert status == {"dead": "KILLED", "trial-0": "KILLED", "alive": "RUNNING", "untagged": "RUNNING",
                       "other": "RUNNING"}
-    assert tracker.find_run(trial).data.tags["harness.failure_reason"] == DEAD_WORKER_REASON
+    assert tracker.find_run(trial).tags["harness.failure_reason"] == DEAD_WORKER_REASON
     for run_id in (alive, untagged, other):
         tracker.end_run(run_id, "FINISHED")
 

@@ -180,10 +180,14 @@ def test_too_few_trials_for_importances_is_said_not_failed(tmp_path: Path) -> No
 
 
 def test_dataset_inputs_or_not_recorded_and_escaped() -> None:
-    from mlflow.entities import Dataset, DatasetInput, InputTag, RunInputs
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Run, RunData, RunInfo, RunInputs
 
-    def run(*inputs: DatasetInput) -> SimpleNamespace:
-        return SimpleNamespace(inputs=RunInputs(dataset_inputs=list(inputs)))
+    from harness.tracking import RunRecord
+
+    def run(*inputs: DatasetInput) -> RunRecord:  # read from MLflow's entity as the tracker does
+        info = RunInfo(run_id="1" * 32, experiment_id="0", user_id="", status="FINISHED", start_time=0,
+                       end_time=1, lifecycle_stage="active")
+        return RunRecord.of(Run(info, RunData(), RunInputs(dataset_inputs=list(inputs))))
 
     data = DatasetInput(Dataset(name="digits<script>", digest="abc123", source_type="local",
                                 source='{"uri": "https://example.org/digits"}', profile='{"samples": 1293}'),

@@ -110,7 +110,7 @@ def test_child_runs_have_system_metrics_and_their_model_links_the_final_metrics(
     (child,) = children_of("quickstart")
     assert "system/cpu_utilization_percentage" in child.data.metrics
     assert "system/system_memory_usage_megabytes" in child.data.metrics
-    models = Tracker.open().logged_models(child.info.experiment_id)
+    models = MlflowClient().search_logged_models(experiment_ids=[child.info.experiment_id])
     (record,) = [m for m in models if m.source_run_id == child.info.run_id]
     linked = {m.key: m.value for m in record.metrics}
     assert linked["test_acc"] == pytest.approx(child.data.metrics["test_acc"])
@@ -182,4 +182,4 @@ def test_runs_recording_the_same_new_dataset_at_once_all_succeed(workdir: Path) 
     record = {"name": "digits", "context": "train", "digest": "0" * 32, "source": "/nowhere", "profile": {}}
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda run_id: tracker.log_datasets(run_id, [record]), runs))
-    assert all(len(tracker.find_run(r).inputs.dataset_inputs) == 1 for r in runs)
+    assert all(len(tracker.find_run(r).datasets) == 1 for r in runs)

@@ -61,8 +61,8 @@ def test_tracker_reads_and_writes_through_the_server(server: str, tmp_path: Path
     tracker.end_run(child, "FAILED", "because")
 
     assert tracker.metric_history(child, "train_loss") == [(1, 0.5), (2, 0.25)]
-    assert [r.info.run_id for r in tracker.children(exp_id, parent)] == [child]
-    assert tracker.latest_parent_run(exp_id).info.run_id == parent
+    assert [r.run_id for r in tracker.children(exp_id, parent)] == [child]
+    assert tracker.latest_parent_run(exp_id).run_id == parent
     assert tracker.find_run("0" * 32) is None
     downloaded = tracker.download_artifact(child, "notes/a.txt", tmp_path / "dl")
     assert downloaded is not None and downloaded.read_text() == "hello"

@@ -69,11 +69,11 @@ def harness_startup_seconds(folder: Path) -> float:
     tracker = Tracker.open(f"sqlite:///{folder}/mlflow.db")
     experiment_id = tracker.find_experiment("quickstart")
     parent = tracker.latest_parent_run(experiment_id) if experiment_id is not None else None
-    children = tracker.children(experiment_id, parent.info.run_id) if parent is not None else []
+    children = tracker.children(experiment_id, parent.run_id) if parent is not None else []
     # The first run a process trains logs it (`harness.lifecycle`); quickstart has one variant: its one child.
     for run in children:
-        if "startup_seconds" in run.data.metrics:
-            return run.data.metrics["startup_seconds"]
+        if "startup_seconds" in run.metrics:
+            return run.metrics["startup_seconds"]
     raise HarnessError(f"`harness run quickstart` in {folder} recorded no startup_seconds metric.")
 
 

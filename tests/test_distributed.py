@@ -24,6 +24,7 @@ from helpers import (
     folder_env,
     free_port,
     harness,
+    harness_here,
     harness_popen,
     history,
     one_error_line,
@@ -146,7 +147,7 @@ def test_two_processes_record_one_child_per_variant_with_one_point_per_epoch(two
 
     # The same experiment on one process, same global batch and seed: close test accuracy.
     env = setup(tmp_path, "dp", TWO_VARIANTS)
-    single = harness("run", "dp", cwd=tmp_path, env=env)
+    single = harness_here("run", "dp", cwd=tmp_path, env=env)
     assert single.returncode == 0, single.stderr
     one = {r.data.tags["harness.variant"]: r.data.metrics["test_acc"] for r in children(env["MLFLOW_TRACKING_URI"])}
     two = {r.data.tags["harness.variant"]: r.data.metrics["test_acc"] for r in runs}
@@ -222,7 +223,7 @@ def test_rank_0_killed_leaves_the_launcher_to_mark_the_runs_failed(tmp_path: Pat
 def test_a_two_process_checkpoint_resumes_on_one_process_saying_what_changed(killed_run, tmp_path: Path) -> None:
     template, _, _ = killed_run
     root, env = copy(template, tmp_path / "b")
-    resumed = harness("run", "dpkill", "--resume", cwd=root, env=env)
+    resumed = harness_here("run", "dpkill", "--resume", cwd=root, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert "written by 2 process(es), resumed on 1" in resumed.stdout, resumed.stdout
     (run,) = children(env["MLFLOW_TRACKING_URI"])

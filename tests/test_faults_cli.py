@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import GOOD_EXPERIMENT, harness_popen, one_error_line, runs_in, wait_until, write_experiment
+from helpers import GOOD_EXPERIMENT, harness_here, harness_popen, one_error_line, runs_in, wait_until, write_experiment
 
 # Writes a marker file when imported: proves a refused name never ran the file.
 EVIL = '''
@@ -101,8 +101,8 @@ CASES = [
 ]
 
 
-def _harness(workdir: Path, *args: str) -> subprocess.Popen[str]:
-    return harness_popen(*args, cwd=workdir, env={"COLUMNS": "200"})
+def _harness(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return harness_here(*args, cwd=workdir, env={"COLUMNS": "200"})
 
 
 def _runs(workdir: Path) -> list[tuple[str, str]]:
@@ -121,7 +121,7 @@ def test_fault_is_one_clear_line(workdir: Path, case: Case) -> None:
     (workdir / "experiments" / "sub" / "evil.py").write_text(EVIL)
     (workdir / "afile").write_text("keep me")
     proc = _harness(workdir, *case.args)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == case.code, (out, err)
     line = one_error_line(err)
     for text in case.expected:
@@ -140,7 +140,7 @@ def test_list_shows_good_and_broken(workdir: Path) -> None:
     write_experiment(workdir, "bad", SYNTAX)
     write_experiment(workdir, "exits", EXITS)
     proc = _harness(workdir, "list")
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 1, (out, err)
     rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     assert list(rows) == ["another", "bad", "exits", "quickstart"]
@@ -160,7 +160,7 @@ def test_ctrl_c_while_importing_still_stops_list(workdir: Path) -> None:
     started = workdir / "started"
     write_experiment(workdir, "slow",
                      f"import time\nfrom pathlib import Path\n\nPath({str(started)!r}).touch()\ntime.sleep(60)\n")
-    proc = _harness(workdir, "list")
+    proc = harness_popen("list", cwd=workdir, env={"COLUMNS": "200"})
     wait_until(started.exists, proc, timeout=60, what=f"{started} created by the experiment file")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -175,7 +175,7 @@ def test_repeat_past_the_largest_seed_is_one_line(workdir: Path) -> None:
     is started, so that run exists and ends FAILED; `harness run` calling `SeedPlan.check` before
     opening the store would create none.)"""
     proc = _harness(workdir, "run", "quickstart", "--set", "seed=4294967295", "--repeat", "2")
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 2, (out, err)
     line = one_error_line(err)
     assert "repeat=2 from seed 4294967295 of variant 'lenet_relu' reaches seed 4294967296" in line

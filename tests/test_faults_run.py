@@ -24,6 +24,7 @@ from helpers import (
     folder_env,
     free_port,
     harness,
+    harness_here,
     harness_popen,
     one_error_line,
     python,
@@ -72,7 +73,7 @@ def test_disk_full_while_checkpointing_fails_in_one_line_and_resume_continues(tm
     small = mount("small", "size=300k")  # best.pt (250 kB) fits, last.pt (weights + momentum) does not
     env = {**folder, "HARNESS_CHECKPOINT_DIR": str(small)}
     write_synthetic_experiment(tmp_path, "full")
-    result = harness("run", "full", cwd=tmp_path, env=env)
+    result = harness_here("run", "full", cwd=tmp_path, env=env)
     assert result.returncode == 1, result.stderr
     line = one_error_line(result.stderr)
     assert "no space left on the device" in line and str(small) in line and "continue with resume=True" in line, line
@@ -83,7 +84,7 @@ def test_disk_full_while_checkpointing_fails_in_one_line_and_resume_continues(tm
     assert not list(small.rglob("*.tmp")), "a partial checkpoint was left behind"
 
     subprocess.run(["mount", "-o", "remount,size=20m", str(small)], check=True)  # space freed
-    resumed = harness("run", "full", "--resume", cwd=tmp_path, env=env)
+    resumed = harness_here("run", "full", "--resume", cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr
     run = MlflowClient(uri).get_run(run.info.run_id)
     assert run.info.status == "FINISHED" and FAILURE_TAG not in run.data.tags  # the old reason is gone
@@ -95,7 +96,7 @@ def test_disk_full_while_logging_artifacts_marks_runs_failed_with_the_reason(tmp
                                                                            mount) -> None:
     work = mount("work", "size=200k")  # ./mlruns (artifacts of the default store) fills up; the store itself does not
     write_synthetic_experiment(tmp_path, "fullart")
-    result = harness("run", "fullart", cwd=work, env=folder)
+    result = harness_here("run", "fullart", cwd=work, env=folder)
     assert result.returncode == 1, result.stderr
     line = one_error_line(result.stderr)
     assert "no space left on the device" in line and str(work) in line, line
@@ -112,7 +113,7 @@ def test_disk_full_with_the_store_on_it_says_the_record_could_not_be_written(tmp
     everything = mount("all", "size=1200k")  # store, artifacts and checkpoints on one disk that fills up
     write_synthetic_experiment(tmp_path, "allfull")
     env = {"HARNESS_EXPERIMENTS_DIR": folder["HARNESS_EXPERIMENTS_DIR"]}
-    result = harness("run", "allfull", cwd=everything,
+    result = harness_here("run", "allfull", cwd=everything,
                      env={**env, "MLFLOW_TRACKING_URI": "", "HARNESS_CHECKPOINT_DIR": ""})
     assert result.returncode != 0
     line = one_error_line(result.stderr)
@@ -127,7 +128,7 @@ def test_read_only_working_folder_names_the_folder_and_the_option(tmp_path: Path
     env = dict(folder)
     if not checkpoints_elsewhere:
         del env["HARNESS_CHECKPOINT_DIR"]  # ./checkpoints in the read-only folder
-    result = harness("run", "ro", cwd=readonly, env=env)
+    result = harness_here("run", "ro", cwd=readonly, env=env)
     assert result.returncode != 0
     line = one_error_line(result.stderr)
     assert "read-only" in line, line
@@ -148,7 +149,7 @@ def test_unusable_sqlite_store_fails_within_seconds(tmp_path: Path, folder: dict
     for uri, expected in ((f"sqlite:///{tmp_path}/a_folder", "is a folder"),
                           (f"sqlite:///{readonly}/mlflow.db", "not writable")):
         began = time.monotonic()
-        result = harness("run", "store", "--tracking-uri", uri, cwd=tmp_path, env=folder)
+        result = harness_here("run", "store", "--tracking-uri", uri, cwd=tmp_path, env=folder)
         assert time.monotonic() - began < 30, "an unusable store must fail in seconds, not minutes"
         assert result.returncode == 2
         line = one_error_line(result.stderr)
@@ -230,7 +231,7 @@ def test_resume_with_its_checkpoint_deleted_refuses_and_changes_nothing(interrup
     uri = env["MLFLOW_TRACKING_URI"]
     logged = steps(uri, run_id)
     (Path(env["HARNESS_CHECKPOINT_DIR"]) / run_id / "last.pt").unlink()
-    result = harness("run", "stopped", "--resume", cwd=cwd, env=env)
+    result = harness_here("run", "stopped", "--resume", cwd=cwd, env=env)
     assert result.returncode == 2
     line = one_error_line(result.stderr)
     assert "last.pt is missing" in line and "without resume" in line, line
@@ -244,7 +245,7 @@ def test_resume_with_a_damaged_checkpoint_names_the_file(interrupted, damage: by
     cwd, env, run_id = interrupted
     last = Path(env["HARNESS_CHECKPOINT_DIR"]) / run_id / "last.pt"
     last.write_bytes(damage)
-    result = harness("run", "stopped", "--resume", cwd=cwd, env=env)
+    result = harness_here("run", "stopped", "--resume", cwd=cwd, env=env)
     assert result.returncode == 2
     line = one_error_line(result.stderr)
     assert str(last) in line and "is damaged" in line, line
@@ -258,7 +259,7 @@ def test_a_second_resume_of_the_same_run_is_refused(interrupted) -> None:
     try:
         wait_until(lambda: MlflowClient(uri).get_run(run_id).info.status == "RUNNING", first, timeout=120,
                    what="the first resume holds the run", interval=0.1)
-        second = harness("run", "stopped", "--resume", cwd=cwd, env=env)
+        second = harness_here("run", "stopped", "--resume", cwd=cwd, env=env)
         assert second.returncode == 2
         line = one_error_line(second.stderr)
         assert "being trained by another process" in line and f"pid {first.pid}" in line, line
@@ -308,7 +309,7 @@ def test_resume_auto_continues_the_interrupted_run_and_sigusr1_stops_it_like_sig
 
 def test_resume_auto_without_an_interrupted_run_starts_a_new_one(tmp_path: Path, folder: dict[str, str]) -> None:
     write_synthetic_experiment(tmp_path, "fresh", epochs=1, limit=64)
-    result = harness("run", "fresh", "--resume=auto", cwd=tmp_path, env=folder)
+    result = harness_here("run", "fresh", "--resume=auto", cwd=tmp_path, env=folder)
     assert result.returncode == 0, result.stderr
     assert "No interrupted run of fresh: starting a new one." in result.stdout
     assert child(folder["MLFLOW_TRACKING_URI"]).info.status == "FINISHED"

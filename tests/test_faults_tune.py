@@ -24,6 +24,7 @@ from helpers import (
     assert_none_running,
     copy_experiment,
     folder_env,
+    harness_here,
     harness_popen,
     one_error_line,
     one_line,
@@ -64,6 +65,11 @@ def _harness(folder: Path, *args: str) -> subprocess.Popen:
     return harness_popen(*args, cwd=folder, env=folder_env(folder, checkpoints="checkpoints"))
 
 
+def _here(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`harness ARGS` as `_harness` runs it, run to its end in this process (no signal, no kill)."""
+    return harness_here(*args, cwd=folder, env=folder_env(folder, checkpoints="checkpoints"))
+
+
 def _nothing_running(folder: Path, storage: str | None = None) -> None:
     assert_none_running(runs_in(folder))
     storage = storage or f"sqlite:///{folder}/optuna.db"
@@ -96,12 +102,11 @@ ONE_LINE_ERRORS = [
 def one_line_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, int, str, str]]:
     """Every case of ONE_LINE_ERRORS run at once, each in its own folder: name -> (folder, code, out, err)."""
     root = tmp_path_factory.mktemp("faults")
-    started = {c.name: (folder := _folder(root / f"case{i}"), _harness(folder, *c.args))
-               for i, c in enumerate(ONE_LINE_ERRORS)}
     done = {}
-    for name, (folder, proc) in started.items():
-        out, err = proc.communicate(timeout=300)
-        done[name] = (folder, proc.returncode, out, err)
+    for i, case in enumerate(ONE_LINE_ERRORS):
+        folder = _folder(root / f"case{i}")
+        result = _here(folder, *case.args)
+        done[case.name] = (folder, result.returncode, result.stdout, result.stderr)
     return done
 
 
@@ -154,8 +159,8 @@ def test_worker_killed_9_its_study_run_is_recognised_as_dead(tmp_path: Path) -> 
     assert parent.info.status == "RUNNING" and "harness.heartbeat" in parent.data.tags
     time.sleep(3.5)  # past 3 heartbeats of 1 s
 
-    listed = _harness(folder, "runs", "quickstart")
-    out, err = listed.communicate(timeout=120)
+    listed = _here(folder, "runs", "quickstart")
+    out, err = listed.stdout, listed.stderr
     assert listed.returncode == 0 and not err.strip(), err
     assert "worker stopped (no heartbeat)" in out and "RUNNING" not in out, out
     runs = {r.info.run_id: r for r in runs_in(folder)}
@@ -165,8 +170,8 @@ def test_worker_killed_9_its_study_run_is_recognised_as_dead(tmp_path: Path) -> 
 
     # The next worker of the study: Optuna's heartbeat fails the dead trial and retries its params.
     (dead,) = trials(storage)
-    worker = _harness(folder, "tune", "quickstart", "--trials", "1", "--heartbeat", "1", "--set", "epochs=1")
-    out, err = worker.communicate(timeout=300)
+    worker = _here(folder, "tune", "quickstart", "--trials", "1", "--heartbeat", "1", "--set", "epochs=1")
+    out, err = worker.stdout, worker.stderr
     assert worker.returncode == 0 and not err.strip(), err
     after = trials(storage)
     assert after[dead.number].state == optuna.trial.TrialState.FAIL
@@ -196,8 +201,8 @@ def test_a_retried_trial_continues_the_dead_trials_checkpoint_and_run(tmp_path: 
     dead_run = dead.user_attrs["mlflow_run_id"]
     time.sleep(3.5)  # past 3 heartbeats of 1 s: the next worker fails the dead trial and retries it
 
-    worker = _harness(folder, *command)
-    out, err = worker.communicate(timeout=300)
+    worker = _here(folder, *command)
+    out, err = worker.stdout, worker.stderr
     assert worker.returncode == 0 and not err.strip(), err
     assert f"trial-1: retries trial 0: continues its checkpoint and MLflow run {dead_run}." in out, out
     assert "resuming after epoch" in out
@@ -224,8 +229,8 @@ def test_a_retry_whose_checkpoint_is_unreachable_starts_over_saying_so(tmp_path:
     (dead,) = trials(storage)
     shutil.rmtree(folder / "checkpoints")  # another machine's local disk, as far as this worker can tell
     time.sleep(3.5)
-    worker = _harness(folder, "tune", "quickstart", "--trials", "1", "--heartbeat", "1", "--set", "epochs=2")
-    out, err = worker.communicate(timeout=300)
+    worker = _here(folder, "tune", "quickstart", "--trials", "1", "--heartbeat", "1", "--set", "epochs=2")
+    out, err = worker.stdout, worker.stderr
     assert worker.returncode == 0 and not err.strip(), err
     assert "trial-1: retries trial 0, but its checkpoint" in out and "is not reachable from here" in out, out
     retry = trials(storage)[1]
@@ -313,8 +318,8 @@ def test_storage_password_never_shown_or_recorded_with_a_real_postgresql(tmp_pat
     assert study_run.data.params["storage"] == f"{with_password.replace(PASSWORD, '***')}/{db}"
     _nothing_running(folder, storage=f"{with_password}/{db}")
 
-    missing = _harness(folder, "study", "quickstart", "--storage", f"{with_password}/no_such_db_{db}")
-    out, err = missing.communicate(timeout=120)
+    missing = _here(folder, "study", "quickstart", "--storage", f"{with_password}/no_such_db_{db}")
+    out, err = missing.stdout, missing.stderr
     assert missing.returncode == 2, (out, err)
     line = one_line(err)
     assert "Cannot open Optuna storage" in line and ":***@" in line and PASSWORD not in line

@@ -15,6 +15,7 @@ import torch
 from helpers import (
     copy_experiment,
     experiment_runs,
+    harness_here,
     harness_popen,
     history,
     steps,
@@ -160,8 +161,8 @@ def test_killed_run_resumes_to_the_same_history(workdir: Path) -> None:
     ckpt = torch.load(next(workdir.glob("checkpoints/*/last.pt")), weights_only=True)
     assert 1 <= ckpt["fit"]["epoch"] < 3
 
-    resumed = harness_popen("run", "resumable", "--resume", cwd=workdir)
-    out, err = resumed.communicate(timeout=300)
+    resumed = harness_here("run", "resumable", "--resume", cwd=workdir)
+    out, err = resumed.stdout, resumed.stderr
     assert resumed.returncode == 0, err
     assert "resuming after epoch" in out
     done = child("resumable", "net")
@@ -190,8 +191,8 @@ def test_interrupt_marks_run_killed(workdir: Path) -> None:
 
 
 def test_resume_without_interrupted_run_is_a_clear_error(workdir: Path) -> None:
-    proc = harness_popen("run", "quickstart", "--resume", cwd=workdir)
-    out, err = proc.communicate(timeout=120)
+    proc = harness_here("run", "quickstart", "--resume", cwd=workdir)
+    err = proc.stderr
     assert proc.returncode == 2
     assert err.strip().startswith("error: No interrupted run of 'quickstart'") and "Traceback" not in err
 
@@ -216,18 +217,18 @@ def test_resume_without_interrupted_run_is_a_clear_error(workdir: Path) -> None:
     ],
 )
 def test_bad_input_is_one_clear_line(workdir: Path, args: list[str], expected: str) -> None:
-    proc = harness_popen(*args, cwd=workdir)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2, (out, err)
+    proc = harness_here(*args, cwd=workdir)
+    err = proc.stderr
+    assert proc.returncode == 2, (proc.stdout, err)
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
     assert expected in err
 
 
 def test_missing_dataset_names_files_and_folder(workdir: Path) -> None:
-    proc = harness_popen("run", "quickstart", "--set", "dataset=fashion_mnist", "--data-dir", str(workdir / "nodata"),
-                         cwd=workdir)
-    out, err = proc.communicate(timeout=300)
+    proc = harness_here("run", "quickstart", "--set", "dataset=fashion_mnist", "--data-dir", str(workdir / "nodata"),
+                        cwd=workdir)
+    err = proc.stderr
     assert proc.returncode == 1
     assert "Traceback" not in err
     line = [ln for ln in err.splitlines() if ln.startswith("error:")]
@@ -283,9 +284,9 @@ def test_pretrained_weights_offline_fail_clearly(workdir: Path, monkeypatch: pyt
     copy_experiment(workdir, "exp_transfer_catdog")
     images = _write_catdog(workdir / "catdog", per_class=4)
     monkeypatch.setenv("TORCH_HOME", str(workdir / "torch_home"))  # no cached weights
-    proc = harness_popen("run", "exp_transfer_catdog", "--set", f"data_path={images}", "--set", "finetune.epochs=1",
-                    "--set", "image_size=32", "--set", "num_workers=0", cwd=workdir)
-    out, err = proc.communicate(timeout=300)
+    proc = harness_here("run", "exp_transfer_catdog", "--set", f"data_path={images}", "--set", "finetune.epochs=1",
+                        "--set", "image_size=32", "--set", "num_workers=0", cwd=workdir)
+    err = proc.stderr
     if proc.returncode == 0:
         pytest.skip("pretrained weights could be downloaded here (network available)")
     assert proc.returncode == 1 and "Traceback" not in err

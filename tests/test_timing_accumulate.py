@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import harness
-from helpers import child, harness_popen, sqlite_uri, wait_for_checkpoint, write_synthetic_experiment
-from helpers import harness as harness_process
+from helpers import child, harness_here, harness_popen, sqlite_uri, wait_for_checkpoint, write_synthetic_experiment
 from mlflow import MlflowClient
 
 from harness.config import TrainConfig
@@ -45,7 +44,7 @@ def test_resumed_run_wall_time_leaves_out_the_pause(workdir: Path, capsys: pytes
     run_id = child(sqlite_uri(workdir)).info.run_id
     assert MlflowClient().get_run(run_id).info.status == "KILLED"
     time.sleep(PAUSE)
-    resumed = harness_process("run", "paused", "--resume", cwd=workdir)
+    resumed = harness_here("run", "paused", "--resume", cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     upper = time.time() - stopped  # the pause cannot be longer than all the time since the stop
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from helpers import experiment_runs, harness_popen, steps, wait_for_checkpoint, write_experiment
+from helpers import experiment_runs, harness_here, harness_popen, steps, wait_for_checkpoint, write_experiment
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -184,9 +184,9 @@ def test_killed_study_resumes_to_exactly_n_finished_trials(workdir: Path) -> Non
     ],
 )
 def test_bad_tune_input_is_one_clear_line(workdir: Path, args: list[str], expected: str) -> None:
-    proc = _tune("quickstart", "--trials", "1", *args, cwd=workdir)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2, (out, err)
+    proc = harness_here("tune", "quickstart", "--trials", "1", *args, cwd=workdir)
+    err = proc.stderr
+    assert proc.returncode == 2, (proc.stdout, err)
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert expected in err
 
@@ -199,8 +199,8 @@ def test_search_space_name_must_be_a_config_field(workdir: Path) -> None:
         "experiment = Experiment(name='badspace', description='x', variants={'a': TrainConfig()},\n"
         "                        search_space={'learning_rate': FloatRange(1e-3, 1e-1, log=True)})\n"
     )
-    proc = _tune("badspace", cwd=workdir)
-    out, err = proc.communicate(timeout=120)
+    proc = harness_here("tune", "badspace", cwd=workdir)
+    err = proc.stderr
     assert proc.returncode == 2 and "Traceback" not in err
     assert "Search-space name 'learning_rate'" in err and "not a config field" in err
 

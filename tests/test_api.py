@@ -139,10 +139,10 @@ def test_run_on_two_processes_from_python(workdir: Path, monkeypatch: pytest.Mon
     (lambda: harness.run("quickstart", resume="yes"), "resume must be True, False or 'auto'"),
     (lambda: harness.compare("quickstart", write=True, only=["x"]), "only= picks child runs"),
 ])
-def test_what_cannot_be_launched_is_refused_before_anything_starts(workdir: Path, call, says: str) -> None:
+def test_what_cannot_be_launched_is_refused_before_anything_starts(bare_workdir: Path, call, says: str) -> None:
     with pytest.raises(HarnessError, match=says):
         call()
-    assert not (workdir / "mlflow.db").exists()  # nothing was started, not even the store
+    assert not (bare_workdir / "mlflow.db").exists()  # nothing was started, not even the store
 
 
 def test_the_processes_command_line_is_the_cli_s_options() -> None:

@@ -481,36 +481,66 @@ def _logged_config(tracker: Tracker, run_id: str) -> TrainConfig | None:
 # ----------------------------------------------------------------- reading what is recorded
 
 
-def compare(experiment: str, *, run_id: str | None = None, study: bool = False, metric: str = "best_val_acc",
-            tracking_uri: str | None = None, write: bool = False, out: str | Path | None = None,
-            confusion: bool = False, only: Sequence[str] | None = None) -> pd.DataFrame:
+def compare(experiment: str | None = None, *, run_id: str | None = None, study: bool = False,
+            metric: str = "best_val_acc", tracking_uri: str | None = None, write: bool = False,
+            out: str | Path | None = None, confusion: bool = False, only: Sequence[str] | None = None) -> pd.DataFrame:
     """The comparison table of a parent run (`run_id`, else the experiment's latest `harness run`;
-    the latest study with `study`): the numbers `harness compare` prints, one row per variant (or
-    trial), best first. Nothing is written unless `write` (see `compare_outcome`)."""
+    the latest study with `study`; with no experiment, the latest of the whole store): the numbers
+    `harness compare` prints, one row per variant (or trial), best first. Nothing is written
+    unless `write` (see `compare_outcome`)."""
     return compare_outcome(experiment, run_id=run_id, study=study, metric=metric, tracking_uri=tracking_uri,
                            write=write, out=out, confusion=confusion, only=only).comparison.table
 
 
-def compare_outcome(experiment: str, *, run_id: str | None = None, study: bool = False, metric: str = "best_val_acc",
-                    tracking_uri: str | None = None, write: bool = False, out: str | Path | None = None,
-                    confusion: bool = False, only: Sequence[str] | None = None) -> CompareOutcome:
+def compare_outcome(experiment: str | None = None, *, run_id: str | None = None, study: bool = False,
+                    metric: str = "best_val_acc", tracking_uri: str | None = None, write: bool = False,
+                    out: str | Path | None = None, confusion: bool = False,
+                    only: Sequence[str] | None = None) -> CompareOutcome:
     """`compare` with everything `harness compare` shows: the comparison (table, runs, title,
     note), and with `write` (implied by `out` or `confusion`) the figures and CSVs written to
     `out` (default compare/NAME) and logged to the parent run, the most-confused class pairs with
     `confusion`, and notes on what could not be drawn. `only`: the child run ids to keep (it
-    reads, it does not write)."""
+    reads, it does not write). With no `experiment` (and no `run_id`), the store's latest parent
+    run of that kind is compared, and the first note says which."""
     from harness.comparison import CompareOutcome, compare_experiment, load_comparison
     from harness.tracking import Tracker
 
     writing = write or out is not None or confusion
     if writing and only is not None:
         raise ConfigError("only= picks child runs to read, not to write; leave out write, out and confusion with it.")
+    chosen: list[str] = []
+    if experiment is None:
+        tracker = Tracker.open(tracking_uri)
+        experiment, run_id = _latest_parent(tracker, run_id, study)
+        chosen.append(f"comparing {experiment} run {run_id}, the latest {'study' if study else 'run'} in the store "
+                      f"(`harness compare {experiment}` names the experiment)")
     if writing:
         # The folder is checked (and the name, for the default one) before MLflow is read.
-        return compare_experiment(Tracker.open(tracking_uri), experiment, run_id=run_id, study=study, metric=metric,
-                                  out=Path(out) if out is not None else None, confusion=confusion)
-    return CompareOutcome(load_comparison(Tracker.open(tracking_uri), experiment, run_id=run_id, study=study,
-                                          metric=metric, only=list(only) if only is not None else None))
+        outcome = compare_experiment(Tracker.open(tracking_uri), experiment, run_id=run_id, study=study, metric=metric,
+                                     out=Path(out) if out is not None else None, confusion=confusion)
+    else:
+        outcome = CompareOutcome(load_comparison(Tracker.open(tracking_uri), experiment, run_id=run_id, study=study,
+                                                 metric=metric, only=list(only) if only is not None else None))
+    outcome.notes[:0] = chosen
+    return outcome
+
+
+def _latest_parent(tracker: Tracker, run_id: str | None, study: bool) -> tuple[str, str]:
+    """(experiment name, parent run id) when no experiment is named: that of `run_id`, else the
+    store's latest `harness run` (`harness tune` with `study`)."""
+    if run_id is not None:
+        record = tracker.find_run(run_id)
+        names = {tracker.find_experiment(n): n for n in tracker.experiment_names()}
+        if record is None or record.experiment_id not in names:
+            raise ConfigError(f"No run {run_id} is recorded in this tracking store; `harness runs NAME` lists the "
+                              "runs of an experiment.")
+        return names[record.experiment_id], run_id
+    found = tracker.latest_parent_anywhere("study" if study else "run")
+    if found is None:
+        command = "harness tune" if study else "harness run"
+        raise ConfigError(f"No `{command}` is recorded in this tracking store yet; run `{command} NAME` first, or "
+                          "name the experiment to compare.")
+    return found[0], found[1].run_id
 
 
 def runs(experiment: str, *, limit: int = 10, tracking_uri: str | None = None) -> pd.DataFrame:

@@ -193,7 +193,7 @@ def run(
         raise typer.Exit(1 if result.failed else 0)
     from harness.comparison import CompareOutcome
 
-    if result.comparison is not None:
+    if result.comparison is not None and len(result.failed) < len(result.variants):  # nothing finished: no table
         _print_tables(CompareOutcome(result.comparison))
     if result.promotion is not None:
         typer.echo(result.promotion.describe())
@@ -468,7 +468,8 @@ def predict(
 
 @app.command()
 def compare(
-    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    name: Annotated[str | None, typer.Argument(help="Experiment name (default: that of the latest run in the "
+                                                    "store, or of --run).")] = None,
     run: Annotated[str | None, typer.Option(help="Parent run id (default: the latest `harness run`); a study's "
                                                     "parent run compares its trials.")] = None,
     study: Annotated[bool, typer.Option(help="Compare the trials of the latest `harness tune` study.")] = False,

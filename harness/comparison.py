@@ -275,10 +275,22 @@ def _show_param(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _show_number(value: Any, integer: bool) -> str:
+def _show_number(value: Any, places: int) -> str:
     if value is None or pd.isna(value):
         return ""
-    return f"{int(value):,}" if integer else stats.format_value(float(value))
+    return f"{float(value):,.{places}f}"
+
+
+def column_places(column: str, values: pd.Series) -> int:
+    """Decimals of every cell of a column, so that a column reads in one format: none for counts
+    and images per second, one for seconds, four for metrics (one when they reach 10, none from
+    10,000: a loss that diverged)."""
+    if column in INT_COLUMNS or column == "images_per_second":
+        return 0
+    if column in (*TIME_COLUMNS, "train_seconds"):
+        return 1
+    largest = pd.to_numeric(values, errors="coerce").abs().max()
+    return 4 if pd.isna(largest) or largest < 10 else 1 if largest < 10_000 else 0
 
 
 def display_frame(c: Comparison) -> pd.DataFrame:
@@ -298,10 +310,11 @@ def display_frame(c: Comparison) -> pd.DataFrame:
     for column in columns:
         header = DISPLAY_COLUMNS.get(column, column)
         if c.repeated and f"{column}_mean" in t:
-            digits = 1 if column in INT_COLUMNS else 4
-            out[header] = [stats.format_mean_std(m, s, digits) for m, s in zip(t[f"{column}_mean"], t[f"{column}_std"])]
+            places = 1 if column in INT_COLUMNS else column_places(column, t[f"{column}_mean"])  # a mean epoch: 7.5
+            out[header] = [stats.format_mean_std(m, s, places=places)
+                           for m, s in zip(t[f"{column}_mean"], t[f"{column}_std"])]
         elif column in t:
-            out[header] = [_show_number(v, column in INT_COLUMNS) for v in t[column]]
+            out[header] = [_show_number(v, column_places(column, t[column])) for v in t[column]]
     out["status"] = t["status"]
     if "trial_state" in t:
         out["state"] = t["trial_state"]

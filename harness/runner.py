@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +122,8 @@ def run_experiment(
                 if register is not None and comparison is not None else None
             if not all(r.status == "FINISHED" for r in results):
                 parent.end_as("FAILED", "; ".join(f"{r.label or r.variant}: {r.reason}" for r in results if r.reason))
+    if comparison is not None:  # read while the parent was still RUNNING; it has ended since
+        comparison = replace(comparison, parent_status=parent.status)
     return RunOutcome(parent_id, results, comparison, promotion)
 
 

@@ -109,19 +109,13 @@ def compare_to_best(runs: pd.DataFrame, summary: pd.DataFrame, metric: str, by: 
     return out
 
 
-def format_value(value: float) -> str:
-    """A number as a table shows it: 4 decimals below 10, thousands separators above."""
-    if value is None or math.isnan(value):
-        return ""
-    return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"
-
-
-def format_mean_std(mean: float, std: float, digits: int = 4) -> str:
-    """'mean ± std' with `digits` decimals below 10 (none above); just the mean when no spread
-    was measured (n < 2)."""
+def format_mean_std(mean: float, std: float, digits: int = 4, places: int | None = None) -> str:
+    """'mean ± std' with `places` decimals, or by default `digits` decimals below 10 (none above);
+    just the mean when no spread was measured (n < 2)."""
     if math.isnan(mean):
         return ""
-    places = 0 if abs(mean) >= 10 else digits
+    if places is None:
+        places = 0 if abs(mean) >= 10 else digits
     text = f"{mean:,.{places}f}"
     return text if math.isnan(std) else f"{text} ± {std:,.{places}f}"
 

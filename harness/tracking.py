@@ -344,6 +344,14 @@ class Tracker:
         return RunRecord.of(runs[0]) if runs else None
 
     @_guarded("read runs")
+    def latest_parent_anywhere(self, kind: str = "run") -> tuple[str, RunRecord] | None:
+        """(experiment name, run) of the newest parent run of `kind` in the whole store, or None."""
+        names = {e.experiment_id: e.name for e in self._client.search_experiments(max_results=1000)}
+        runs = self._client.search_runs(list(names), filter_string=f"tags.`{KIND_TAG}` = '{kind}'",
+                                        order_by=["attributes.start_time DESC"], max_results=1) if names else []
+        return (names[runs[0].info.experiment_id], RunRecord.of(runs[0])) if runs else None
+
+    @_guarded("read runs")
     def launched_runs(self, experiment_id: str, launch_id: str) -> list[RunRecord]:
         """The runs (parents and children) started by one `harness run --nproc-per-node` launch
         that did not finish."""

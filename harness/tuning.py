@@ -14,6 +14,7 @@ URIs are only ever shown through `harness.uris`.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -84,6 +85,12 @@ PRUNERS.add("none", lambda: optuna.pruners.NopPruner())
 # --repeat / --seeds, and stops a trial whose seeds are significantly worse.
 PRUNERS.add("wilcoxon", lambda: optuna.pruners.WilcoxonPruner(p_threshold=0.1))
 BY_SEED_PRUNERS = ("wilcoxon",)
+# The last epoch after which each epoch-judging pruner above still cannot stop a trial (median:
+# n_warmup_steps; hyperband: min_resource). A trial of no more epochs than that is never pruned.
+UNPRUNED_EPOCHS = {"median": 2, "hyperband": 1}
+# A study whose best validation accuracy is this close to chance (1 / classes; at most half of
+# chance) has learned nothing: too few epochs or images, or a search space of useless values.
+CHANCE_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -257,6 +264,11 @@ def _run_study(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: Tra
                                        "storage": redact(options.storage or DEFAULT_STORAGE),
                                        **options.seeds.to_params()})
     remaining = options.trials - finished_trials(study)
+    if remaining > 0 and base.epochs <= UNPRUNED_EPOCHS.get(options.pruner, 0):
+        reporter.warning(f"pruner '{options.pruner}' stops a trial only after epoch "
+                         f"{UNPRUNED_EPOCHS[options.pruner]}, and trials train {base.epochs} epoch(s): no trial will "
+                         f"be pruned; train epochs={UNPRUNED_EPOCHS[options.pruner] + 1} or more, or say "
+                         "pruner none.")
     if not ctx.dist.enabled:  # (with several processes, each already has its share of the cores)
         # Split the cores between parallel trials instead of oversubscribing them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.n_jobs))
@@ -272,11 +284,34 @@ def _run_study(tracker: Tracker, study: optuna.Study, ctx: RunContext, base: Tra
     else:
         reporter.status(f"Study '{study.study_name}' already has {finished_trials(study)} finished trials.")
     log_study(tracker, ctx.parent_id, study)
+    chance = chance_warning(tracker, study)
+    if chance:
+        reporter.warning(chance)
     if not (options.retrain_best and has_complete_trial(study)):
         return None
     config = base.override(**study.best_params, val_fraction=0.0)  # train + validation
     tags = {tracking.KIND_TAG: "variant", tracking.VARIANT_TAG: "retrain-best", tracking.SEED_TAG: str(config.seed)}
     return train_on_every_rank(ctx, "retrain-best", config, "retrain-best", tags, test=True)
+
+
+def chance_warning(tracker: Tracker, study: optuna.Study) -> str | None:
+    """A sentence when no complete trial of the study beats chance accuracy (1 / classes, read off
+    a trial run's logged dataset) by more than CHANCE_MARGIN (at most half of chance), else None."""
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+    if not complete:
+        return None
+    run_id = complete[0].user_attrs.get(TRIAL_RUN_ATTR)
+    record = tracker.find_run(run_id) if run_id else None
+    classes = [json.loads(d.profile).get("num_classes") for d in (record.datasets if record else ())
+               if d.profile.startswith("{")]
+    if not classes or not classes[0]:
+        return None
+    chance = 1 / classes[0]
+    best = max(t.value for t in complete)
+    if best > chance + min(CHANCE_MARGIN, chance / 2):
+        return None
+    return (f"no trial of study '{study.study_name}' learned anything: the best {OBJECTIVE_NAME} is {best:.4f}, "
+            f"chance for {classes[0]} classes is {chance:.4f}; train more epochs or images, or widen the search space.")
 
 
 class _InterruptedTrialFilter(logging.Filter):

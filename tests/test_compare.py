@@ -57,6 +57,8 @@ class Store:
     repeated: str  # parent run id of `harness run cmp --repeat 2`
     repeated_output: str  # what that command printed
     broken: str  # parent run id of `harness run broken --repeat 2` (FAILED)
+    single_output: str  # what `harness run cmp` printed
+    broken_output: str  # what `harness run broken --repeat 2` printed
 
 
 def _parent_ids(experiment: str) -> list[str]:
@@ -83,7 +85,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         broken = runner.invoke(app, ["run", "broken", "--repeat", "2"])
         assert broken.exit_code == 1, broken.output
         first, second = _parent_ids("cmp")
-        yield Store(root, first, second, repeated.output, _parent_ids("broken")[0])
+        yield Store(root, first, second, repeated.output, _parent_ids("broken")[0], single.output, broken.output)
 
 
 def _children(parent_id: str) -> pd.DataFrame:
@@ -95,6 +97,39 @@ def _png(path: Path) -> None:
     assert path.is_file(), path
     data = path.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000, (path, len(data))
+
+
+def _table_columns(output: str) -> dict[str, list[str]]:
+    """The first rich table in `output`: header -> its cells, top to bottom."""
+    rows = [[cell.strip() for cell in line.strip().strip("│┃").split("│" if "│" in line else "┃")]
+            for line in output.splitlines() if "│" in line or "┃" in line]
+    header, *body = rows
+    return {name: [row[i] for row in body] for i, name in enumerate(header)}
+
+
+def test_the_end_of_run_table_says_the_final_status_and_one_format_per_column(store: Store) -> None:
+    """The table printed when `harness run` ends: titled with the parent's final status (it
+    was read while the run was still RUNNING), and every number column in one format."""
+    assert f"of run {store.single} (FINISHED)" in store.single_output, store.single_output
+    assert "(RUNNING)" not in store.single_output + store.repeated_output
+    columns = _table_columns(store.single_output)
+    decimals = {"val acc": 4, "test acc": 4, "test loss": 4, "wall s": 1, "elapsed s": 1, "img/s": 0, "best ep": 0,
+                "epochs": 0}
+    assert {"val acc", "test acc", "wall s", "img/s"} <= set(columns), columns
+    for header, places in decimals.items():
+        if header not in columns:  # elapsed s: only where it differs from wall s
+            continue
+        cells = [c for c in columns[header] if c]
+        assert cells, (header, columns)
+        for cell in cells:
+            whole, _, fraction = cell.replace(",", "").partition(".")
+            assert whole.isdigit() and len(fraction) == places and (not fraction or fraction.isdigit()), (header, cells)
+
+
+def test_no_table_when_no_variant_finished(store: Store) -> None:
+    """Every seed of `broken` diverged: the errors, and no table of empty accuracies before them."""
+    assert "│" not in store.broken_output and "┃" not in store.broken_output, store.broken_output
+    assert store.broken_output.count("error: variant 'diverges") == 2, store.broken_output
 
 
 def test_repeat_trains_every_variant_once_per_seed(store: Store) -> None:
@@ -252,6 +287,33 @@ def test_bad_input_is_one_clear_line(store: Store, capsys: pytest.CaptureFixture
     assert err.startswith("error: ") and expected in err
 
 
+def test_compare_without_a_name_compares_the_latest_run_in_the_store(store: Store,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`harness compare` alone: the newest `harness run` of any experiment, and a note saying which;
+    `--run ID` alone: that run's experiment."""
+    parents = [(name, r) for name in ("cmp", "broken") for r in experiment_runs(name, "run")]
+    name, latest = max(parents, key=lambda pair: pair[1].info.start_time)
+    code, out, err = harness(capsys, "compare", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["parent_run_id"] == latest.info.run_id
+    assert err.startswith(f"note: comparing {name} run {latest.info.run_id}, the latest run in the store"), err
+    code, out, err = harness(capsys, "compare", "--run", store.single, "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["parent_run_id"] == store.single
+    assert err.startswith(f"note: comparing cmp run {store.single}"), err
+
+
+def test_compare_without_a_name_in_an_empty_store_is_one_line(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    empty = f"sqlite:///{tmp_path}/empty.db"
+    code, out, err = harness(capsys, "compare", "--tracking-uri", empty)
+    assert code == 2, (out, err)
+    assert err.strip() == ("error: No `harness run` is recorded in this tracking store yet; run `harness run NAME` "
+                           "first, or name the experiment to compare.")
+    code, out, err = harness(capsys, "compare", "--run", "0123456789abcdef", "--tracking-uri", empty)
+    assert code == 2 and err.startswith("error: No run 0123456789abcdef is recorded in this tracking store"), err
+
+
 def test_compare_child_run_id_points_to_its_parent(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     child_id = _children(store.single)["run_id"].iloc[0]
     code, _, err = harness(capsys, "compare", "cmp", "--run", child_id)
@@ -277,6 +339,18 @@ def test_compare_out_must_be_a_folder(store: Store, capsys: pytest.CaptureFixtur
     with pytest.raises(HarnessError, match="is a file, not a folder"):
         write_reports(tracker, load_comparison(tracker, "cmp", store.single), existing)
     assert existing.read_text() == "mine"
+
+
+def test_a_column_of_seconds_reads_in_one_format() -> None:
+    """The report's example: a `wall s` column of 6.43, 45 and 0.289 printed 6.4300, 45 and 0.2890."""
+    from harness.comparison import _show_number, column_places
+
+    wall = pd.Series([6.43, 45.0, 0.289])
+    assert [_show_number(v, column_places("wall_seconds", wall)) for v in wall] == ["6.4", "45.0", "0.3"]
+    loss = pd.Series([0.5, 12.25, float("nan")])
+    assert [_show_number(v, column_places("test_loss", loss)) for v in loss] == ["0.5", "12.2", ""]
+    assert column_places("test_acc", pd.Series([0.95, 0.1])) == 4
+    assert column_places("test_loss", pd.Series([1e6])) == 0
 
 
 def test_holm_adjusts_and_keeps_order() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from conftest import harness
 from helpers import experiment_runs, harness_here, harness_popen, steps, wait_for_checkpoint, write_experiment
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -118,9 +119,8 @@ def test_with_seeds_the_median_pruner_judges_the_first_seed_only(workdir: Path) 
     assert f"PRUNED at epoch {pruned[0].last_step} of its first seed" in line, line
 
 
-def test_retrain_best_trains_on_train_plus_val_and_tests_once(workdir: Path) -> None:
-    result = CliRunner().invoke(app, ["tune", "quickstart", "--trials", "2", "--retrain-best", *SMALL])
-    assert result.exit_code == 0, result.output
+def test_retrain_best_trains_on_train_plus_val_and_tests_once(quickstart_store: Path) -> None:
+    # The session's finished `harness tune quickstart --trials 3 --retrain-best` (conftest).
     client = MlflowClient()
     exp = client.get_experiment_by_name("quickstart")
     (run,) = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'retrain-best'")
@@ -227,3 +227,46 @@ def test_parallel_trials_in_one_process_log_into_their_own_runs(workdir: Path) -
         assert steps(None, run.info.run_id, "val_acc") == [1, 2], "each trial's curve only in its own run"
         assert run.data.metrics["best_val_acc"] == pytest.approx(trial.value)
         assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"])
+
+
+def test_a_pruner_that_cannot_act_on_one_epoch_trials_says_so(workdir: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`--set epochs=1` with the median pruner (it judges a trial from epoch 2): one warning line;
+    `--pruner none` asks for no pruning, so it gets none."""
+    code, _, err = harness(capsys, "tune", "quickstart", "--trials", "1", "--set", "epochs=1", "--set",
+                           "train_limit=200")
+    assert code == 0, err
+    assert err.strip().splitlines()[0] == (
+        "warning: pruner 'median' stops a trial only after epoch 2, and trials train 1 epoch(s): no trial will be "
+        "pruned; train epochs=3 or more, or say pruner none."), err
+    code, _, err = harness(capsys, "tune", "quickstart", "--trials", "2", "--pruner", "none", "--set", "epochs=1",
+                           "--set", "train_limit=200")
+    assert code == 0 and "pruner" not in err, err
+
+
+STILL = """
+from harness.config import TrainConfig
+from harness.experiment import Experiment
+from harness.search_space import FloatRange
+
+experiment = Experiment(name="still", description="learns nothing", variants={
+    "net": TrainConfig(model="lenet_relu", dataset="digits", epochs=1, optimizer="sgd", momentum=0.0),
+}, search_space={"lr": FloatRange(1e-9, 1e-8, log=True)})
+"""
+
+
+def test_a_study_whose_trials_all_stay_at_chance_says_so(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Learning rates of 1e-9: every trial's validation accuracy stays at chance (10 digits: 0.1),
+    and the study says so in one warning; a study that learns (quickstart) does not."""
+    write_experiment(workdir, "still", STILL)
+    code, _, err = harness(capsys, "tune", "still", "--trials", "2", "--pruner", "none")
+    assert code == 0, err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert line.startswith("warning: no trial of study 'still-net' learned anything: the best val_acc is ")
+    assert "chance for 10 classes is 0.1000" in line, line
+    write_experiment(workdir, "learns", STILL.replace('"still"', '"learns"').replace("1e-9, 1e-8", "0.04, 0.06")
+                     .replace("momentum=0.0", "momentum=0.9").replace("epochs=1", "epochs=2"))
+    code, _, err = harness(capsys, "tune", "learns", "--trials", "1", "--pruner", "none")
+    assert code == 0 and not err.strip(), err
+    study = optuna.load_study(study_name="learns-net", storage=f"sqlite:///{workdir}/optuna.db")
+    assert study.best_value > 0.5  # it learned, so no warning

@@ -83,8 +83,9 @@ GLOBAL_BATCH_NOTE = ("batch_size is the global batch: with N processes (--nproc-
 def list_cmd() -> None:
     """List the experiments found in the experiments folder.
 
-    A file that fails to load is listed as broken, with its error also on stderr as one
-    `error:` line; the good ones are still listed, and the exit code is then 1."""
+    A file that fails to load, or whose variants `show` would refuse, is listed as broken, with
+    its error also on stderr as one `error:` line; the good ones are still listed, and the exit
+    code is then 1. Nothing costly is imported (no PyTorch)."""
     from harness.experiment import experiment_names, experiments_dir, load_experiment
 
     names = experiment_names()
@@ -95,6 +96,7 @@ def list_cmd() -> None:
     for name in names:
         try:
             exp = load_experiment(name)
+            exp.resolve(light=True)  # broken for `show` and `run` (an unknown model name...) is broken here too
         except HarnessError as exc:
             broken.append(str(exc))
             typer.echo(f"{name:<24} (broken: {exc})")

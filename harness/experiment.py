@@ -52,15 +52,16 @@ class Experiment:
                     + unknown_name_message("config key", key, field_names())
                 )
 
-    def resolve(self, overrides: Overrides | None = None) -> dict[str, TrainConfig]:
+    def resolve(self, overrides: Overrides | None = None, *, light: bool = False) -> dict[str, TrainConfig]:
         """Variants with `--set` overrides applied (common first, then per variant), values and
-        names checked (`check_config`)."""
+        names checked (`check_config`; `light`: without the costly imports a `tv_*` name needs)."""
         overrides = overrides or Overrides()
         unknown = set(overrides.per_variant) - set(self.variants)
         if unknown:
             raise UnknownNameError(unknown_name_message(f"variant of '{self.name}'", sorted(unknown)[0], self.variants))
         return {
-            name: check_config(dataclasses.replace(cfg, **{**overrides.common, **overrides.per_variant.get(name, {})}))
+            name: check_config(dataclasses.replace(cfg, **{**overrides.common, **overrides.per_variant.get(name, {})}),
+                               light=light)
             for name, cfg in self.variants.items()
         }
 

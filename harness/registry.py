@@ -99,6 +99,12 @@ class Registry(Generic[T]):
         if self._more_prefix is None or (isinstance(name, str) and name.startswith(self._more_prefix)):
             self._complete()
 
+    def is_deferred(self, name: object) -> bool:
+        """Whether `name` could only be found by the costly `load_more`, not yet run (a `tv_*`
+        model before torchvision's list is loaded)."""
+        return (self._load_more is not None and name not in self._items and self._more_prefix is not None
+                and isinstance(name, str) and name.startswith(self._more_prefix))
+
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: `@REGISTRY.register("name")` adds the decorated object under `name`."""
 

@@ -66,6 +66,24 @@ def test_list_without_torch(experiments_copy: Path) -> None:
     assert "quickstart" in listed
 
 
+def test_list_marks_a_file_show_would_refuse_as_broken_without_torch(experiments_copy: Path) -> None:
+    """A file that imports fine but names an unknown model (`lenet_rel`): `list` calls it broken
+    with the line `show` prints, lists the others (a `tv_*` model among them), exits 1, torch
+    unimportable."""
+    (experiments_copy / "experiments" / "typo.py").write_text(
+        "from harness.config import TrainConfig\nfrom harness.experiment import Experiment\n"
+        "experiment = Experiment(name='typo', description='x', variants={'a': TrainConfig(model='lenet_rel')})\n")
+    shown = _run(_CLI, "show", "typo", cwd=experiments_copy)
+    assert shown.returncode == 2
+    assert shown.stderr.startswith("error: Unknown model 'lenet_rel'. Did you mean 'lenet_relu'?"), shown.stderr
+    result = _run(_CLI, "list", cwd=experiments_copy)
+    assert result.returncode == 1, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert f"(broken: {shown.stderr.strip().removeprefix('error: ')})" in rows["typo"], rows["typo"]
+    assert "broken" not in rows["quickstart"] and "broken" not in rows["exp_transfer_catdog"]
+    assert result.stderr.strip().splitlines() == [shown.stderr.strip()]
+
+
 def test_show_without_torch(experiments_copy: Path) -> None:
     """`harness show quickstart` prints the resolved variant table, torch unimportable."""
     result = _run(_CLI, "show", "quickstart", cwd=experiments_copy)

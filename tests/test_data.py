@@ -343,6 +343,52 @@ def test_mnist_missing_offline_explains_where_to_put_files(tmp_path: Path) -> No
 
 
 @pytest.mark.usefixtures("no_network")
+def test_a_failed_download_says_why_and_leaves_the_data_folder_as_it_was(tmp_path: Path) -> None:
+    """torchvision's "Error downloading FILE:" ends in a colon; the cause (here no network) is on
+    the next lines: it is in the message. The FashionMNIST/raw/ the attempt made is removed, a
+    folder the user had (and what is in it) is not."""
+    data = tmp_path / "data"
+    with pytest.raises(HarnessError) as info:
+        load_data(TrainConfig(dataset="fashion_mnist"), data_dir=data)
+    cause = "(Error downloading train-images-idx3-ubyte.gz: <urlopen error network disabled in tests>)"
+    assert cause in str(info.value), info.value
+    assert not data.exists(), list(data.rglob("*"))  # it did not exist before: not left behind, even empty
+
+    kept = tmp_path / "mine" / "FashionMNIST" / "notes.txt"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("mine")
+    with pytest.raises(HarnessError):
+        load_data(TrainConfig(dataset="fashion_mnist"), data_dir=tmp_path / "mine")
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "mine").rglob("*")) == [
+        Path("mine/FashionMNIST"), Path("mine/FashionMNIST/notes.txt")]
+    assert kept.read_text() == "mine"
+
+
+def test_a_download_refused_by_the_server_names_the_http_status(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_found(request, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        url = getattr(request, "full_url", request)
+        raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(urllib.request, "urlopen", not_found)
+    with pytest.raises(HarnessError) as info:
+        load_data(TrainConfig(dataset="cifar10"), data_dir=tmp_path)
+    assert "could not be downloaded (HTTP Error 404: Not Found)" in str(info.value), info.value
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_cause_reads_torchvisions_messages() -> None:
+    from harness.data.torchvision_sets import download_cause
+
+    mnist = RuntimeError("Error downloading t10k-images-idx3-ubyte.gz:\nTried https://a/, got:\nHTTP Error 503: x\n"
+                         "Tried https://b/, got:\n<urlopen error timed out>\n")
+    assert download_cause(mnist) == "Error downloading t10k-images-idx3-ubyte.gz: <urlopen error timed out>"
+    assert download_cause(RuntimeError("File not found or corrupted.")) == (
+        "the downloaded file's md5 checksum is not the published one")
+    assert download_cause(OSError()) == "OSError"
+
+
+@pytest.mark.usefixtures("no_network")
 def test_cifar10_missing_offline_explains_where_to_put_files(tmp_path: Path) -> None:
     """CIFAR-10's error names the data folder and its archive."""
     with pytest.raises(HarnessError) as info:

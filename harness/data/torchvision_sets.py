@@ -174,15 +174,58 @@ def _open(cls: type, root: Path, train: bool, name: str, n_classes: int):  # noq
 
 
 def _download(cls: type, root: Path, train: bool, name: str):  # noqa: ANN202 (a torchvision dataset)
-    """torchvision's own download (and extraction) into `root`, or one line on where to put the files."""
+    """torchvision's own download (and extraction) into `root`, or one line on where to put the
+    files, saying why the download failed; what the failed attempt created is removed."""
+    tops = [root / cls.__name__] if hasattr(cls, "resources") else [root / cls.filename, root / cls.base_folder]
+    root_existed = root.exists()
+    before = {p for top in tops if top.exists() for p in (top, *top.rglob("*"))}
     try:
         return cls(root=str(root), train=train, download=True)
     except Exception as exc:  # noqa: BLE001 - any download failure gets the same explanation
+        _remove_created(tops, before, root if not root_existed else None)
         folder, files = _files_expected(cls, root)
         raise DataError(
-            f"Dataset '{name}' is not in {folder} and could not be downloaded ({first_line(exc, 160)}); "
+            f"Dataset '{name}' is not in {folder} and could not be downloaded ({download_cause(exc)}); "
             f"put {', '.join(files)} into {folder} (or point data_dir or HARNESS_DATA_DIR at where they are)."
         ) from None
+
+
+def download_cause(exc: BaseException) -> str:
+    """Why a torchvision download failed, in one line. The MNIST family's error is "Error
+    downloading FILE:" with each mirror's error on the lines after it: the last one is kept."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    def plain(line: str) -> str:  # torchvision's words for a checksum that does not match
+        return "the downloaded file's md5 checksum is not the published one" \
+            if line == "File not found or corrupted." else line
+
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {plain(lines[-1])}"[:240]
+    return plain(lines[0])[:240]
+
+
+def _remove_created(tops: list[Path], before: set[Path], new_root: Path | None) -> None:
+    """Delete what is under `tops` and not in `before` (deepest first; folders only once empty),
+    then `new_root` if the attempt created it and it is empty: the user's data folder is left as
+    it was, files that were there kept."""
+    for top in tops:
+        if not (top.exists() or top.is_symlink()):
+            continue
+        created = [p for p in (top, *top.rglob("*")) if p not in before]
+        for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()
+                else:
+                    path.unlink()
+            except OSError:  # a folder still holding what was there before
+                pass
+    if new_root is not None:
+        try:
+            new_root.rmdir()
+        except OSError:
+            pass
 
 
 def _as_uint8_nchw(data: object) -> Tensor:

@@ -508,19 +508,19 @@ def compare_outcome(experiment: str | None = None, *, run_id: str | None = None,
     writing = write or out is not None or confusion
     if writing and only is not None:
         raise ConfigError("only= picks child runs to read, not to write; leave out write, out and confusion with it.")
+    tracker = Tracker.open(tracking_uri)
     chosen: list[str] = []
     if experiment is None:
-        tracker = Tracker.open(tracking_uri)
         experiment, run_id = _latest_parent(tracker, run_id, study)
         chosen.append(f"comparing {experiment} run {run_id}, the latest {'study' if study else 'run'} in the store "
                       f"(`harness compare {experiment}` names the experiment)")
     if writing:
         # The folder is checked (and the name, for the default one) before MLflow is read.
-        outcome = compare_experiment(Tracker.open(tracking_uri), experiment, run_id=run_id, study=study, metric=metric,
+        outcome = compare_experiment(tracker, experiment, run_id=run_id, study=study, metric=metric,
                                      out=Path(out) if out is not None else None, confusion=confusion)
     else:
-        outcome = CompareOutcome(load_comparison(Tracker.open(tracking_uri), experiment, run_id=run_id, study=study,
-                                                 metric=metric, only=list(only) if only is not None else None))
+        outcome = CompareOutcome(load_comparison(tracker, experiment, run_id=run_id, study=study, metric=metric,
+                                                 only=list(only) if only is not None else None))
     outcome.notes[:0] = chosen
     return outcome
 
@@ -530,11 +530,11 @@ def _latest_parent(tracker: Tracker, run_id: str | None, study: bool) -> tuple[s
     store's latest `harness run` (`harness tune` with `study`)."""
     if run_id is not None:
         record = tracker.find_run(run_id)
-        names = {tracker.find_experiment(n): n for n in tracker.experiment_names()}
-        if record is None or record.experiment_id not in names:
+        name = tracker.experiment_name(record.experiment_id) if record is not None else None
+        if name is None:
             raise ConfigError(f"No run {run_id} is recorded in this tracking store; `harness runs NAME` lists the "
                               "runs of an experiment.")
-        return names[record.experiment_id], run_id
+        return name, run_id
     found = tracker.latest_parent_anywhere("study" if study else "run")
     if found is None:
         command = "harness tune" if study else "harness run"

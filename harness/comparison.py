@@ -311,7 +311,7 @@ def display_frame(c: Comparison) -> pd.DataFrame:
         header = DISPLAY_COLUMNS.get(column, column)
         if c.repeated and f"{column}_mean" in t:
             places = 1 if column in INT_COLUMNS else column_places(column, t[f"{column}_mean"])  # a mean epoch: 7.5
-            out[header] = [stats.format_mean_std(m, s, places=places)
+            out[header] = [stats.format_mean_std(m, s, places)
                            for m, s in zip(t[f"{column}_mean"], t[f"{column}_std"])]
         elif column in t:
             out[header] = [_show_number(v, column_places(column, t[column])) for v in t[column]]

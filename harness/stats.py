@@ -109,13 +109,10 @@ def compare_to_best(runs: pd.DataFrame, summary: pd.DataFrame, metric: str, by: 
     return out
 
 
-def format_mean_std(mean: float, std: float, digits: int = 4, places: int | None = None) -> str:
-    """'mean ± std' with `places` decimals, or by default `digits` decimals below 10 (none above);
-    just the mean when no spread was measured (n < 2)."""
+def format_mean_std(mean: float, std: float, places: int) -> str:
+    """'mean ± std' with `places` decimals; just the mean when no spread was measured (n < 2)."""
     if math.isnan(mean):
         return ""
-    if places is None:
-        places = 0 if abs(mean) >= 10 else digits
     text = f"{mean:,.{places}f}"
     return text if math.isnan(std) else f"{text} ± {std:,.{places}f}"
 

@@ -286,6 +286,16 @@ class Tracker:
         return exp.experiment_id if exp is not None else None
 
     @_guarded("read experiments")
+    def experiment_name(self, experiment_id: str) -> str | None:
+        """Name of the MLflow experiment with id `experiment_id`, or None if there is none."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._client.get_experiment(experiment_id).name
+        except MlflowException:
+            return None
+
+    @_guarded("read experiments")
     def experiment_description(self, name: str) -> str | None:
         """The description recorded when experiment `name` was created (its MLflow note), or None."""
         exp = self._client.get_experiment_by_name(name)

@@ -116,18 +116,10 @@ def quickstart_store(_quickstart_session: Path, monkeypatch: pytest.MonkeyPatch)
 
 def harness(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """Run the console entry point (`harness.cli.main`, which turns user errors into one line and
-    exit code 2) in-process: (exit code, stdout, stderr)."""
-    import sys
-    from unittest import mock
-
-    from harness.cli import main
+    exit code 2) in-process, in the working folder (`helpers.harness_here`): (exit code, stdout,
+    stderr). What pytest captured before the command is dropped, not mixed into it."""
+    from helpers import harness_here
 
     capsys.readouterr()
-    with mock.patch.object(sys, "argv", ["harness", *args]):
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    out, err = capsys.readouterr()
-    return code, out, err
+    result = harness_here(*args)
+    return result.returncode, result.stdout, result.stderr

@@ -1,10 +1,10 @@
-"""Helpers shared by the test modules: `harness` (and Python) in a fresh process, the one-line
-error promise, queries of an MLflow store or an Optuna study, experiment files, and waits on a
-running command.
+"""Helpers shared by the test modules: `harness` (and Python) in a fresh process or in this one
+(`harness_here`), the one-line error promise, queries of an MLflow store or an Optuna study,
+experiment files, and waits on a running command.
 
 Imported as `from helpers import ...` (pytest puts tests/ on sys.path, as for conftest.py and
-uiserver.py). The in-process entry point, `conftest.harness(capsys, ...)`, stays in conftest.py
-with the fixtures. MLflow and Optuna are imported when a query runs, not with this module.
+uiserver.py). `conftest.harness(capsys, ...)`, next to the fixtures, is `harness_here` in the
+working folder. MLflow and Optuna are imported when a query runs, not with this module.
 """
 
 from __future__ import annotations
@@ -73,17 +73,16 @@ def harness(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None =
     return python("-m", "harness", *args, cwd=cwd, env=env, timeout=timeout)
 
 
-def harness_here(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None,
-                 timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+def harness_here(*args: str, cwd: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`harness ARGS` as `harness` runs it, but in this process: the console entry point
     (`harness.cli.main`) in `cwd`, with `env` laid over os.environ and stdout/stderr captured
     (not a terminal, as when piped). What a command changes in the process (the working folder,
     the environment, torch's thread count) is put back afterwards.
 
     For tests whose subject is what the command does, not its process: a fresh interpreter
-    costs about 10 s of CPU here (importing torch and MLflow), this about 2 s. `timeout` is
-    accepted for symmetry with `harness` and ignored. Output that goes around sys.stdout and
-    sys.stderr (a logging handler bound at import) is not captured."""
+    costs about 10 s of CPU here (importing torch and MLflow), this about 2 s. Output that goes
+    around sys.stdout and sys.stderr (a logging handler bound at import) is not captured."""
     import io
     from contextlib import redirect_stderr, redirect_stdout
     from unittest import mock

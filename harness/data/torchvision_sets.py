@@ -193,16 +193,14 @@ def _download(cls: type, root: Path, train: bool, name: str):  # noqa: ANN202 (a
 def download_cause(exc: BaseException) -> str:
     """Why a torchvision download failed, in one line. The MNIST family's error is "Error
     downloading FILE:" with each mirror's error on the lines after it: the last one is kept."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [_PLAIN.get(line.strip(), line.strip()) for line in str(exc).splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
-    def plain(line: str) -> str:  # torchvision's words for a checksum that does not match
-        return "the downloaded file's md5 checksum is not the published one" \
-            if line == "File not found or corrupted." else line
+    return (f"{lines[0]} {lines[-1]}" if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:240]
 
-    if len(lines) > 1 and lines[0].endswith(":"):
-        return f"{lines[0]} {plain(lines[-1])}"[:240]
-    return plain(lines[0])[:240]
+
+# torchvision's words for a download whose md5 checksum does not match
+_PLAIN = {"File not found or corrupted.": "the downloaded file's md5 checksum is not the published one"}
 
 
 def _remove_created(tops: list[Path], before: set[Path], new_root: Path | None) -> None:

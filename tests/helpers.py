@@ -178,6 +178,12 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
+def beyond_warnings(stderr: str) -> list[str]:
+    """stderr's non-empty lines that are not `warning: ` lines (tune warns of trials too short to
+    prune or to learn, which tests train on purpose): empty when nothing went wrong."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("warning: ")]
+
+
 def one_error_line(stderr: str) -> str:
     """The single line the user sees, which starts `error: `; fails on a traceback or any other line."""
     line = one_line(stderr)

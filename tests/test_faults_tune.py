@@ -22,6 +22,7 @@ import optuna
 import pytest
 from helpers import (
     assert_none_running,
+    beyond_warnings,
     copy_experiment,
     folder_env,
     harness_here,
@@ -172,7 +173,7 @@ def test_worker_killed_9_its_study_run_is_recognised_as_dead(tmp_path: Path) -> 
     (dead,) = trials(storage)
     worker = _here(folder, "tune", "quickstart", "--trials", "1", "--heartbeat", "1", "--set", "epochs=1")
     out, err = worker.stdout, worker.stderr
-    assert worker.returncode == 0 and not err.strip(), err
+    assert worker.returncode == 0 and not beyond_warnings(err), err
     after = trials(storage)
     assert after[dead.number].state == optuna.trial.TrialState.FAIL
     assert any(t.params == dead.params and t.number != dead.number for t in after)
@@ -231,7 +232,7 @@ def test_a_retry_whose_checkpoint_is_unreachable_starts_over_saying_so(tmp_path:
     time.sleep(3.5)
     worker = _here(folder, "tune", "quickstart", "--trials", "1", "--heartbeat", "1", "--set", "epochs=2")
     out, err = worker.stdout, worker.stderr
-    assert worker.returncode == 0 and not err.strip(), err
+    assert worker.returncode == 0 and not beyond_warnings(err), err
     assert "trial-1: retries trial 0, but its checkpoint" in out and "is not reachable from here" in out, out
     retry = trials(storage)[1]
     assert retry.user_attrs["mlflow_run_id"] != dead.user_attrs["mlflow_run_id"]
@@ -307,7 +308,7 @@ def test_storage_password_never_shown_or_recorded_with_a_real_postgresql(tmp_pat
     ok = _harness(folder, "tune", "quickstart", "--trials", "1", "--storage", f"{with_password}/{db}",
                   "--set", "epochs=1")
     out, err = ok.communicate(timeout=300)
-    assert ok.returncode == 0 and not err.strip(), err
+    assert ok.returncode == 0 and not beyond_warnings(err), err
     assert PASSWORD not in out + err
     runs = runs_in(folder)
     assert runs

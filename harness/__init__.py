@@ -30,6 +30,8 @@ _EXPORTS = {
                      "TrackingError", "ModelFormatError", "ResumeError", "WriteError"), "harness.errors"),
     "register_model": "harness.models",
     "register_dataset": "harness.data",
+    "Data": "harness.data",
+    "tensor_data": "harness.data.in_memory",
     "Callback": "harness.train",
     "Reporter": "harness.reporter",
 }
@@ -50,7 +52,8 @@ if TYPE_CHECKING:  # the names as type checkers and IDEs see them
         tune,
     )
     from harness.config import TrainConfig  # noqa: F401
-    from harness.data import register_dataset  # noqa: F401
+    from harness.data import Data, register_dataset  # noqa: F401
+    from harness.data.in_memory import tensor_data  # noqa: F401
     from harness.errors import (  # noqa: F401
         ConfigError,
         DataError,

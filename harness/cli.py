@@ -55,6 +55,21 @@ BackendOption = Annotated[str, typer.Option(help="With several processes: auto (
                                                  "nccl.")]
 
 
+@app.callback()
+def _options(
+    experiments_dir: Annotated[Path | None, typer.Option(
+        help="Folder of experiment files (default: $HARNESS_EXPERIMENTS_DIR, else ./experiments, else the ones "
+             "shipped with harness).")] = None,
+) -> None:
+    """Train, track and compare image classifiers. Experiments live in experiments/<name>.py."""
+    if experiments_dir is not None:
+        if not experiments_dir.is_dir():
+            raise HarnessError(f"--experiments-dir {experiments_dir} is not a folder; give the folder that holds "
+                               "your <name>.py experiment files.")
+        # Through the environment, so the processes a run launches (ranks, trial workers) read the same folder.
+        os.environ["HARNESS_EXPERIMENTS_DIR"] = str(experiments_dir.resolve())
+
+
 def _load(name: str) -> Experiment:
     """The experiment `name` for a command: a broken file is a HarnessError; a Ctrl-C while the
     file is imported ends the command with exit code 130."""

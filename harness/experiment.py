@@ -3,8 +3,10 @@
 Each file `experiments/<name>.py` defines a module-level `experiment = Experiment(...)`.
 The folder is `HARNESS_EXPERIMENTS_DIR`, else `./experiments`, else the one shipped beside
 the harness package. Names are plain identifiers, so a name can never reach outside that folder.
-A file that fails to import (any exception, `sys.exit`, `os._exit`, a `raise KeyboardInterrupt`) is
-reported as one HarnessError naming the file, the line and the error.
+Files starting with `_` are helpers that experiment files may import (`import _models`): the
+folder is on sys.path while a file runs. A file that fails to import (any exception, `sys.exit`,
+`os._exit`, a `raise KeyboardInterrupt`) is reported as one HarnessError naming the file, the
+line and the error.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def load_experiment(name: str, folder: Path | None = None) -> Experiment:
     spec = importlib.util.spec_from_file_location(f"harness_experiments.{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    with _noting_ctrl_c() as ctrl_c, _refusing_os_exit():
+    with _noting_ctrl_c() as ctrl_c, _refusing_os_exit(), _importable_from(folder):
         try:
             spec.loader.exec_module(module)
         except _OsExitCalled as exc:  # os._exit would end the process at once, output unflushed
@@ -136,6 +138,21 @@ def load_experiment(name: str, folder: Path | None = None) -> Experiment:
     if exp.name != name:
         raise ExperimentFileError(f"{shown} defines experiment '{exp.name}'; rename it to '{name}' to match its file.")
     return dataclasses.replace(exp, source_file=str(path.resolve()))
+
+
+@contextmanager
+def _importable_from(folder: Path) -> Iterator[None]:
+    """The experiments folder on sys.path while a file runs, so experiments can share a helper
+    file (`import _models`, from experiments/_models.py), as a script imports its neighbours."""
+    entry = str(folder.resolve())
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
 
 
 def _shown(path: Path) -> str:

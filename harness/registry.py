@@ -7,7 +7,7 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from harness.errors import UnknownNameError
+from harness.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -85,6 +85,7 @@ class Registry(Generic[T]):
         is answered without it; the miss message then ends with `more_description`."""
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._owners: dict[str, str] = {}  # names registered by users' own code -> who registered them
         self._load_more = load_more
         self._more_prefix = more_prefix
         self._more_description = more_description
@@ -119,6 +120,27 @@ class Registry(Generic[T]):
         if name in self._items:
             raise ValueError(f"{self.kind} '{name}' is already registered")
         self._items[name] = obj
+
+    def add_own(self, name: str, obj: T, owner: str) -> None:
+        """Add `obj`, registered by a user's own code (`owner`: the registering function's module
+        and qualified name), under `name`. The same owner registering again (an experiment file
+        imported twice, a notebook cell run again) replaces its entry; a built-in name, or a name
+        another owner registered, is refused with a ConfigError saying what to do."""
+        if name in self._items and name not in self._owners:
+            raise ConfigError(f"{self.kind} '{name}' is built into harness; register yours under another name.")
+        if self._more_prefix and name.startswith(self._more_prefix):
+            raise ConfigError(f"{self.kind} names starting with '{self._more_prefix}' are reserved for "
+                              f"{self._more_description}; register yours under another name.")
+        previous = self._owners.get(name)
+        if previous is not None and previous != owner:
+            raise ConfigError(f"{self.kind} '{name}' is already registered by {previous}; give {owner} another name, "
+                              "or define it once in a helper file both import (experiments/_<name>.py).")
+        self._items[name] = obj
+        self._owners[name] = owner
+
+    def owner(self, name: str) -> str | None:
+        """Who registered `name` from outside the package (`add_own`), or None for a built-in name."""
+        return self._owners.get(name)
 
     def get(self, name: str) -> T:
         """The object registered under `name`, or an UnknownNameError suggesting the closest names."""

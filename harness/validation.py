@@ -38,6 +38,9 @@ def check_config(config: TrainConfig, *, light: bool = False) -> TrainConfig:
             f"image_size {config.image_size} is too small for model '{config.model}'; "
             f"use at least {spec.min_image_size}."
         )
+    if config.dropout is not None and not spec.takes_dropout:
+        raise ConfigError(f"dropout {config.dropout} would be ignored: the builder of model '{config.model}' takes no "
+                          "dropout argument; leave dropout unset or add a `dropout` parameter to the builder.")
     if (config.pretrained or config.freeze_backbone) and not spec.supports_pretrained:
         raise ConfigError(f"pretrained/freeze_backbone need a torchvision model (tv_*), not '{config.model}'.")
     return config

@@ -364,6 +364,21 @@ def test_a_failed_download_says_why_and_leaves_the_data_folder_as_it_was(tmp_pat
     assert kept.read_text() == "mine"
 
 
+@pytest.mark.usefixtures("no_network")
+def test_a_missing_dataset_names_the_ones_this_machine_has_and_the_override(tmp_path: Path) -> None:
+    """Fashion-MNIST missing, MNIST on disk: the sentence offers mnist, where it is, and the
+    override; with nothing on disk it offers the bundled digits (no download)."""
+    from test_faults_data import write_mnist_family
+
+    raw = write_mnist_family(tmp_path, "MNIST")
+    with pytest.raises(HarnessError) as info:
+        load_data(TrainConfig(dataset="fashion_mnist"), data_dir=tmp_path)
+    assert f"mnist (in {raw})" in str(info.value) and "add --set dataset=mnist to the command" in str(info.value)
+    with pytest.raises(HarnessError) as info:
+        load_data(TrainConfig(dataset="fashion_mnist"), data_dir=tmp_path / "empty")
+    assert "add --set dataset=digits to the command" in str(info.value), info.value
+
+
 def test_a_download_refused_by_the_server_names_the_http_status(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     def not_found(request, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
@@ -406,13 +421,19 @@ def test_every_declared_dataset_has_a_loader() -> None:
         assert callable(DATASETS.get(name).impl), name
 
 
-def test_register_dataset_refuses_undeclared_or_second_loader() -> None:
-    """Loaders bind only to declared names, once."""
-    from harness.data import register_dataset
+def test_register_dataset_refuses_undeclared_package_loaders_and_built_in_names() -> None:
+    """Inside the package loaders bind only to declared names; from outside, a built-in name is refused."""
+    from harness.data import DATASETS, register_dataset
+    from harness.errors import ConfigError
 
+    def load(config: TrainConfig, data_dir: Path) -> None:
+        return None
+
+    load.__module__ = "harness.data.fake"
     with pytest.raises(ValueError, match="not declared"):
-        register_dataset("digitz")(lambda config, data_dir: None)
-    with pytest.raises(ValueError):
+        register_dataset("digitz")(load)
+    assert "digitz" not in DATASETS
+    with pytest.raises(ConfigError, match="built into harness"):
         register_dataset("digits")(lambda config, data_dir: None)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.models import (
     MODELS,
     build_model,
@@ -199,18 +199,24 @@ def test_registry_duplicate_raises_value_error() -> None:
     assert registry.get("a") == 1
 
 
-def test_model_registry_duplicate_raises_value_error() -> None:
-    """The model registry refuses a second 'lenet' and keeps the original."""
+def test_model_registry_refuses_a_second_lenet() -> None:
+    """A builder from outside the package cannot take the built-in 'lenet'; the original stays."""
     original = MODELS.get("lenet")
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="built into harness"):
         register_model("lenet")(lambda **_: nn.Identity())
     assert MODELS.get("lenet") is original
 
 
-def test_register_model_refuses_undeclared_name() -> None:
-    """A builder for a name not declared in harness/models/__init__.py is refused (its sizes would be unknown)."""
+def test_register_model_refuses_an_undeclared_name_inside_the_package() -> None:
+    """A package builder for a name not declared in harness/models/__init__.py is refused (its sizes
+    would be unknown without importing torch); outside the package the same name is a user's own."""
+
+    def build(**_: object) -> nn.Module:
+        return nn.Identity()
+
+    build.__module__ = "harness.models.fake"
     with pytest.raises(ValueError, match="not declared"):
-        register_model("lenet7")(lambda **_: nn.Identity())
+        register_model("lenet7")(build)
     assert "lenet7" not in MODELS
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.errors import DataError
 from harness.registry import Deferred, Registry
 
 if TYPE_CHECKING:
@@ -44,15 +45,29 @@ for _name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Decorator binding a loader to dataset `name`, declared above with its module.
+    """Decorator adding a dataset loader under `name`, from any file (an experiment file, a notebook)::
 
-    An undeclared name, a second loader, or one from another module is a ValueError.
+        @harness.register_dataset("my_scans")
+        def my_scans(config: harness.TrainConfig, data_dir: Path) -> harness.Data:
+            images, labels = ...  # read from data_dir / "my_scans"
+            return harness.tensor_data(images, labels, ["healthy", "ill"], config)
+
+    The loader returns a `Data`; `tensor_data` builds one from images in memory, with the
+    validation and test splits carved as the built-in datasets carve theirs. Registering the
+    same function again replaces it (a file imported twice); a built-in name, or a name another
+    function registered, is a ConfigError.
+
+    Inside the package, the decorator binds the loader of a name declared above instead.
     """
 
     def bind(load: Loader) -> Loader:
-        if name not in _LOADERS:
+        module = getattr(load, "__module__", "") or ""
+        if name in _LOADERS and module == _LOADERS[name].module:
+            _LOADERS[name].bind(load)
+        elif module.startswith("harness.data."):  # the package's own: declared above, known torch-free
             raise ValueError(f"dataset '{name}' is not declared; add it to harness/data/__init__.py with its module")
-        _LOADERS[name].bind(load)
+        else:
+            DATASETS.add_own(name, load, f"{module}.{getattr(load, '__qualname__', type(load).__name__)}")
         return load
 
     return bind
@@ -95,4 +110,8 @@ def data_key(config: TrainConfig) -> tuple[object, ...]:
 
 def load_data(config: TrainConfig, data_dir: Path | None = None) -> Data:
     """Load the splits of `config.dataset` (validation carved from train, seeded)."""
-    return DATASETS.get(config.dataset)(config, Path(data_dir) if data_dir else default_data_dir())
+    data = DATASETS.get(config.dataset)(config, Path(data_dir) if data_dir else default_data_dir())
+    if not isinstance(data, Data):
+        raise DataError(f"The loader of dataset '{config.dataset}' ({DATASETS.owner(config.dataset)}) returned "
+                        f"{type(data).__name__}, not a harness.Data; build one with harness.tensor_data(...).")
+    return data

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
+
+from harness.data import Data
+from harness.errors import DataError
 
 if TYPE_CHECKING:
     from harness.config import TrainConfig
@@ -120,3 +123,64 @@ def channel_stats(images: Tensor, max_images: int = 10_000) -> tuple[tuple[float
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def tensor_data(images: object, labels: object, classes: Sequence[str], config: TrainConfig, *,
+                test: tuple[object, object] | None = None, hflip: bool = False,
+                source: str = "tensors in memory") -> Data:
+    """A dataset (`Data`) from images already in memory, for a loader of your own (`register_dataset`).
+
+    `images`: a tensor or NumPy array, (N, C, H, W), (N, H, W, C) with C of 1 or 3, or (N, H, W);
+    uint8 (0-255) or floating point in [0, 1]; square (H == W). `labels`: N whole numbers, each an
+    index into `classes` (the class names, in label order). `test`: the (images, labels) of a test
+    split of your own; without it a fixed `config.test_fraction` is carved out (the same images
+    whatever the run's seed). Validation is carved from the rest with `config.val_fraction`, and
+    `train_limit` applies, as for the built-in datasets. `hflip`: horizontal flips keep the label.
+    Raises DataError saying what to change when the arrays cannot be used.
+    """
+    classes = [str(c) for c in classes]
+    full = _as_split(images, labels, len(classes), "images")
+    if test is None:
+        rest, test_idx = seeded_split(len(full), config.test_fraction, TEST_SPLIT_SEED)
+        full, test_split = full.subset(rest), full.subset(test_idx)
+    else:
+        test_split = _as_split(test[0], test[1], len(classes), "test images")
+        if test_split.images.shape[1:] != full.images.shape[1:]:
+            raise DataError(f"The test images are {tuple(test_split.images.shape[1:])} and the training images "
+                            f"{tuple(full.images.shape[1:])} (C, H, W); give both the same shape.")
+    if not len(test_split):
+        raise DataError("The test split is empty; pass test=(images, labels) or a larger test_fraction.")
+    train, val = train_val(full, config)
+    mean, std = channel_stats(train.images)
+    return Data(train, val, test_split, classes, int(full.images.shape[1]), int(full.images.shape[-1]), mean, std,
+                hflip=hflip, source=source)
+
+
+def _as_split(images: object, labels: object, num_classes: int, what: str) -> InMemorySplit:
+    """Check and convert user arrays into an InMemorySplit of uint8 (N, C, H, W) images."""
+    try:
+        x, y = torch.as_tensor(images), torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DataError(f"The {what} or their labels are not an array: {exc}; pass tensors or NumPy arrays.") from None
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
+        x = x.permute(0, 3, 1, 2)  # channels last (as PIL and NumPy images come) to channels first
+    if x.ndim != 4:
+        raise DataError(f"The {what} have shape {tuple(x.shape)}; give (N, C, H, W), (N, H, W, C) or (N, H, W).")
+    if x.shape[-1] != x.shape[-2]:
+        raise DataError(f"The {what} are {x.shape[-2]}x{x.shape[-1]} pixels; harness trains on square images: "
+                        "resize or crop them to one side first.")
+    if x.dtype.is_floating_point:
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise DataError(f"The {what} are floating point outside [0, 1]; scale them to [0, 1] or pass uint8 0-255.")
+        x = (x * 255).round().to(torch.uint8)
+    elif x.dtype != torch.uint8:
+        raise DataError(f"The {what} are {x.dtype}; pass uint8 (0-255) or floating point in [0, 1].")
+    if y.ndim != 1 or len(y) != len(x) or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise DataError(f"The labels of the {what} must be {len(x)} whole numbers, one per image; got "
+                        f"{y.dtype} of shape {tuple(y.shape)}.")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(f"A label of the {what} is {int(y.min()) if y.min() < 0 else int(y.max())}, outside 0.."
+                        f"{num_classes - 1} for the {num_classes} classes given; name every class.")
+    return InMemorySplit(x.contiguous(), y.long())

@@ -186,8 +186,24 @@ def _download(cls: type, root: Path, train: bool, name: str):  # noqa: ANN202 (a
         folder, files = _files_expected(cls, root)
         raise DataError(
             f"Dataset '{name}' is not in {folder} and could not be downloaded ({download_cause(exc)}); "
-            f"put {', '.join(files)} into {folder} (or point data_dir or HARNESS_DATA_DIR at where they are)."
+            f"put {', '.join(files)} into {folder} (or point --data-dir or HARNESS_DATA_DIR at where they are), "
+            f"{instead(name, root)}"
         ) from None
+
+
+def instead(name: str, root: Path) -> str:
+    """The end of the missing-dataset sentence: the datasets the run could use with what is on
+    this machine (torchvision sets whose files are all under `root`, else the bundled digits),
+    and the override that switches to them."""
+    import torchvision.datasets as tvd
+
+    here = [other for other, class_name in _CLASSES.items()
+            if other != name and all(p.is_file() for p in _on_disk(getattr(tvd, class_name), root))]
+    if here:
+        listed = ", ".join(f"{other} (in {_files_expected(getattr(tvd, _CLASSES[other]), root)[0]})" for other in here)
+        return f"or train on a dataset this machine has, {listed}: add --set dataset={here[0]} to the command."
+    return ("or train on scikit-learn's bundled digits, which need no download: add --set dataset=digits "
+            "to the command.")
 
 
 def download_cause(exc: BaseException) -> str:
@@ -233,7 +249,12 @@ def _as_uint8_nchw(data: object) -> Tensor:
     return t.permute(0, 3, 1, 2).contiguous()  # CIFAR: (N, H, W, C)
 
 
+_CLASSES: dict[str, str] = {}  # dataset name -> its torchvision class
+
+
 def _register(name: str, class_name: str, hflip: bool, n_classes: int) -> None:
+    _CLASSES[name] = class_name
+
     def load(config: TrainConfig, data_dir: Path) -> Data:
         import torchvision.datasets as tvd
 

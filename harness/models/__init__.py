@@ -3,6 +3,9 @@
 A builder takes `(in_channels, num_classes, image_size, dropout, pretrained)` and returns an
 `nn.Module` mapping (N, in_channels, image_size, image_size) to (N, num_classes) logits.
 
+Your own model is registered from any file with `@harness.register_model("name")` (see
+`register_model`); it takes effect when that file (an experiment, a notebook) runs.
+
 Importing this package does not import PyTorch: the classic CNNs are declared here (name,
 smallest input, pretrained support), so config checks need no torch, and their builders are
 imported on the first `build_model`. Every torchvision classification model is reachable as
@@ -11,10 +14,12 @@ imported on the first `build_model`. Every torchvision classification model is r
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from harness.errors import ConfigError
 from harness.registry import Deferred, Registry
 
 if TYPE_CHECKING:
@@ -28,6 +33,11 @@ class ModelSpec:
     build: Callable[..., nn.Module]
     min_image_size: int
     supports_pretrained: bool = False
+
+    @property
+    def takes_dropout(self) -> bool:
+        """Whether the builder uses a config's `dropout` (every built-in one does)."""
+        return not isinstance(self.build, _OwnBuilder) or "dropout" in self.build.takes
 
 
 def _load_torchvision_models() -> None:
@@ -61,22 +71,73 @@ _declare("resnet18", "resnet", min_image_size=8)
 _declare("mobilenet", "mobilenet", min_image_size=8)
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator binding a builder to own model `name`, declared above with its module and sizes.
+# What `build_model` passes a builder; a builder of the user's own may take only some of them.
+BUILDER_ARGS = ("in_channels", "num_classes", "image_size", "dropout", "pretrained", "freeze_backbone")
 
-    An undeclared name, a second builder, or one from another module is a ValueError.
+
+class _OwnBuilder:
+    """A user's builder, called with the arguments of BUILDER_ARGS it declares (all of them if it
+    takes **kwargs), so `def my_mlp(in_channels, num_classes, image_size)` is enough."""
+
+    def __init__(self, name: str, build: Callable[..., nn.Module]) -> None:
+        params = inspect.signature(build).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            self.takes = set(BUILDER_ARGS)
+        else:
+            self.takes = {p.name for p in params if p.name in BUILDER_ARGS}
+        needed = [p.name for p in params if p.default is p.empty and p.name not in BUILDER_ARGS
+                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if needed:
+            raise ConfigError(f"model '{name}': its builder {getattr(build, '__qualname__', build)} needs "
+                              f"{', '.join(repr(n) for n in needed)}, which harness does not pass; give "
+                              f"{'it a default' if len(needed) == 1 else 'them defaults'} (harness passes "
+                              f"{', '.join(BUILDER_ARGS)}).")
+        self.build = build
+
+    def __call__(self, **kwargs: object) -> nn.Module:
+        return self.build(**{k: v for k, v in kwargs.items() if k in self.takes})
+
+
+def register_model(name: str, *, min_image_size: int = 1, supports_pretrained: bool = False,
+                   ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator adding a model builder under `name`, from any file (an experiment file, a notebook)::
+
+        @harness.register_model("my_mlp", min_image_size=8)
+        def my_mlp(in_channels: int, num_classes: int, image_size: int) -> nn.Module: ...
+
+    The builder returns an `nn.Module` mapping (N, in_channels, image_size, image_size) to
+    (N, num_classes) logits; it may take any of `in_channels`, `num_classes`, `image_size`,
+    `dropout`, `pretrained`, `freeze_backbone` (only those are passed). `min_image_size` is the
+    smallest side it accepts (checked before training); `supports_pretrained` lets a config ask
+    for `pretrained`. Registering the same function again replaces it (a file imported twice);
+    a built-in name, or a name another function registered, is a ConfigError.
+
+    Inside the package, the decorator binds the builder of a name declared above instead.
     """
 
     def bind(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name not in _OWN_BUILDERS:
+        module = getattr(build, "__module__", "") or ""
+        if name in _OWN_BUILDERS and module == _OWN_BUILDERS[name].module:
+            _OWN_BUILDERS[name].bind(build)
+        elif module.startswith("harness.models."):  # the package's own: declared above, sizes known torch-free
             raise ValueError(
                 f"model '{name}' is not declared; add it to harness/models/__init__.py with its module and "
                 "min_image_size (declared there so that config checks need no torch)"
             )
-        _OWN_BUILDERS[name].bind(build)
+        else:
+            if not (isinstance(min_image_size, int) and min_image_size >= 1):
+                raise ConfigError(f"model '{name}': min_image_size must be a whole number of pixels >= 1, "
+                                  f"not {min_image_size!r}.")
+            spec = ModelSpec(_OwnBuilder(name, build), min_image_size, supports_pretrained)
+            MODELS.add_own(name, spec, owner_of(build))
         return build
 
     return bind
+
+
+def owner_of(obj: object) -> str:
+    """`module.qualname` of a function registered from outside the package: who registered it."""
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
 
 
 def model_names() -> list[str]:

@@ -121,11 +121,12 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} '{name}' is already registered")
         self._items[name] = obj
 
-    def add_own(self, name: str, obj: T, owner: str) -> None:
-        """Add `obj`, registered by a user's own code (`owner`: the registering function's module
-        and qualified name), under `name`. The same owner registering again (an experiment file
-        imported twice, a notebook cell run again) replaces its entry; a built-in name, or a name
-        another owner registered, is refused with a ConfigError saying what to do."""
+    def add_own(self, name: str, obj: T, registered_by: object) -> None:
+        """Add `obj` under `name` for a user's own function `registered_by` (its owner is the
+        function's module and qualified name). The same owner registering again (an experiment
+        file imported twice, a notebook cell run again) replaces its entry; a built-in name, or a
+        name another owner registered, is refused with a ConfigError saying what to do."""
+        owner = f"{getattr(registered_by, '__module__', '?')}.{getattr(registered_by, '__qualname__', '?')}"
         if name in self._items and name not in self._owners:
             raise ConfigError(f"{self.kind} '{name}' is built into harness; register yours under another name.")
         if self._more_prefix and name.startswith(self._more_prefix):

@@ -67,7 +67,7 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
         elif module.startswith("harness.data."):  # the package's own: declared above, known torch-free
             raise ValueError(f"dataset '{name}' is not declared; add it to harness/data/__init__.py with its module")
         else:
-            DATASETS.add_own(name, load, f"{module}.{getattr(load, '__qualname__', type(load).__name__)}")
+            DATASETS.add_own(name, load, load)
         return load
 
     return bind

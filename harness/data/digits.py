@@ -11,13 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.data import Data, register_dataset
-from harness.data.in_memory import (
-    TEST_SPLIT_SEED,
-    InMemorySplit,
-    channel_stats,
-    seeded_split,
-    train_val,
-)
+from harness.data.in_memory import tensor_data
 
 if TYPE_CHECKING:
     from harness.config import TrainConfig
@@ -53,10 +47,6 @@ def load_digits(config: TrainConfig, data_dir: Path) -> Data:
     x = torch.as_tensor(pixels, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0  # values 0..16
     x = F.interpolate(x, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bilinear", align_corners=False)
     images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    everything = InMemorySplit(images, torch.as_tensor(targets, dtype=torch.long))
-    rest, test_idx = seeded_split(len(everything), config.test_fraction, TEST_SPLIT_SEED)
-    train, val = train_val(everything.subset(rest), config)
-    mean, std = channel_stats(train.images)
-    return Data(train, val, everything.subset(test_idx), [str(d) for d in range(10)], 1, DIGITS_SIZE, mean, std,
-                hflip=False, source=f"scikit-learn's bundled digits ({_csv_path() or 'sklearn.datasets.load_digits'})",
-                source_files=tuple(p for p in [_csv_path()] if p))
+    return tensor_data(images, torch.as_tensor(targets, dtype=torch.long), [str(d) for d in range(10)], config,
+                       source=f"scikit-learn's bundled digits ({_csv_path() or 'sklearn.datasets.load_digits'})",
+                       source_files=tuple(p for p in [_csv_path()] if p))

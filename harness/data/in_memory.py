@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -127,7 +128,7 @@ def channel_stats(images: Tensor, max_images: int = 10_000) -> tuple[tuple[float
 
 def tensor_data(images: object, labels: object, classes: Sequence[str], config: TrainConfig, *,
                 test: tuple[object, object] | None = None, hflip: bool = False,
-                source: str = "tensors in memory") -> Data:
+                source: str = "tensors in memory", source_files: tuple[Path, ...] = ()) -> Data:
     """A dataset (`Data`) from images already in memory, for a loader of your own (`register_dataset`).
 
     `images`: a tensor or NumPy array, (N, C, H, W), (N, H, W, C) with C of 1 or 3, or (N, H, W);
@@ -136,6 +137,7 @@ def tensor_data(images: object, labels: object, classes: Sequence[str], config: 
     split of your own; without it a fixed `config.test_fraction` is carved out (the same images
     whatever the run's seed). Validation is carved from the rest with `config.val_fraction`, and
     `train_limit` applies, as for the built-in datasets. `hflip`: horizontal flips keep the label.
+    `source` and `source_files`: where the data came from, for lineage.
     Raises DataError saying what to change when the arrays cannot be used.
     """
     classes = [str(c) for c in classes]
@@ -153,7 +155,7 @@ def tensor_data(images: object, labels: object, classes: Sequence[str], config: 
     train, val = train_val(full, config)
     mean, std = channel_stats(train.images)
     return Data(train, val, test_split, classes, int(full.images.shape[1]), int(full.images.shape[-1]), mean, std,
-                hflip=hflip, source=source)
+                hflip=hflip, source=source, source_files=source_files)
 
 
 def _as_split(images: object, labels: object, num_classes: int, what: str) -> InMemorySplit:

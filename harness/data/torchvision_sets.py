@@ -197,11 +197,12 @@ def instead(name: str, root: Path) -> str:
     and the override that switches to them."""
     import torchvision.datasets as tvd
 
-    here = [other for other, class_name in _CLASSES.items()
-            if other != name and all(p.is_file() for p in _on_disk(getattr(tvd, class_name), root))]
+    here = {other: _files_expected(cls, root)[0] for other, cls in
+            ((other, getattr(tvd, class_name)) for other, class_name in _CLASSES.items() if other != name)
+            if all(p.is_file() for p in _on_disk(cls, root))}
     if here:
-        listed = ", ".join(f"{other} (in {_files_expected(getattr(tvd, _CLASSES[other]), root)[0]})" for other in here)
-        return f"or train on a dataset this machine has, {listed}: add --set dataset={here[0]} to the command."
+        listed = ", ".join(f"{other} (in {folder})" for other, folder in here.items())
+        return f"or train on a dataset this machine has, {listed}: add --set dataset={next(iter(here))} to the command."
     return ("or train on scikit-learn's bundled digits, which need no download: add --set dataset=digits "
             "to the command.")
 

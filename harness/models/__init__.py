@@ -129,15 +129,10 @@ def register_model(name: str, *, min_image_size: int = 1, supports_pretrained: b
                 raise ConfigError(f"model '{name}': min_image_size must be a whole number of pixels >= 1, "
                                   f"not {min_image_size!r}.")
             spec = ModelSpec(_OwnBuilder(name, build), min_image_size, supports_pretrained)
-            MODELS.add_own(name, spec, owner_of(build))
+            MODELS.add_own(name, spec, build)
         return build
 
     return bind
-
-
-def owner_of(obj: object) -> str:
-    """`module.qualname` of a function registered from outside the package: who registered it."""
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
 
 
 def model_names() -> list[str]:
